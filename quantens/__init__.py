@@ -1,0 +1,66 @@
+"""quantens: ensembles of quantized neural networks with shared weights.
+
+One set of latent weights is quantized on the fly to several bit-widths (for
+example 32, 8, 4, 2 and 1 bits); all members are trained together in one
+`train_step`, optionally with knowledge distillation.
+
+```python
+import quantens
+from zoo import create_model
+
+model = create_model("digits_resnet_e", bit_widths=(32, 8, 4, 2, 1))
+ensemble = quantens.QuantEnsemble(model, bit_widths=(32, 8, 4, 2, 1), target_bits=1)
+ensemble.compile(optimizer="adam")
+```
+
+Importing this package selects the Keras 2 API (`tf-keras`) that larq is built
+on, by setting `TF_USE_LEGACY_KERAS=1` before TensorFlow is imported.
+"""
+
+import os
+import sys
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+
+def _check_keras_version() -> None:
+    """Fail clearly when TensorFlow was already imported with Keras 3."""
+    if "tensorflow" not in sys.modules:
+        return
+    import tensorflow as tf
+
+    version = str(getattr(tf.keras, "__version__", ""))
+    if version.startswith("3"):
+        raise ImportError(
+            "quantens needs the Keras 2 API (tf-keras), but TensorFlow was already "
+            f"imported with Keras {version}. Import quantens before tensorflow, or "
+            "set TF_USE_LEGACY_KERAS=1 in the environment before starting Python."
+        )
+
+
+_check_keras_version()
+
+from quantens.bits import active_bits, bits, validate_bit_widths  # noqa: E402
+from quantens.ensemble import QuantEnsemble  # noqa: E402
+from quantens.layers import (  # noqa: E402
+    QuantActivation,
+    QuantConv2D,
+    QuantDense,
+    SwitchableBatchNormalization,
+)
+from quantens.quantizers import ActivationQuantizer, WeightQuantizer  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationQuantizer",
+    "QuantActivation",
+    "QuantConv2D",
+    "QuantDense",
+    "QuantEnsemble",
+    "SwitchableBatchNormalization",
+    "WeightQuantizer",
+    "active_bits",
+    "bits",
+    "validate_bit_widths",
+]

@@ -1,0 +1,222 @@
+"""The command line of `train.py`: the seed's flags, same names and meanings.
+
+Users of the MXNet/BMXNet code run their commands unchanged:
+
+```python
+from quantens.cli import parse_args
+
+args = parse_args(["--model", "resnet18_e1", "--bit-widths", "32", "8", "4", "2", "1",
+                   "--target-bits", "1", "--dataset", "cifar100"])
+assert args.bit_widths == (32, 8, 4, 2, 1)
+```
+
+Bad input ends with one line `train.py: error: ...` naming the flag and what
+is allowed, exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from quantens.bits import validate_bit_widths
+
+DEFAULT_MODEL = "digits_resnet_e"
+DEFAULT_DATASET = "digits"
+KD_MODES = ("none", "simple", "progressive")
+KD_TEACHER_MODES = ("none", "pretrained_external", "untrained_external")
+OPTIMIZERS = ("radam", "adam", "sgd", "nag")
+LR_MODES = ("cosine", "step", "poly", "constant")
+
+
+class UsageError(Exception):
+    """A flag value that cannot work; the message names the flag."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage wall) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _bits_list(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The argument parser of `train.py` (every flag documented in `--help`)."""
+    p = _Parser(
+        prog=prog,
+        description=(
+            "Train an ensemble of quantized networks with shared weights "
+            "(one member per bit-width), optionally with knowledge distillation."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, help="architecture from the zoo")
+    g.add_argument(
+        "--initial-layers", default=None, choices=("imagenet", "thumbnail", "grouped_stem"),
+        help="stem of ResNetE models (default: imagenet for 224px inputs, thumbnail "
+        "for small images)",
+    )
+    g.add_argument(
+        "--weight-quantization", default="dorefa", choices=("dorefa", "identity"),
+        help="weight quantizer below 32 bits (DoReFa; sign at 1 bit)",
+    )
+    g.add_argument(
+        "--activation-method", default="round", choices=("round", "det_sign"),
+        help="activation quantizer: round to [0,1] levels, or sign",
+    )
+    g.add_argument(
+        "--clip-threshold", type=float, default=1.3,
+        help="activation gradients are cancelled where |x| exceeds this",
+    )
+    g.add_argument("--fp-downsample-sc", action="store_true",
+                   help="full-precision 1x1 convolution in downsampling shortcuts")
+    g.add_argument("--pool-downsample-sc", action="store_true",
+                   help="2x2 average pooling in downsampling shortcuts")
+    g.add_argument("--fp-weights", action="store_true",
+                   help="keep every member's weights in full precision")
+    g.add_argument("--share-bn", action="store_true",
+                   help="one BatchNormalization for all members (default: one per member)")
+    g.add_argument("--width", type=int, default=None,
+                   help="first-stage channels of the small digits model")
+    g.add_argument("--bit-widths", nargs="+", type=_bits_list, default=[32, 8, 4, 2, 1],
+                   help="the members' bit-widths (1..32)")
+    g.add_argument("--target-bits", type=int, default=None,
+                   help="member used for predict and the best checkpoint (default: lowest)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=DEFAULT_DATASET,
+                   help="TFDS name (digits, mnist, cifar10, cifar100, imagenet2012) or "
+                   "'imagenet'; 'folder' reads --data-dir/train and --data-dir/val")
+    g.add_argument("--data-dir", default=None,
+                   help="TFDS data directory (manual_dir for imagenet2012), or the "
+                   "image folder for --dataset folder")
+    g.add_argument("-j", "--num-workers", type=int, default=None,
+                   help="parallel data-loading calls (default: AUTOTUNE)")
+    g.add_argument("--augmentation", default="medium", choices=("low", "medium", "high"),
+                   help="strength of training augmentation")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=64, help="batch size per device")
+    g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float, default=0.005, help="learning rate")
+    g.add_argument("--lr-mode", default="cosine", choices=LR_MODES)
+    g.add_argument("--lr-steps", type=str, default="30,60,90",
+                   help="epochs at which --lr-mode step multiplies the lr by --lr-factor")
+    g.add_argument("--lr-factor", type=float, default=0.1)
+    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--momentum", type=float, default=0.9, help="for sgd and nag")
+    g.add_argument("--wd", type=float, default=0.0,
+                   help="weight decay of the full-precision weights (stem, classifier, "
+                   "BN, full-precision shortcuts); quantized kernels get none, as in "
+                   "BMXNet (wd_mult 0)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--mode", default="hybrid", choices=("symbolic", "imperative", "hybrid"),
+                   help="hybrid/symbolic: graph (tf.function); imperative: eager")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="compute dtype (float16/bfloat16: mixed precision)")
+    g.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    g.add_argument("--test-run", action="store_true",
+                   help="one batch per epoch (smoke runs)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="build the model, summarise each member, exit")
+    g.add_argument("--resume", default=None,
+                   help="weights file (.weights.h5) to start from")
+
+    g = p.add_argument_group("knowledge distillation")
+    g.add_argument("--teacher", default=None, help="teacher architecture")
+    g.add_argument("--kd-mode", default="none", choices=KD_MODES)
+    g.add_argument("--kd-teacher-mode", default="none", choices=KD_TEACHER_MODES)
+    g.add_argument("--teacher-params", default=None,
+                   help="weights file of the teacher (or of the teacher ensemble)")
+    g.add_argument("--ensemble-teacher", action="store_true",
+                   help="a trained ensemble (--teacher-params) teaches member b with "
+                   "its own member b")
+    g.add_argument("--kd-temperature", type=float, default=4.0)
+    g.add_argument("--kd-weight", type=float, default=1.0)
+    g.add_argument("--kd-attention-weight", type=float, default=0.0)
+    g.add_argument("--teacher-lr", type=float, default=None, help="default: --lr")
+    g.add_argument("--teacher-wd", type=float, default=None, help="default: --wd")
+    g.add_argument("--teacher-lr-mode", default=None, choices=LR_MODES,
+                   help="default: --lr-mode")
+    g.add_argument("--teacher-optimizer", default=None, choices=OPTIMIZERS,
+                   help="default: --optimizer")
+    g.add_argument("--teacher-momentum", type=float, default=None,
+                   help="default: --momentum")
+
+    g = p.add_argument_group("devices")
+    g.add_argument("--gpus", default=None,
+                   help="comma-separated GPU ids, e.g. 0,1 (omit to run on the CPU)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--result-path", "--result_path", dest="result_path", default=None,
+                   help="result directory (default: results/<model>_<dataset>)")
+    g.add_argument("--log", default=None, help="log file (default: <result-path>/train.log)")
+    g.add_argument("--log-interval", type=int, default=50, help="batches between log lines")
+    return p
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Checks and normalises parsed flags; raises UsageError naming the flag."""
+    try:
+        args.bit_widths = validate_bit_widths(args.bit_widths)
+    except ValueError as error:
+        raise UsageError(f"--bit-widths: {error}") from None
+    if args.target_bits is None:
+        args.target_bits = args.bit_widths[-1]
+    if args.target_bits not in args.bit_widths:
+        raise UsageError(
+            f"--target-bits {args.target_bits} must be one of --bit-widths "
+            f"{' '.join(map(str, args.bit_widths))}"
+        )
+    for flag in ("epochs", "batch_size", "log_interval"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.lr <= 0:
+        raise UsageError("--lr must be positive")
+    if args.clip_threshold <= 0:
+        raise UsageError("--clip-threshold must be positive")
+    if args.wd < 0:
+        raise UsageError("--wd must not be negative")
+    try:
+        args.lr_steps = tuple(float(s) for s in str(args.lr_steps).split(",") if s.strip())
+    except ValueError:
+        raise UsageError(
+            f"--lr-steps must be comma-separated epochs, got {args.lr_steps!r}"
+        ) from None
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise UsageError(f"--resume {args.resume}: no such file")
+    if args.result_path is None:
+        args.result_path = os.path.join("results", f"{args.model}_{args.dataset}")
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses and validates; on bad input prints one line and exits with 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return validate(args)
+    except UsageError as error:
+        parser.error(str(error))
+
+
+def config_dict(args: argparse.Namespace) -> dict:
+    """Every resolved flag, JSON-serialisable (written to config.json)."""
+    return json.loads(json.dumps(vars(args), default=list))
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Prints `train.py: error: <message>` and exits (no traceback)."""
+    print(f"{os.path.basename(sys.argv[0]) or 'train.py'}: error: {message}", file=sys.stderr)
+    raise SystemExit(code)

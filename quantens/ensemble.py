@@ -1,0 +1,244 @@
+"""`QuantEnsemble`: train every member of a shared-weight network in one step.
+
+```python
+import numpy as np
+import quantens
+from zoo import create_model
+
+model = create_model("digits_resnet_e", bit_widths=(32, 4, 1))
+ensemble = quantens.QuantEnsemble(model, bit_widths=(32, 4, 1), target_bits=1)
+ensemble.compile(optimizer="adam")
+x = np.random.rand(8, 8, 8, 1).astype("float32")
+y = np.arange(8) % 10
+ensemble.fit(x, y, epochs=1, verbose=0)
+logs = ensemble.evaluate(x, y, return_dict=True, verbose=0)  # accuracy_32, ..., loss_1
+binary = ensemble.member(1)  # a standalone larq model of the 1-bit member
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import tensorflow as tf
+
+from quantens.bits import bits as bits_scope
+from quantens.bits import validate_bit_widths
+
+# A loss term adds to the ensemble loss; it is called as
+# term(x, y, member_logits, training=...) inside the gradient tape and returns
+# (loss averaged per global batch, {metric name: value to log}).
+LossTerm = Callable[..., tuple[tf.Tensor, dict]]
+
+
+class QuantEnsemble(tf.keras.Model):
+    """A network whose members at several bit-widths share one set of weights.
+
+    `train_step` runs the wrapped model once per bit-width (a Python loop that
+    unrolls into one graph), sums the members' cross-entropies (weighted by
+    `member_loss_weights`) and any extra `loss_terms` (distillation), and makes
+    one optimizer update of the shared weights. The loss is averaged per
+    global batch, so it is correct under `tf.distribute`.
+
+    `evaluate` reports `loss` and, per member, `loss_<b>` and `accuracy_<b>`;
+    `predict` and `__call__` run the `target_bits` member.
+
+    Arguments:
+        model: a functional Keras model built from quantens' switchable layers,
+            returning logits.
+        bit_widths: the members' bit-widths, e.g. `(32, 8, 4, 2, 1)`.
+        target_bits: the member that `predict` runs and checkpoints are chosen
+            by; default the lowest bit-width.
+        member_loss_weights: cross-entropy weight per bit-width (default 1).
+
+    ```python
+    import quantens
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(
+        create_model("digits_resnet_e", bit_widths=(8, 2)), bit_widths=(8, 2)
+    )
+    ensemble.compile(optimizer="adam")
+    ```
+    """
+
+    def __init__(
+        self,
+        model: tf.keras.Model,
+        bit_widths=(32, 8, 4, 2, 1),
+        target_bits: int | None = None,
+        member_loss_weights: Mapping[int, float] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.model = model
+        self.bit_widths = validate_bit_widths(bit_widths)
+        if target_bits is None:
+            target_bits = self.bit_widths[-1]
+        if target_bits not in self.bit_widths:
+            raise ValueError(
+                f"target bits {target_bits} is not one of the bit-widths "
+                f"{' '.join(map(str, self.bit_widths))}"
+            )
+        self.target_bits = int(target_bits)
+        weights = dict(member_loss_weights or {})
+        unknown = sorted(set(weights) - set(self.bit_widths))
+        if unknown:
+            raise ValueError(
+                f"member_loss_weights names bit-widths {unknown} that are not members"
+            )
+        self.member_loss_weights = {b: float(weights.get(b, 1.0)) for b in self.bit_widths}
+        self.loss_terms: list[LossTerm] = []
+        self.extra_trackers: dict[str, tf.keras.metrics.Metric] = {}
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        # string keys: checkpoints (BackupAndRestore) track dicts only by str
+        self.member_loss_trackers = {
+            str(b): tf.keras.metrics.Mean(name=f"loss_{b}") for b in self.bit_widths
+        }
+        self.member_accuracies = {
+            str(b): tf.keras.metrics.SparseCategoricalAccuracy(name=f"accuracy_{b}")
+            for b in self.bit_widths
+        }
+        self.member_loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction=tf.keras.losses.Reduction.NONE
+        )
+        if getattr(model, "inputs", None):
+            # built like its model, so fit's callbacks (BackupAndRestore) accept it
+            self.build(model.input_shape)
+
+    # ----------------------------------------------------------------- running
+
+    def call(self, inputs, training=None):
+        with bits_scope(self.target_bits):
+            return self.model(inputs, training=training)
+
+    def member_logits(self, x, training=None) -> dict[int, tf.Tensor]:
+        """Every member's logits (float32), keyed by bit-width, highest first."""
+        outputs = {}
+        for b in self.bit_widths:
+            with bits_scope(b):
+                outputs[b] = tf.cast(self.model(x, training=training), tf.float32)
+        return outputs
+
+    # -------------------------------------------------------------------- loss
+
+    def add_loss_term(self, term: LossTerm, metric_names=()) -> None:
+        """Adds `term` to the training loss and a `Mean` metric per logged name.
+
+        `term(x, y, member_logits, training=...)` is called inside the gradient
+        tape of `train_step` and returns `(loss, logs)`: the loss averaged per
+        global batch (`tf.nn.compute_average_loss`) and a dict whose keys are
+        among `metric_names`. Distillation plugs in here.
+        """
+        self.loss_terms.append(term)
+        for name in metric_names:
+            if name not in self.extra_trackers:
+                self.extra_trackers[name] = tf.keras.metrics.Mean(name=name)
+
+    def member_losses(self, y, member_logits, sample_weight=None) -> dict[int, tf.Tensor]:
+        """Cross-entropy per member, averaged per global batch (distribution-safe)."""
+        return {
+            b: tf.nn.compute_average_loss(
+                self.member_loss_fn(y, logits), sample_weight=sample_weight
+            )
+            for b, logits in member_logits.items()
+        }
+
+    def compute_ensemble_loss(self, x, y, member_logits, sample_weight=None, training=True):
+        """Σ_b w_b·CE_b + regularization + loss terms: (total, CE per member, logs)."""
+        losses = self.member_losses(y, member_logits, sample_weight)
+        total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
+        if self.model.losses:
+            total += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+        logs = {}
+        for term in self.loss_terms:
+            term_loss, term_logs = term(x, y, member_logits, training=training)
+            total += term_loss
+            logs.update(term_logs)
+        return total, losses, logs
+
+    # ------------------------------------------------------------------- steps
+
+    def _update_metrics(self, y, member_logits, total, losses, logs, sample_weight):
+        # Losses are averaged per global batch; logs show them per replica batch.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.loss_tracker.update_state(total * replicas)
+        for b, logits in member_logits.items():
+            self.member_loss_trackers[str(b)].update_state(losses[b] * replicas)
+            self.member_accuracies[str(b)].update_state(y, logits, sample_weight=sample_weight)
+        for name, value in logs.items():
+            self.extra_trackers[name].update_state(value)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            member_logits = self.member_logits(x, training=True)
+            total, losses, logs = self.compute_ensemble_loss(
+                x, y, member_logits, sample_weight, training=True
+            )
+        self.optimizer.minimize(total, self.model.trainable_variables, tape=tape)
+        return self._update_metrics(y, member_logits, total, losses, logs, sample_weight)
+
+    def test_step(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        member_logits = self.member_logits(x, training=False)
+        losses = self.member_losses(y, member_logits, sample_weight)
+        total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
+        return self._update_metrics(y, member_logits, total, losses, {}, sample_weight)
+
+    def predict_step(self, data):
+        x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        return self(x, training=False)
+
+    @property
+    def metrics(self):
+        return [
+            self.loss_tracker,
+            *self.member_loss_trackers.values(),
+            *self.member_accuracies.values(),
+            *self.extra_trackers.values(),
+        ]
+
+    # ----------------------------------------------------------------- members
+
+    def member(self, bits: int) -> tf.keras.Model:
+        """A standalone Keras model of member `bits`, with a copy of its weights.
+
+        Every switchable layer is replaced by its fixed larq/Keras form at that
+        bit-width (fixed quantizers, that member's BN), so the result is an
+        ordinary larq model: `lq.models.summary`, `save`, and the TFLite / Larq
+        Compute Engine converters work on it. Later training of the ensemble
+        does not change it.
+        """
+        if bits not in self.bit_widths:
+            raise ValueError(
+                f"no member with {bits} bits; the members are "
+                f"{' '.join(map(str, self.bit_widths))}"
+            )
+
+        def clone(layer):
+            if hasattr(layer, "fixed_layer"):
+                return layer.fixed_layer(bits)
+            return layer.__class__.from_config(layer.get_config())
+
+        larq_log = logging.getLogger("larq.layers_base")
+        level = larq_log.level
+        larq_log.setLevel(logging.ERROR)  # "binary kernel without constraint" notes
+        try:
+            member = tf.keras.models.clone_model(self.model, clone_function=clone)
+        except ValueError as error:
+            raise ValueError(
+                f"member() needs a functional or Sequential model: {error}"
+            ) from error
+        finally:
+            larq_log.setLevel(level)
+        for layer in self.model.layers:
+            fixed = member.get_layer(layer.name)
+            if hasattr(layer, "fixed_weights"):
+                fixed.set_weights(layer.fixed_weights(bits))
+            else:
+                fixed.set_weights(layer.get_weights())
+        member._name = f"{self.model.name}_{bits}bit"
+        return member

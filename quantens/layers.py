@@ -1,0 +1,270 @@
+"""Switchable layers: one kernel for every member, per-bit quantizers and BN.
+
+`QuantConv2D` and `QuantDense` subclass larq's layers of the same name and
+hold ONE kernel variable; the kernel and the inputs are quantized to the
+active bit-width (`quantens.bits`) each time the layer is called.
+`SwitchableBatchNormalization` keeps statistics and affine parameters per
+bit-width (as in Any-Precision DNNs and slimmable networks), or one shared set.
+
+Each switchable layer can also give a fixed, standalone copy of itself for one
+bit-width (`fixed_layer(bits)`), made only of larq and Keras layers;
+`QuantEnsemble.member` builds members from those.
+
+```python
+import numpy as np
+import tensorflow as tf
+import quantens
+
+inputs = tf.keras.Input((8, 8, 3))
+x = quantens.QuantConv2D(16, 3, padding="same", use_bias=False)(inputs)
+x = quantens.SwitchableBatchNormalization(bit_widths=(32, 4, 1))(x)
+model = tf.keras.Model(inputs, x)
+with quantens.bits(4):
+    y4 = model(np.ones((1, 8, 8, 3), "float32"))
+```
+"""
+
+from __future__ import annotations
+
+import larq as lq
+import tensorflow as tf
+from larq.layers_base import BaseLayer
+from larq.quantized_variable import QuantizedVariable
+
+from quantens.bits import active_bits, validate_bit_widths
+from quantens.quantizers import (
+    ACTIVATION_METHODS,
+    WEIGHT_METHODS,
+    ActivationQuantizer,
+    WeightQuantizer,
+    _Switchable,
+)
+
+
+class SwitchableQuantizedVariable(QuantizedVariable):
+    """A larq `QuantizedVariable` whose precision follows its quantizer.
+
+    larq fixes a variable's precision when the variable is created; here the
+    same kernel has the precision of whichever member runs, so that
+    `lq.models.summary` inside `quantens.bits(b)` describes member b.
+    """
+
+    @property
+    def precision(self):
+        return getattr(self.quantizer, "precision", None)
+
+    @precision.setter
+    def precision(self, value):
+        # QuantizedVariable.__init__ stores a precision; ours is always derived.
+        pass
+
+
+def _as_quantizer(identifier, switchable_cls, methods):
+    """Turns our method names into switchable quantizers; larq's ids pass through."""
+    if isinstance(identifier, str) and identifier in methods:
+        return switchable_cls(identifier)
+    return identifier
+
+
+class _SwitchableKernelLayer:
+    """Mixin for larq layers whose kernel quantizer follows the active bits."""
+
+    def __init__(
+        self,
+        *args,
+        kernel_quantizer="dorefa",
+        input_quantizer="round",
+        **kwargs,
+    ):
+        super().__init__(
+            *args,
+            kernel_quantizer=_as_quantizer(
+                kernel_quantizer, WeightQuantizer, WEIGHT_METHODS
+            ),
+            input_quantizer=_as_quantizer(
+                input_quantizer, ActivationQuantizer, ACTIVATION_METHODS
+            ),
+            **kwargs,
+        )
+
+    def _add_variable_with_custom_getter(self, name: str, **kwargs):
+        quantizer = self._get_quantizer(name)
+        if not isinstance(quantizer, _Switchable):
+            return super()._add_variable_with_custom_getter(name, **kwargs)
+        old_getter = kwargs.pop("getter")
+
+        def getter(*args, **kwargs):
+            variable = old_getter(*args, **kwargs)
+            return SwitchableQuantizedVariable.from_variable(variable, quantizer)
+
+        # Skip larq's BaseLayer, which would wrap the variable a second time.
+        return super(BaseLayer, self)._add_variable_with_custom_getter(
+            name, getter=getter, **kwargs
+        )
+
+    def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
+        """A standalone larq layer equal to this one at `bits` (weights not copied)."""
+        config = self.get_config()
+        for key in ("kernel_quantizer", "input_quantizer"):
+            quantizer = getattr(self, key)
+            if isinstance(quantizer, _Switchable):
+                quantizer = quantizer.for_bits(bits)
+            config[key] = quantizer
+        return self._fixed_class.from_config(config)
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class QuantConv2D(_SwitchableKernelLayer, lq.layers.QuantConv2D):
+    """larq's `QuantConv2D` with one kernel shared by every bit-width.
+
+    `kernel_quantizer` defaults to `"dorefa"` and `input_quantizer` to
+    `"round"` (switchable `WeightQuantizer` / `ActivationQuantizer`); any larq
+    quantizer or None is accepted too and then applies to every member.
+
+    ```python
+    import numpy as np
+    import quantens
+
+    conv = quantens.QuantConv2D(4, 3, padding="same")
+    x = np.random.rand(1, 5, 5, 2).astype("float32")
+    with quantens.bits(1):
+        y1 = conv(x)
+    with quantens.bits(32):
+        y32 = conv(x)
+    assert len(conv.trainable_weights) == 2  # one kernel, one bias
+    ```
+    """
+
+    _fixed_class = lq.layers.QuantConv2D
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class QuantDense(_SwitchableKernelLayer, lq.layers.QuantDense):
+    """larq's `QuantDense` with one kernel shared by every bit-width.
+
+    ```python
+    import numpy as np
+    import quantens
+
+    dense = quantens.QuantDense(3, input_quantizer=None)
+    with quantens.bits(2):
+        y = dense(np.ones((1, 4), "float32"))
+    ```
+    """
+
+    _fixed_class = lq.layers.QuantDense
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class QuantActivation(tf.keras.layers.Layer):
+    """An activation quantized to the active bit-width, as a layer.
+
+    ```python
+    import numpy as np
+    import quantens
+
+    act = quantens.QuantActivation("round", clip_threshold=1.3)
+    with quantens.bits(2):
+        y = act(np.array([[0.1, 0.5, 2.0]], "float32"))
+    ```
+    """
+
+    def __init__(self, method: str = "round", clip_threshold: float | None = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.quantizer = ActivationQuantizer(method, clip_threshold=clip_threshold)
+
+    def call(self, inputs):
+        return self.quantizer(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
+        return tf.keras.layers.Activation(self.quantizer.for_bits(bits), name=self.name)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "method": self.quantizer.method,
+            "clip_threshold": self.quantizer.clip_threshold,
+        }
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class SwitchableBatchNormalization(tf.keras.layers.Layer):
+    """Batch normalization with its own statistics and affine per bit-width.
+
+    Members see differently quantized activations, so their statistics differ;
+    one BN per member (switchable BN, Any-Precision DNNs) keeps each member's
+    own. With `shared=True` all members use one BN.
+
+    Arguments:
+        bit_widths: the members' bit-widths.
+        shared: one BN for all members instead of one per member.
+        **kwargs: passed to every `tf.keras.layers.BatchNormalization` (e.g.
+            `momentum`, `epsilon`, `synchronized`); `name`, `dtype` and
+            `trainable` configure this layer.
+
+    ```python
+    import numpy as np
+    import quantens
+
+    bn = quantens.SwitchableBatchNormalization(bit_widths=(32, 1))
+    with quantens.bits(1):
+        y = bn(np.ones((2, 3), "float32"), training=True)
+    assert len(bn.weights) == 8  # gamma, beta, mean, variance per member
+    ```
+    """
+
+    _OWN_KWARGS = ("name", "dtype", "trainable", "input_shape", "batch_input_shape")
+
+    def __init__(self, bit_widths=(32, 8, 4, 2, 1), shared: bool = False, **kwargs):
+        own = {k: kwargs.pop(k) for k in self._OWN_KWARGS if k in kwargs}
+        super().__init__(**own)
+        self.bit_widths = validate_bit_widths(bit_widths)
+        self.shared = bool(shared)
+        self.bn_config = dict(kwargs)
+        keys = ("shared",) if self.shared else self.bit_widths
+        self.branches = {
+            str(key): tf.keras.layers.BatchNormalization(
+                name=f"bn_{key}", dtype=self.dtype_policy, **self.bn_config
+            )
+            for key in keys
+        }
+
+    def build(self, input_shape):
+        for branch in self.branches.values():
+            with tf.name_scope(branch.name):
+                branch.build(input_shape)
+        super().build(input_shape)
+
+    def branch(self, bits: int | None = None) -> tf.keras.layers.BatchNormalization:
+        """The BN used at `bits` (default: the active bit-width, else the highest)."""
+        if bits is None:
+            bits = active_bits() or self.bit_widths[0]
+        if bits not in self.bit_widths:
+            raise ValueError(
+                f"{self.name} has no member with {bits} bits; its bit-widths are "
+                f"{' '.join(map(str, self.bit_widths))}"
+            )
+        return self.branches["shared" if self.shared else str(bits)]
+
+    def call(self, inputs, training=None):
+        return self.branch()(inputs, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
+        return tf.keras.layers.BatchNormalization(name=self.name, **self.bn_config)
+
+    def fixed_weights(self, bits: int) -> list:
+        return self.branch(bits).get_weights()
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bit_widths": list(self.bit_widths),
+            "shared": self.shared,
+            **self.bn_config,
+        }

@@ -1,0 +1,258 @@
+"""Quantizers for every member of a shared-weight ensemble, built on larq's.
+
+Two kinds of objects live here:
+
+- fixed quantizers, one bit-width each (`RoundActivation`,
+  `SymmetricRoundActivation`, `FullPrecisionActivation`, and larq's own `DoReFa`
+  and `SteSign`), which standalone members (`QuantEnsemble.member`) use;
+- switchable quantizers, `WeightQuantizer` and `ActivationQuantizer`, which
+  pick the fixed quantizer of the active bit-width (`quantens.bits`) each time
+  they are called, so one layer with one kernel serves every member.
+
+Rules (those of BMXNet, the code base quantens replaces):
+
+| bits  | weights (`dorefa`)                    | activations (`round`)          | activations (`det_sign`) |
+|-------|---------------------------------------|--------------------------------|--------------------------|
+| 32    | identity                              | relu                           | clip to [-1, 1]          |
+| 2..31 | DoReFa: tanh, normalise by max, round | clip to [0, 1], 2^k levels     | clip to [-1, 1], 2^k levels |
+| 1     | sign, straight-through gradient       | clip to [0, 1], levels {0, 1}  | sign                     |
+
+Activation gradients are straight-through where |x| <= `clip_threshold` and
+zero elsewhere (BMXNet's gradient cancelling). Weight method `identity` keeps
+every member's weights in full precision (the seed's `--fp-weights`).
+
+```python
+import numpy as np
+import larq as lq
+import quantens
+
+q = quantens.WeightQuantizer("dorefa")
+w = np.linspace(-2, 2, 9).astype("float32")
+with quantens.bits(2):
+    w2 = q(w)
+np.testing.assert_allclose(w2, lq.quantizers.DoReFa(k_bit=2, mode="weights")(w))
+```
+"""
+
+from __future__ import annotations
+
+import larq as lq
+import tensorflow as tf
+
+from quantens.bits import FULL_PRECISION, _check_one, active_bits
+
+WEIGHT_METHODS = ("dorefa", "identity")
+ACTIVATION_METHODS = ("round", "det_sign")
+
+
+def _gradient_cancel(x: tf.Tensor, dy: tf.Tensor, clip_threshold: float | None):
+    if clip_threshold is None:
+        return dy
+    return tf.where(tf.abs(x) <= clip_threshold, dy, tf.zeros_like(dy))
+
+
+def _k_bit_round(x: tf.Tensor, k_bit: int, low: float, clip_threshold: float | None):
+    """Clips `x` to [low, 1] and rounds to 2**k_bit evenly spaced levels."""
+
+    @tf.custom_gradient
+    def _round(x):
+        levels = 2.0**k_bit - 1.0
+        unit = (tf.clip_by_value(x, low, 1.0) - low) / (1.0 - low)
+        y = tf.round(unit * levels) / levels * (1.0 - low) + low
+
+        def grad(dy):
+            return _gradient_cancel(x, dy, clip_threshold)
+
+        return y, grad
+
+    return _round(x)
+
+
+def _check_method(method: str, allowed: tuple[str, ...], what: str) -> str:
+    if method not in allowed:
+        raise ValueError(
+            f"unknown {what} {method!r}: choose one of {', '.join(allowed)}"
+        )
+    return method
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class RoundActivation(lq.quantizers.Quantizer):
+    """Clips to [0, 1] and rounds to `2**k_bit` levels (BMXNet's `round`).
+
+    The gradient is straight-through where |x| <= `clip_threshold`, zero
+    elsewhere.
+
+    ```python
+    import numpy as np
+    from quantens.quantizers import RoundActivation
+
+    y = RoundActivation(k_bit=2)(np.array([-1.0, 0.2, 0.5, 0.9], "float32"))
+    np.testing.assert_allclose(y, [0.0, 1 / 3, 2 / 3, 1.0], rtol=1e-6)
+    ```
+    """
+
+    def __init__(self, k_bit: int = 2, clip_threshold: float | None = 1.0, **kwargs):
+        self.precision = _check_one(k_bit)
+        self.clip_threshold = clip_threshold
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return _k_bit_round(inputs, self.precision, 0.0, self.clip_threshold)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "k_bit": self.precision,
+            "clip_threshold": self.clip_threshold,
+        }
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class SymmetricRoundActivation(RoundActivation):
+    """Clips to [-1, 1] and rounds to `2**k_bit` levels (`det_sign` above 1 bit).
+
+    ```python
+    import numpy as np
+    from quantens.quantizers import SymmetricRoundActivation
+
+    y = SymmetricRoundActivation(k_bit=2)(np.array([-2.0, -0.2, 0.2], "float32"))
+    np.testing.assert_allclose(y, [-1.0, -1 / 3, 1 / 3], rtol=1e-6)
+    ```
+    """
+
+    def call(self, inputs):
+        return _k_bit_round(inputs, self.precision, -1.0, self.clip_threshold)
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class FullPrecisionActivation(lq.quantizers.Quantizer):
+    """The 32-bit member's activation: `relu` (for `round`) or `clip` to [-1, 1].
+
+    ```python
+    import numpy as np
+    from quantens.quantizers import FullPrecisionActivation
+
+    y = FullPrecisionActivation("relu")(np.array([-1.0, 2.0], "float32"))
+    np.testing.assert_allclose(y, [0.0, 2.0])
+    ```
+    """
+
+    precision = FULL_PRECISION
+
+    def __init__(self, function: str = "relu", **kwargs):
+        self.function = _check_method(function, ("relu", "clip"), "activation")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        if self.function == "relu":
+            return tf.nn.relu(inputs)
+        return tf.clip_by_value(inputs, -1.0, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "function": self.function}
+
+
+class _Switchable(lq.quantizers.Quantizer):
+    """Base of quantizers that follow the active bit-width."""
+
+    @property
+    def precision(self) -> int:
+        """The bit-width the quantizer applies now (32 outside any scope)."""
+        bits = active_bits()
+        return FULL_PRECISION if bits is None else bits
+
+    def for_bits(self, bits: int) -> lq.quantizers.Quantizer | None:
+        """A new fixed quantizer for `bits`, or None where nothing is applied."""
+        raise NotImplementedError
+
+    def call(self, inputs):
+        quantizer = self.for_bits(self.precision)
+        return inputs if quantizer is None else quantizer(inputs)
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class WeightQuantizer(_Switchable):
+    """Quantizes a kernel to the active bit-width.
+
+    Arguments:
+        method: `"dorefa"` (DoReFa for 2..31 bits, sign for 1 bit, identity for
+            32) or `"identity"` (full-precision weights for every member).
+
+    ```python
+    import numpy as np
+    import quantens
+
+    q = quantens.WeightQuantizer()
+    w = np.array([-0.3, 0.0, 0.7], "float32")
+    with quantens.bits(1):
+        np.testing.assert_allclose(q(w), [-1.0, 1.0, 1.0])
+    with quantens.bits(32):
+        np.testing.assert_allclose(q(w), w)
+    ```
+    """
+
+    def __init__(self, method: str = "dorefa", **kwargs):
+        self.method = _check_method(method, WEIGHT_METHODS, "weight quantization")
+        super().__init__(**kwargs)
+
+    def for_bits(self, bits: int) -> lq.quantizers.Quantizer | None:
+        bits = _check_one(bits)
+        if self.method == "identity" or bits == FULL_PRECISION:
+            return None
+        if bits == 1:
+            # sign with a plain straight-through gradient, as BMXNet's det_sign.
+            return lq.quantizers.SteSign(clip_value=None)
+        return lq.quantizers.DoReFa(k_bit=bits, mode="weights")
+
+    def get_config(self):
+        return {**super().get_config(), "method": self.method}
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class ActivationQuantizer(_Switchable):
+    """Quantizes activations to the active bit-width.
+
+    Arguments:
+        method: `"round"` (values in [0, 1]; relu at 32 bits) or `"det_sign"`
+            (values in [-1, 1], sign at 1 bit; clip at 32 bits).
+        clip_threshold: gradients are cancelled where |x| exceeds it (the
+            seed's `--clip-threshold`); None passes every gradient.
+
+    ```python
+    import numpy as np
+    import quantens
+
+    q = quantens.ActivationQuantizer("round", clip_threshold=1.3)
+    with quantens.bits(1):
+        np.testing.assert_allclose(q(np.array([-1.0, 0.4, 0.6], "float32")), [0, 0, 1])
+    ```
+    """
+
+    def __init__(
+        self, method: str = "round", clip_threshold: float | None = 1.0, **kwargs
+    ):
+        self.method = _check_method(method, ACTIVATION_METHODS, "activation method")
+        if clip_threshold is not None and not clip_threshold > 0:
+            raise ValueError(
+                f"clip_threshold must be positive (or None), got {clip_threshold}"
+            )
+        self.clip_threshold = clip_threshold
+        super().__init__(**kwargs)
+
+    def for_bits(self, bits: int) -> lq.quantizers.Quantizer:
+        bits = _check_one(bits)
+        if bits == FULL_PRECISION:
+            return FullPrecisionActivation("relu" if self.method == "round" else "clip")
+        if self.method == "round":
+            return RoundActivation(bits, clip_threshold=self.clip_threshold)
+        if bits == 1:
+            return lq.quantizers.SteSign(clip_value=self.clip_threshold)
+        return SymmetricRoundActivation(bits, clip_threshold=self.clip_threshold)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "method": self.method,
+            "clip_threshold": self.clip_threshold,
+        }

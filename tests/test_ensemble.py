@@ -1,0 +1,256 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT, run_script, tiny_model
+
+import quantens
+
+BITS = (32, 8, 4, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def batch(digits_arrays):
+    x, y, _, _ = digits_arrays
+    return x[:32], y[:32]
+
+
+def make_ensemble(bit_widths=BITS, optimizer=None, **kwargs):
+    tf.keras.utils.set_random_seed(0)
+    ensemble = quantens.QuantEnsemble(tiny_model(bit_widths, **kwargs), bit_widths)
+    ensemble.compile(optimizer=optimizer or tf.keras.optimizers.SGD(0.1))
+    return ensemble
+
+
+def cross_entropy(logits, y):
+    logits = logits - logits.max(1, keepdims=True)
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -log_softmax[np.arange(len(y)), y].mean()
+
+
+def trained(ensemble, batch, steps=5):
+    x, y = batch
+    for _ in range(steps):
+        ensemble.train_on_batch(x, y)
+    return ensemble
+
+
+@pytest.fixture(scope="module")
+def trained_ensemble(batch):
+    """An ensemble after a few steps; tests must not train it further."""
+    return trained(make_ensemble(), batch)
+
+
+def test_members_differ_on_the_same_input(batch, trained_ensemble):
+    ensemble = trained_ensemble
+    logits = ensemble.member_logits(batch[0], training=False)
+    for i, a in enumerate(BITS):
+        for b in BITS[i + 1:]:
+            assert np.abs(logits[a].numpy() - logits[b].numpy()).max() > 1e-3, (a, b)
+
+
+def plain_network(model):
+    """The same network with quantization removed: Keras Conv2D/BN/ReLU only."""
+
+    def clone(layer):
+        if isinstance(layer, quantens.QuantConv2D):
+            config = layer.get_config()
+            for key in ("kernel_quantizer", "input_quantizer", "pad_values"):
+                config.pop(key)
+            return tf.keras.Sequential(
+                [tf.keras.layers.ReLU(), tf.keras.layers.Conv2D.from_config(config)],
+                name=layer.name,
+            )
+        if isinstance(layer, quantens.SwitchableBatchNormalization):
+            return tf.keras.layers.BatchNormalization(name=layer.name, **layer.bn_config)
+        return layer.__class__.from_config(layer.get_config())
+
+    plain = tf.keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        target = plain.get_layer(layer.name)
+        if isinstance(layer, quantens.QuantConv2D):
+            target.layers[1].set_weights([layer.kernel.latent_variable.numpy()])
+        elif isinstance(layer, quantens.SwitchableBatchNormalization):
+            target.set_weights(layer.branch(32).get_weights())
+        else:
+            target.set_weights(layer.get_weights())
+    return plain
+
+
+def test_member_32_equals_the_network_without_quantization(batch):
+    ensemble = trained(make_ensemble(fp_downsample_sc=False), batch)
+    x = batch[0]
+    expected = plain_network(ensemble.model)(x, training=False).numpy()
+    got = ensemble.member_logits(x, training=False)[32].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(ensemble.member_logits(x, training=False)[8].numpy() - expected).max() > 1e-3
+
+
+def test_train_step_loss_is_the_sum_of_member_cross_entropies(batch):
+    ensemble = make_ensemble()
+    x, y = batch
+    by_hand = {}
+    for b in BITS:
+        with quantens.bits(b):
+            by_hand[b] = cross_entropy(ensemble.model(x, training=True).numpy(), y)
+    logs = ensemble.train_on_batch(x, y, return_dict=True)
+    assert logs["loss"] == pytest.approx(sum(by_hand.values()), abs=1e-5)
+    for b in BITS:
+        assert logs[f"loss_{b}"] == pytest.approx(by_hand[b], abs=1e-5)
+
+
+def test_kernel_gradient_is_the_sum_of_member_gradients(batch):
+    ensemble = make_ensemble()
+    x, y = batch
+    kernels = [w for w in ensemble.model.trainable_weights if "block" in w.name and "kernel" in w.name]
+    with tf.GradientTape() as tape:
+        total, _, _ = ensemble.compute_ensemble_loss(x, y, ensemble.member_logits(x, True), None)
+    joint = tape.gradient(total, kernels)
+    separate = []
+    for b in BITS:
+        with tf.GradientTape() as tape:
+            with quantens.bits(b):
+                logits = ensemble.model(x, training=True)
+            loss = tf.reduce_mean(ensemble.member_loss_fn(y, logits))
+        separate.append(tape.gradient(loss, kernels))
+    for i, kernel_grad in enumerate(joint):
+        summed = sum(g[i] for g in separate)
+        np.testing.assert_allclose(kernel_grad, summed, atol=1e-5)
+        assert np.abs(summed.numpy()).max() > 0
+
+
+def test_member_models_equal_the_ensemble_members_without_stale_traces(batch, trained_ensemble):
+    ensemble = trained_ensemble
+    x = batch[0]
+    expected = {b: v.numpy() for b, v in ensemble.member_logits(x, training=False).items()}
+    members = {b: ensemble.member(b) for b in BITS}
+    for b in BITS:
+        np.testing.assert_allclose(members[b](x, training=False), expected[b], atol=1e-5)
+    # predict traces a function per model: member 1 after member 4 is member 1
+    out4 = members[4].predict(x, verbose=0)
+    out1 = members[1].predict(x, verbose=0)
+    np.testing.assert_allclose(out4, expected[4], atol=1e-5)
+    np.testing.assert_allclose(out1, expected[1], atol=1e-5)
+    # the ensemble's own predict runs the target member
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), expected[1], atol=1e-5)
+    with pytest.raises(ValueError, match="no member with 3 bits"):
+        ensemble.member(3)
+
+
+def test_member_is_a_plain_larq_model(trained_ensemble):
+    member = trained_ensemble.member(1)
+    import larq as lq
+
+    convs = [layer for layer in member.layers if isinstance(layer, lq.layers.QuantConv2D)]
+    assert convs and not any(isinstance(layer, quantens.QuantConv2D) for layer in member.layers)
+    assert all(conv.kernel_quantizer.precision == 1 for conv in convs)
+
+
+def test_evaluate_reports_metrics_per_member(batch, trained_ensemble):
+    ensemble = trained_ensemble
+    x, y = batch
+    logs = ensemble.evaluate(x, y, return_dict=True, verbose=0)
+    expected_names = {"loss"} | {f"loss_{b}" for b in BITS} | {f"accuracy_{b}" for b in BITS}
+    assert set(logs) == expected_names
+    logits = ensemble.member_logits(x, training=False)
+    for b in BITS:
+        accuracy = np.mean(np.argmax(logits[b].numpy(), 1) == y)
+        assert logs[f"accuracy_{b}"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_weights_save_and_load_round_trip(batch, trained_ensemble, tmp_path):
+    ensemble = trained_ensemble
+    path = str(tmp_path / "ensemble.weights.h5")
+    ensemble.save_weights(path)
+    tf.keras.utils.set_random_seed(1)
+    other = quantens.QuantEnsemble(tiny_model(BITS), BITS)
+    other.load_weights(path)
+    a = ensemble.member_logits(batch[0], training=False)
+    b = other.member_logits(batch[0], training=False)
+    for bits in BITS:
+        np.testing.assert_array_equal(a[bits], b[bits])
+
+
+def test_bad_target_bits_and_loss_weights_are_rejected():
+    with pytest.raises(ValueError, match="target bits 3 is not one of"):
+        quantens.QuantEnsemble(tiny_model((8, 1)), (8, 1), target_bits=3)
+    with pytest.raises(ValueError, match="not members"):
+        quantens.QuantEnsemble(tiny_model((8, 1)), (8, 1), member_loss_weights={4: 1.0})
+
+
+MIRRORED = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import quantens
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    def build():
+        tf.keras.utils.set_random_seed(1)
+        inputs = tf.keras.Input((6, 6, 2))
+        x = quantens.QuantConv2D(4, 3, padding="same", input_quantizer=None)(inputs)
+        x = quantens.QuantConv2D(4, 3, padding="same")(x)
+        x = tf.keras.layers.Flatten()(x)
+        outputs = quantens.QuantDense(5, input_quantizer=None)(x)
+        return tf.keras.Model(inputs, outputs)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 5, size=16)
+
+    def run(strategy):
+        with strategy.scope():
+            model = build()
+            ensemble = quantens.QuantEnsemble(model, (32, 4, 1))
+            ensemble.compile(optimizer=tf.keras.optimizers.SGD(0.5))
+        initial = [w.numpy() for w in model.weights]
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        logs = ensemble.fit(ds, epochs=1, verbose=0).history
+        return initial, [w.numpy() for w in model.weights], logs["loss"][0]
+
+    init1, one, loss1 = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    init2, two, loss2 = run(mirrored)
+    print(json.dumps({
+        "replicas": mirrored.num_replicas_in_sync,
+        "same_init": max(float(np.abs(a - b).max()) for a, b in zip(init1, init2)),
+        "moved": max(float(np.abs(a - b).max()) for a, b in zip(init1, one)),
+        "diff": max(float(np.abs(a - b).max()) for a, b in zip(one, two)),
+        "loss": [loss1, loss2],
+    }))
+    """
+)
+
+
+def test_two_replica_mirrored_step_equals_one_device(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    result = run_script([str(script)], env={"PYTHONPATH": ROOT})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["same_init"] == 0
+    assert report["moved"] > 1e-3
+    assert report["diff"] < 1e-5
+    assert report["loss"][0] == pytest.approx(report["loss"][1], abs=1e-5)
+
+
+def test_importing_after_keras_3_fails_with_a_clear_message():
+    code = "import tensorflow as tf; tf.keras.layers; import quantens"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "TensorFlow was already imported with Keras 3" in result.stderr

@@ -1,0 +1,141 @@
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import quantens
+from quantens.quantizers import (
+    ActivationQuantizer,
+    FullPrecisionActivation,
+    RoundActivation,
+    SymmetricRoundActivation,
+    WeightQuantizer,
+)
+
+
+def dorefa_weights_numpy(w, k):
+    """DoReFa's weight quantizer, written out: tanh, normalise by max, round."""
+    t = np.tanh(w)
+    unit = t / (2 * np.abs(t).max()) + 0.5
+    n = 2**k - 1
+    return 2 * np.round(unit * n) / n - 1
+
+
+def value_and_grad(quantizer, x, bits):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with quantens.bits(bits):
+            y = quantizer(x)
+    return y.numpy(), tape.gradient(y, x).numpy()
+
+
+@pytest.mark.parametrize("k", range(2, 9))
+def test_dorefa_weights_equal_larq_and_the_formula(k, rng):
+    w = rng.normal(0, 0.7, size=(3, 3, 4, 8)).astype("float32")
+    with quantens.bits(k):
+        ours = WeightQuantizer("dorefa")(w).numpy()
+    larqs = lq.quantizers.DoReFa(k_bit=k, mode="weights")(w).numpy()
+    np.testing.assert_array_equal(ours, larqs)
+    np.testing.assert_allclose(ours, dorefa_weights_numpy(w, k), atol=1e-6)
+    assert len(np.unique(ours)) <= 2**k
+    assert ours.min() >= -1 and ours.max() <= 1
+
+
+def test_dorefa_weight_gradient_is_straight_through_the_tanh(rng):
+    w = rng.normal(0, 0.7, size=(50,)).astype("float32")
+    _, grad = value_and_grad(WeightQuantizer(), w, 4)
+    m = np.abs(np.tanh(w)).max()
+    np.testing.assert_allclose(grad, (1 - np.tanh(w) ** 2) / m, rtol=1e-5)
+
+
+def test_one_bit_weights_are_signs_with_identity_gradient():
+    w = np.array([-2.0, -0.1, 0.0, 0.3, 5.0], "float32")
+    y, grad = value_and_grad(WeightQuantizer(), w, 1)
+    np.testing.assert_array_equal(y, [-1, -1, 1, 1, 1])
+    np.testing.assert_array_equal(grad, np.ones_like(w))
+
+
+@pytest.mark.parametrize("bits", [32, 8, 1])
+def test_identity_and_full_precision_weights_pass_unchanged(bits, rng):
+    w = rng.normal(size=(20,)).astype("float32")
+    y, grad = value_and_grad(WeightQuantizer("identity"), w, bits)
+    np.testing.assert_array_equal(y, w)
+    np.testing.assert_array_equal(grad, np.ones_like(w))
+    y32, _ = value_and_grad(WeightQuantizer("dorefa"), w, 32)
+    np.testing.assert_array_equal(y32, w)
+
+
+@pytest.mark.parametrize("k", range(1, 9))
+def test_round_activations_take_exactly_2_to_the_k_levels_in_0_1(k):
+    x = np.linspace(-2, 3, 20001).astype("float32")
+    y, _ = value_and_grad(ActivationQuantizer("round"), x, k)
+    levels = np.unique(y)
+    assert len(levels) == 2**k
+    np.testing.assert_allclose(levels, np.arange(2**k) / (2**k - 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["round", "det_sign"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_activation_gradient_is_straight_through_inside_clip_threshold_only(method, k):
+    x = np.array([-2.0, -1.31, -1.3, -0.5, 0.0, 0.2, 0.7, 1.29, 1.3, 1.31, 4.0], "float32")
+    _, grad = value_and_grad(ActivationQuantizer(method, clip_threshold=1.3), x, k)
+    np.testing.assert_array_equal(grad, (np.abs(x) <= 1.3).astype("float32"))
+
+
+def test_det_sign_gives_plus_minus_one_at_one_bit_and_symmetric_levels_above():
+    x = np.linspace(-2, 2, 4001).astype("float32")
+    y1, _ = value_and_grad(ActivationQuantizer("det_sign"), x, 1)
+    np.testing.assert_array_equal(np.unique(y1), [-1, 1])
+    y2, _ = value_and_grad(ActivationQuantizer("det_sign"), x, 2)
+    np.testing.assert_allclose(np.unique(y2), [-1, -1 / 3, 1 / 3, 1], atol=1e-6)
+
+
+def test_full_precision_activations_are_relu_or_clip():
+    x = np.array([-2.0, -0.5, 0.5, 2.0], "float32")
+    y, grad = value_and_grad(ActivationQuantizer("round"), x, 32)
+    np.testing.assert_array_equal(y, [0, 0, 0.5, 2.0])
+    np.testing.assert_array_equal(grad, [0, 0, 1, 1])
+    y, _ = value_and_grad(ActivationQuantizer("det_sign"), x, 32)
+    np.testing.assert_array_equal(y, [-1, -0.5, 0.5, 1])
+
+
+def test_switchable_quantizers_follow_the_scope_and_report_precision():
+    q = ActivationQuantizer()
+    assert q.precision == 32
+    with quantens.bits(4):
+        assert q.precision == 4
+        assert isinstance(q.for_bits(4), RoundActivation)
+    assert isinstance(q.for_bits(32), FullPrecisionActivation)
+    assert isinstance(ActivationQuantizer("det_sign").for_bits(3), SymmetricRoundActivation)
+    assert isinstance(ActivationQuantizer("det_sign").for_bits(1), lq.quantizers.SteSign)
+    assert WeightQuantizer().for_bits(32) is None
+
+
+@pytest.mark.parametrize(
+    "quantizer",
+    [
+        WeightQuantizer("identity"),
+        ActivationQuantizer("det_sign", clip_threshold=0.7),
+        RoundActivation(3, clip_threshold=None),
+        SymmetricRoundActivation(2),
+        FullPrecisionActivation("clip"),
+    ],
+)
+def test_quantizer_config_round_trip(quantizer):
+    config = tf.keras.utils.serialize_keras_object(quantizer)
+    clone = tf.keras.utils.deserialize_keras_object(config)
+    assert type(clone) is type(quantizer)
+    assert clone.get_config() == quantizer.get_config()
+    x = np.linspace(-2, 2, 33).astype("float32")
+    with quantens.bits(2):
+        np.testing.assert_array_equal(clone(x), quantizer(x))
+
+
+def test_unknown_methods_are_named_in_the_error():
+    with pytest.raises(ValueError, match="choose one of dorefa, identity"):
+        WeightQuantizer("xnor")
+    with pytest.raises(ValueError, match="choose one of round, det_sign"):
+        ActivationQuantizer("tanh")
+    with pytest.raises(ValueError, match="positive"):
+        ActivationQuantizer(clip_threshold=0)
