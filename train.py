@@ -18,32 +18,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from quantens import cli  # noqa: E402  (sets TF_USE_LEGACY_KERAS first)
 
 
-def _build_model(args, input_shape, num_classes):
-    import zoo
-
-    kwargs = dict(
-        input_shape=input_shape,
-        num_classes=num_classes,
-        bit_widths=args.bit_widths,
-        weight_quantization=args.weight_quantization,
-        activation_method=args.activation_method,
-        clip_threshold=args.clip_threshold,
-        fp_weights=args.fp_weights,
-        share_bn=args.share_bn,
-    )
-    if args.fp_downsample_sc:
-        kwargs["fp_downsample_sc"] = True
-    if args.pool_downsample_sc:
-        kwargs["pool_downsample_sc"] = True
-    if args.initial_layers:
-        kwargs["initial_layers"] = args.initial_layers
-    elif input_shape[0] < 64:
-        kwargs["initial_layers"] = "thumbnail"
-    if args.width:
-        kwargs["width"] = args.width
-    return zoo.create_model(args.model, **kwargs)
-
-
 def _accuracy_table(metrics: dict, bit_widths) -> str:
     lines = ["bits   test accuracy", "----   -------------"]
     for b in bit_widths:
@@ -90,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     input_shape = tuple(train_ds.element_spec[0].shape[1:])
     num_classes = info.features["label"].num_classes
 
-    model = _build_model(args, input_shape, num_classes)
+    args.input_shape = list(input_shape)
+    args.num_classes = int(num_classes)
+    model = zoo.create_model_from_flags(vars(args), input_shape, num_classes)
     ensemble = quantens.QuantEnsemble(model, args.bit_widths, args.target_bits)
     ensemble.compile(
         optimizer=tf.keras.optimizers.Adam(args.lr),
