@@ -4,7 +4,7 @@
 With no flags it trains a 5-member ensemble (32 8 4 2 1 bits) of a small
 ResNetE on the embedded `digits` dataset and prints the test accuracy of
 every member. The flags are those of the MXNet/BMXNet code base
-(`python train.py --help`).
+(`python train.py --help`); its example commands run unchanged.
 """
 
 from __future__ import annotations
@@ -18,15 +18,54 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from quantens import cli  # noqa: E402  (sets TF_USE_LEGACY_KERAS first)
 
 
-def _accuracy_table(metrics: dict, bit_widths) -> str:
+def accuracy_table(accuracy: dict, bit_widths, teacher: float | None = None) -> str:
+    """The table printed at the end: test accuracy per member (and the teacher)."""
     lines = ["bits   test accuracy", "----   -------------"]
-    for b in bit_widths:
-        lines.append(f"{b:>4}   {metrics[str(b)]:.4f}")
+    lines += [f"{b:>4}   {accuracy[str(b)]:.4f}" for b in bit_widths]
+    if teacher is not None:
+        lines.append(f"teacher {teacher:.4f}")
     return "\n".join(lines)
+
+
+def _summarise_members(model, bit_widths) -> None:
+    import larq as lq
+
+    import quantens
+
+    for b in bit_widths:
+        print(f"\n== member {b} bit")
+        with quantens.bits(b):
+            lq.models.summary(model)
+
+
+def _setup(args):
+    """Devices, seeds and dtype; before TensorFlow runs its first operation."""
+    import tensorflow as tf
+
+    from quantens import distribute
+
+    try:
+        strategy = distribute.strategy_from_flags(args.gpus, args.cpu_replicas)
+    except distribute.DeviceError as error:
+        cli.fail(str(error))
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(args.seed)
+    if args.dtype != "float32":
+        tf.keras.mixed_precision.set_global_policy(f"mixed_{args.dtype}")
+    return strategy
+
+
+def _steps(dataset, fallback: int) -> int:
+    import tensorflow as tf
+
+    n = int(dataset.cardinality())
+    return n if n > 0 and n != tf.data.INFINITE_CARDINALITY else fallback
 
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
+    cli.load_tensorflow()
 
     import zoo
 
@@ -35,76 +74,117 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         cli.fail(f"--model: {error}")
 
-    import tensorflow as tf
-
-    import quantens
-    from quantens import data, results
+    from quantens import data
 
     try:
-        spec = data.resolve(args.dataset)
-    except ValueError as error:
+        spec = data.resolve(args.dataset, args.data_dir)
+    except data.DataError as error:
         cli.fail(f"--dataset: {error}")
 
-    tf.keras.utils.set_random_seed(args.seed)
+    strategy = _setup(args)
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    import quantens
+    from quantens import distribute, optimizers, results
+
+    if not sys.stdout.isatty():
+        tfds.disable_progress_bar()
+    args.input_shape, args.num_classes = list(spec.input_shape), spec.num_classes
+    with strategy.scope():
+        try:
+            model = zoo.create_model_from_flags(vars(args), spec.input_shape, spec.num_classes)
+        except (TypeError, ValueError) as error:
+            cli.fail(f"--model {args.model}: {error}")
+    if args.dry_run:
+        _summarise_members(model, args.bit_widths)
+        return 0
+    if args.resume:
+        try:
+            model.load_weights(args.resume)
+        except Exception as error:  # h5py's OSError, Keras' ValueError on a mismatch
+            cli.fail(
+                f"--resume {args.resume}: cannot load these weights into {args.model} "
+                f"({str(error).splitlines()[0]})"
+            )
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = args.batch_size * replicas
+    take = 1 if args.test_run else None
     started = time.time()
     try:
         train_ds = data.load(
-            args.dataset, spec.train_split, args.batch_size, training=True,
+            args.dataset, spec.train_split, global_batch, training=True,
             data_dir=args.data_dir, num_workers=args.num_workers, shuffle_seed=args.seed,
-            take_batches=1 if args.test_run else None,
+            take_batches=take, augmentation=args.augmentation,
         )
         val_ds = data.load(
-            args.dataset, spec.eval_split, args.batch_size, training=False,
-            data_dir=args.data_dir, num_workers=args.num_workers,
-            take_batches=1 if args.test_run else None,
+            args.dataset, spec.eval_split, global_batch, training=False,
+            data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
         )
-        info = data.info(args.dataset, data_dir=args.data_dir)
-    except Exception as error:  # TFDS raises many kinds; all mean "no data"
-        cli.fail(f"--dataset {args.dataset}: cannot load it ({error})")
-    input_shape = tuple(train_ds.element_spec[0].shape[1:])
-    num_classes = info.features["label"].num_classes
+    except data.DataError as error:
+        cli.fail(str(error))
+    except Exception as error:  # TFDS raises many kinds; all mean "no data here"
+        cli.fail(f"--dataset {args.dataset}: cannot load it ({str(error).splitlines()[0]})")
+    steps_per_epoch = _steps(train_ds, fallback=1)
 
-    args.input_shape = list(input_shape)
-    args.num_classes = int(num_classes)
-    model = zoo.create_model_from_flags(vars(args), input_shape, num_classes)
-    ensemble = quantens.QuantEnsemble(model, args.bit_widths, args.target_bits)
-    ensemble.compile(
-        optimizer=tf.keras.optimizers.Adam(args.lr),
-        run_eagerly=args.mode == "imperative",
-        jit_compile=args.jit,
+    with strategy.scope():
+        schedule = optimizers.make_schedule(
+            args.lr_mode, args.lr, args.epochs, steps_per_epoch, lr_steps=args.lr_steps,
+            lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs,
+        )
+        optimizer = optimizers.make_optimizer(args.optimizer, schedule, momentum=args.momentum)
+        ensemble = quantens.QuantEnsemble(
+            model, args.bit_widths, args.target_bits, weight_decay=args.wd
+        )
+        ensemble.compile(
+            optimizer=optimizer, run_eagerly=args.mode == "imperative", jit_compile=args.jit
+        )
+
+    # The chief writes the result directory; other workers a temporary one.
+    chief = distribute.is_chief(strategy)
+    out = args.result_path if chief else os.path.join(
+        args.result_path, ".workers", str(strategy.cluster_resolver.task_id)
     )
+    os.makedirs(out, exist_ok=True)
+    path = lambda name: os.path.join(out, name)  # noqa: E731
+    results.write_json(path("config.json"), cli.config_dict(args))
+    logger = results.file_logger(args.log or path("train.log"))
+    logger.info("train.py %s", " ".join(sys.argv[1:] if argv is None else argv))
 
-    os.makedirs(args.result_path, exist_ok=True)
-    results.write_json(os.path.join(args.result_path, "config.json"), cli.config_dict(args))
-    target = f"val_accuracy_{args.target_bits}"
     callbacks = [
-        tf.keras.callbacks.BackupAndRestore(os.path.join(args.result_path, "backup")),
-        results.HistoryCSV(os.path.join(args.result_path, "history.csv")),
+        tf.keras.callbacks.BackupAndRestore(path("backup"), delete_checkpoint=False),
+        results.HistoryCSV(path("history.csv")),
         results.BestCheckpoint(
-            os.path.join(args.result_path, "best.weights.h5"), monitor=target,
-            save=lambda path: results.save_weights(model, path),
+            path("best.weights.h5"), monitor=f"val_accuracy_{args.target_bits}",
+            save=lambda p: results.save_weights(model, p), history_path=path("history.csv"),
         ),
+        results.LogFile(logger, args.log_interval, global_batch),
     ]
-    verbose = 1 if sys.stdout.isatty() else 2
     ensemble.fit(
         train_ds, epochs=args.epochs, validation_data=val_ds, callbacks=callbacks,
-        verbose=verbose,
+        verbose=1 if sys.stdout.isatty() else 2,
     )
-    results.save_weights(model, os.path.join(args.result_path, "ensemble.weights.h5"))
+    results.save_weights(model, path("ensemble.weights.h5"))
     logs = ensemble.evaluate(val_ds, return_dict=True, verbose=0)
     accuracy = {str(b): float(logs[f"accuracy_{b}"]) for b in args.bit_widths}
+    seconds = round(time.time() - started, 1)
     results.write_json(
-        os.path.join(args.result_path, "metrics.json"),
+        path("metrics.json"),
         {
             "bit_widths": list(args.bit_widths),
             "target_bits": args.target_bits,
             "val_accuracy": accuracy,
             "teacher_val_accuracy": None,
-            "train_seconds": round(time.time() - started, 1),
+            "train_seconds": seconds,
         },
     )
-    print(_accuracy_table(accuracy, args.bit_widths))
-    print(f"results in {args.result_path} ({time.time() - started:.0f} s)")
+    table = accuracy_table(accuracy, args.bit_widths)
+    logger.info("test accuracy per member\n%s", table)
+    if chief:
+        print(table)
+        print(f"results in {args.result_path} ({seconds:.0f} s)")
     return 0
 
 

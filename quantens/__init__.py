@@ -40,15 +40,34 @@ def _check_keras_version() -> None:
 
 _check_keras_version()
 
+# bits.py is plain Python; the rest loads TensorFlow, so it is imported on first
+# use: `python train.py --help` and flag errors answer without loading TensorFlow.
 from quantens.bits import active_bits, bits, validate_bit_widths  # noqa: E402
-from quantens.ensemble import QuantEnsemble  # noqa: E402
-from quantens.layers import (  # noqa: E402
-    QuantActivation,
-    QuantConv2D,
-    QuantDense,
-    SwitchableBatchNormalization,
-)
-from quantens.quantizers import ActivationQuantizer, WeightQuantizer  # noqa: E402
+
+_LAZY = {
+    "QuantEnsemble": "quantens.ensemble",
+    "QuantActivation": "quantens.layers",
+    "QuantConv2D": "quantens.layers",
+    "QuantDense": "quantens.layers",
+    "SwitchableBatchNormalization": "quantens.layers",
+    "ActivationQuantizer": "quantens.quantizers",
+    "WeightQuantizer": "quantens.quantizers",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'quantens' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 

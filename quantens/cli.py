@@ -17,9 +17,11 @@ is allowed, exit code 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 
 from quantens.bits import validate_bit_widths
 
@@ -156,13 +158,22 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
     g = p.add_argument_group("devices")
     g.add_argument("--gpus", default=None,
-                   help="comma-separated GPU ids, e.g. 0,1 (omit to run on the CPU)")
+                   help="comma-separated GPU ids, e.g. 0,1 (MirroredStrategy); '' for the "
+                   "CPU; omit for TensorFlow's default device")
+    g.add_argument("--cpu-replicas", type=int, default=None,
+                   help="N logical CPU devices under MirroredStrategy (testing, CPU hosts)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="synchronise BatchNormalization statistics across replicas")
+    g.add_argument("--deterministic", action="store_true",
+                   help="seed everything and enable TensorFlow's op determinism")
 
     g = p.add_argument_group("output")
     g.add_argument("--result-path", "--result_path", dest="result_path", default=None,
                    help="result directory (default: results/<model>_<dataset>)")
     g.add_argument("--log", default=None, help="log file (default: <result-path>/train.log)")
     g.add_argument("--log-interval", type=int, default=50, help="batches between log lines")
+    g.add_argument("--export", action="store_true",
+                   help="export every member (SavedModel, TFLite) to <result-path>/export")
     return p
 
 
@@ -194,8 +205,15 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(
             f"--lr-steps must be comma-separated epochs, got {args.lr_steps!r}"
         ) from None
-    if args.resume is not None and not os.path.isfile(args.resume):
-        raise UsageError(f"--resume {args.resume}: no such file")
+    if args.resume is not None:
+        if os.path.isdir(args.resume):  # a result directory: its final weights
+            args.resume = os.path.join(args.resume, "ensemble.weights.h5")
+        if not os.path.isfile(args.resume):
+            raise UsageError(f"--resume {args.resume}: no such file")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
+    if args.cpu_replicas is not None and args.cpu_replicas < 1:
+        raise UsageError("--cpu-replicas must be at least 1")
     if args.result_path is None:
         args.result_path = os.path.join("results", f"{args.model}_{args.dataset}")
     return args
@@ -220,3 +238,38 @@ def fail(message: str, code: int = 2) -> None:
     """Prints `train.py: error: <message>` and exits (no traceback)."""
     print(f"{os.path.basename(sys.argv[0]) or 'train.py'}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Hides what TensorFlow's C++ runtime prints to stderr while it starts.
+
+    TensorFlow 2.21 prints absl INFO lines (oneDNN, CUDA drivers, CPU features)
+    that `TF_CPP_MIN_LOG_LEVEL` no longer silences. They are kept in a buffer
+    and shown only if the block fails.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            buffer.seek(0)
+            sys.stderr.write(buffer.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def load_tensorflow():
+    """Imports TensorFlow, tf-keras and larq quietly and initialises the devices."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_logs():
+        import larq  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    return tf

@@ -76,51 +76,200 @@ class DatasetSpec:
 
     tfds_name: str
     family: str  # "digits", "mnist", "cifar", "imagenet": selects augmentation
+    input_shape: tuple[int, int, int]
+    num_classes: int
     train_split: str = "train"
     eval_split: str = "test"
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE = 224
+FOLDER = "folder"
+
 DATASETS = {
-    "digits": DatasetSpec("digits", "digits", mean=(0.3053,), std=(0.3760,)),
-    "mnist": DatasetSpec("mnist", "mnist", mean=(0.1307,), std=(0.3081,)),
+    "digits": DatasetSpec("digits", "digits", (8, 8, 1), 10, mean=(0.3053,), std=(0.3760,)),
+    "mnist": DatasetSpec("mnist", "mnist", (28, 28, 1), 10, mean=(0.1307,), std=(0.3081,)),
     "cifar10": DatasetSpec(
-        "cifar10", "cifar", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
+        "cifar10", "cifar", (32, 32, 3), 10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
     ),
     "cifar100": DatasetSpec(
-        "cifar100", "cifar", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)
+        "cifar100", "cifar", (32, 32, 3), 100,
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
     ),
     "imagenet2012": DatasetSpec(
-        "imagenet2012",
-        "imagenet",
-        eval_split="validation",
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        "imagenet2012", "imagenet", (IMAGE_SIZE, IMAGE_SIZE, 3), 1000,
+        eval_split="validation", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     ),
 }
 # The seed's names for the same datasets.
 ALIASES = {"imagenet": "imagenet2012", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-def resolve(name: str) -> DatasetSpec:
-    """The `DatasetSpec` of a dataset name or alias."""
+class DataError(ValueError):
+    """A dataset that cannot be read as asked; the message says how to fix it."""
+
+
+def resolve(name: str, data_dir: str | None = None) -> DatasetSpec:
+    """The `DatasetSpec` of a dataset name or alias (`folder`: from `data_dir`).
+
+    ImageNet given as a folder with `train/` and `val/` subfolders (the layout
+    the MXNet code read) is read as an image folder too.
+    """
     key = ALIASES.get(name, name)
+    if key == FOLDER or (key == "imagenet2012" and _is_image_folder(data_dir)):
+        return _folder_spec(data_dir)
     if key not in DATASETS:
-        known = ", ".join(sorted([*DATASETS, *ALIASES]))
-        raise ValueError(f"unknown dataset {name!r}: choose one of {known}")
+        known = ", ".join(sorted([*DATASETS, *ALIASES, FOLDER]))
+        raise DataError(f"unknown dataset {name!r}: choose one of {known}")
     return DATASETS[key]
 
 
-def _preprocess(spec: DatasetSpec, training: bool):
-    mean = tf.constant(spec.mean, tf.float32)
-    std = tf.constant(spec.std, tf.float32)
+def _is_image_folder(data_dir: str | None) -> bool:
+    return bool(data_dir) and all(
+        os.path.isdir(os.path.join(data_dir, sub)) for sub in ("train", "val")
+    )
 
-    def preprocess(image, label):
-        image = tf.cast(image, tf.float32) / 255.0
-        return (image - mean) / std, label
 
-    return preprocess
+def _folder_classes(directory: str) -> list[str]:
+    return sorted(
+        d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d))
+    )
+
+
+def _folder_spec(data_dir: str | None) -> DatasetSpec:
+    if not _is_image_folder(data_dir):
+        raise DataError(
+            f"--data-dir {data_dir!r} must be a folder with train/ and val/ subfolders, "
+            "one subfolder per class in each"
+        )
+    classes = _folder_classes(os.path.join(data_dir, "train"))
+    if not classes:
+        raise DataError(f"{os.path.join(data_dir, 'train')} has no class subfolders")
+    return DatasetSpec(
+        FOLDER, "imagenet", (IMAGE_SIZE, IMAGE_SIZE, 3), len(classes),
+        eval_split="val", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    )
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def _random_resized_crop(image, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Inception-style crop: a random area and aspect ratio, resized to `size`."""
+    shape = tf.shape(image)
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4)),
+        min_object_covered=0.0,
+        aspect_ratio_range=ratio,
+        area_range=scale,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.slice(image, begin, crop_size)
+    return tf.image.resize(crop, (size, size))
+
+
+def _resize_center_crop(image, size: int, resize: int):
+    """Resizes the short side to `resize`, then crops the `size` center."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = resize / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new)
+    return tf.image.resize_with_crop_or_pad(image, size, size)
+
+
+def _augment(spec: DatasetSpec, training: bool, augmentation: str):
+    """Returns image -> float image in [0, 255] of `spec.input_shape`."""
+    height = spec.input_shape[0]
+
+    def augment(image):
+        image = tf.cast(image, tf.float32)
+        if spec.family == "imagenet":
+            if not training:
+                return _resize_center_crop(image, height, int(round(height * 256 / 224)))
+            scale = (0.35, 1.0) if augmentation == "low" else (0.08, 1.0)
+            image = _random_resized_crop(image, height, scale=scale)
+            image = tf.image.random_flip_left_right(image)
+            if augmentation == "high":
+                image = tf.image.random_brightness(image, 0.4 * 255)
+                image = tf.image.random_contrast(image, 0.6, 1.4)
+                image = tf.clip_by_value(image, 0.0, 255.0)
+            return image
+        if not training:
+            return image
+        if spec.family == "cifar":
+            if augmentation != "low":
+                image = tf.image.resize_with_crop_or_pad(image, height + 8, height + 8)
+                image = tf.image.random_crop(image, spec.input_shape)
+            return tf.image.random_flip_left_right(image)
+        # digits, mnist: no flips (they change the class); shifts on "high"
+        if augmentation == "high":
+            pad = max(1, height // 8)
+            image = tf.image.resize_with_crop_or_pad(image, height + 2 * pad, height + 2 * pad)
+            image = tf.image.random_crop(image, spec.input_shape)
+        return image
+
+    return augment
+
+
+def _normalize(spec: DatasetSpec):
+    mean = tf.constant(spec.mean, tf.float32) * 255.0
+    std = tf.constant(spec.std, tf.float32) * 255.0
+    return lambda image: (image - mean) / std
+
+
+# --------------------------------------------------------------------- sources
+
+
+def _tfds_source(spec, split, training, data_dir, shuffle_seed):
+    manual_dir = data_dir if spec.tfds_name == "imagenet2012" else None
+    tfds_dir = None if manual_dir else data_dir
+    builder = tfds.builder(spec.tfds_name, data_dir=tfds_dir)
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
+    except AssertionError as error:  # TFDS's way of saying "manual files missing"
+        raise DataError(
+            f"{spec.tfds_name} is not prepared and cannot be: {str(error).splitlines()[0]} "
+            "(put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in --data-dir, or "
+            "give --data-dir a folder with train/ and val/ image subfolders)"
+        ) from None
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
+    return builder.as_dataset(
+        split=split, as_supervised=True, shuffle_files=training, read_config=read_config
+    )
+
+
+def _folder_source(data_dir, split, training, shuffle_seed):
+    classes = _folder_classes(os.path.join(data_dir, "train"))
+    directory = os.path.join(data_dir, split)
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(directory, name)
+        if not os.path.isdir(class_dir):
+            continue
+        for file in sorted(os.listdir(class_dir)):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(class_dir, file))
+                labels.append(label)
+    if not paths:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {directory}")
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if training:
+        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def read(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return image, label
+
+    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def load(
@@ -132,43 +281,51 @@ def load(
     num_workers: int | None = None,
     shuffle_seed: int | None = None,
     take_batches: int | None = None,
+    augmentation: str = "medium",
 ) -> tf.data.Dataset:
-    """A batched `(image, label)` dataset, normalised, prefetched.
+    """A batched `(image, label)` dataset, augmented, normalised, prefetched.
 
     Arguments:
         name: a TFDS name (`digits`, `mnist`, `cifar10`, `cifar100`,
-            `imagenet2012`) or one of the seed's aliases (`imagenet`).
-        split: a TFDS split, e.g. `"train"` or `"test"`.
+            `imagenet2012`), one of the seed's aliases (`imagenet`), or
+            `folder` (an image folder: `data_dir/train/<class>/*.jpg`, `data_dir/val/...`).
+        split: a split, e.g. `"train"` or `"test"` (`"val"` for folders).
         batch_size: the batch size (global under `tf.distribute`).
         training: shuffle, augment and drop the last incomplete batch.
         data_dir: TFDS data directory (default `TFDS_DATA_DIR` or
-            `~/tensorflow_datasets`).
+            `~/tensorflow_datasets`); for `imagenet2012` the TFDS manual
+            directory with the ILSVRC2012 tar files; for `folder` the folder.
         num_workers: parallel calls of the map functions (default AUTOTUNE).
         shuffle_seed: seed of the shuffle order.
         take_batches: stop after this many batches (smoke runs).
+        augmentation: `low`, `medium` or `high` (training only).
+
+    Raises:
+        DataError: unknown dataset, missing folder or files.
     """
-    spec = resolve(name)
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-    builder.download_and_prepare()
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
-    ds = builder.as_dataset(
-        split=split, as_supervised=True, shuffle_files=training, read_config=read_config
-    )
+    if augmentation not in ("low", "medium", "high"):
+        raise DataError(f"unknown augmentation {augmentation!r}: choose low, medium or high")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir} does not exist or is not a folder")
+    spec = resolve(name, data_dir)
+    if spec.tfds_name == FOLDER:
+        ds = _folder_source(data_dir, split, training, shuffle_seed)
+    else:
+        ds = _tfds_source(spec, split, training, data_dir, shuffle_seed)
     parallel = num_workers or tf.data.AUTOTUNE
-    ds = ds.map(_preprocess(spec, training), num_parallel_calls=parallel)
+    augment, normalize = _augment(spec, training, augmentation), _normalize(spec)
+    small = spec.family in ("digits", "mnist", "cifar")
+    if training and small:
+        ds = ds.cache()  # decoded uint8 images; augmentation stays random per epoch
     if training:
-        ds = ds.cache().shuffle(10 * batch_size, seed=shuffle_seed)
+        ds = ds.shuffle(max(1000, 10 * batch_size), seed=shuffle_seed)
+    ds = ds.map(
+        lambda image, label: (normalize(augment(image)), label), num_parallel_calls=parallel
+    )
     ds = ds.batch(batch_size, drop_remainder=training)
     if take_batches:
         ds = ds.take(take_batches)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def info(name: str, data_dir: str | None = None) -> tfds.core.DatasetInfo:
-    """The TFDS `DatasetInfo` of a dataset (prepares it if needed)."""
-    builder = tfds.builder(resolve(name).tfds_name, data_dir=data_dir)
-    builder.download_and_prepare()
-    return builder.info
 
 
 def default_data_dir() -> str:

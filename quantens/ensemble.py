@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 import tensorflow as tf
+from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import bits as bits_scope
 from quantens.bits import validate_bit_widths
@@ -51,6 +52,9 @@ class QuantEnsemble(tf.keras.Model):
         target_bits: the member that `predict` runs and checkpoints are chosen
             by; default the lowest bit-width.
         member_loss_weights: cross-entropy weight per bit-width (default 1).
+        weight_decay: L2 coefficient of the full-precision variables (the
+            seed's `--wd`: its gradient adds `wd * w`); quantized kernels get
+            none, as BMXNet sets their `wd_mult` to 0.
 
     ```python
     import quantens
@@ -69,6 +73,7 @@ class QuantEnsemble(tf.keras.Model):
         bit_widths=(32, 8, 4, 2, 1),
         target_bits: int | None = None,
         member_loss_weights: Mapping[int, float] | None = None,
+        weight_decay: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -89,6 +94,9 @@ class QuantEnsemble(tf.keras.Model):
                 f"member_loss_weights names bit-widths {unknown} that are not members"
             )
         self.member_loss_weights = {b: float(weights.get(b, 1.0)) for b in self.bit_widths}
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must not be negative, got {weight_decay}")
+        self.weight_decay = float(weight_decay)
         self.loss_terms: list[LossTerm] = []
         self.extra_trackers: dict[str, tf.keras.metrics.Metric] = {}
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
@@ -149,14 +157,26 @@ class QuantEnsemble(tf.keras.Model):
         """Σ_b w_b·CE_b + regularization + loss terms: (total, CE per member, logs)."""
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
-        if self.model.losses:
-            total += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+        regularization = list(self.model.losses)
+        if self.weight_decay:
+            regularization += [
+                0.5 * self.weight_decay * tf.reduce_sum(tf.square(v))
+                for v in self.decayed_variables()
+            ]
+        if regularization:
+            total += tf.nn.scale_regularization_loss(tf.add_n(regularization))
         logs = {}
         for term in self.loss_terms:
             term_loss, term_logs = term(x, y, member_logits, training=training)
             total += term_loss
             logs.update(term_logs)
         return total, losses, logs
+
+    def decayed_variables(self) -> list[tf.Variable]:
+        """Trainable variables that weight decay applies to: all but quantized kernels."""
+        return [
+            v for v in self.model.trainable_variables if not isinstance(v, QuantizedVariable)
+        ]
 
     # ------------------------------------------------------------------- steps
 

@@ -24,8 +24,10 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -119,14 +121,34 @@ class HistoryCSV(tf.keras.callbacks.Callback):
 
 
 class BestCheckpoint(tf.keras.callbacks.Callback):
-    """Saves weights whenever `monitor` improves (higher is better), atomically."""
+    """Saves weights whenever `monitor` improves (higher is better), atomically.
 
-    def __init__(self, path: str, monitor: str, save: Callable[[str], None] | None = None):
+    With `history_path`, a resumed run starts from the best value logged so far
+    (and keeps the existing `best.weights.h5` unless it is beaten).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        monitor: str,
+        save: Callable[[str], None] | None = None,
+        history_path: str | None = None,
+    ):
         super().__init__()
         self.path = path
         self.monitor = monitor
         self.best = -float("inf")
         self._save = save
+        self.history_path = history_path
+
+    def on_train_begin(self, logs=None):
+        if self.history_path and os.path.exists(self.path):
+            values = [
+                float(row[self.monitor])
+                for row in read_history(self.history_path)
+                if row.get(self.monitor) not in (None, "")
+            ]
+            self.best = max(values, default=-float("inf"))
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -137,3 +159,54 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
             self._save(self.path)
         else:
             save_weights(self.model, self.path)
+
+
+def file_logger(path: str) -> logging.Logger:
+    """A logger that appends to `path` (the `--log` file), one line per record."""
+    logger = logging.getLogger(f"quantens.run.{os.path.abspath(path)}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def _format_logs(logs: dict) -> str:
+    return " ".join(f"{k}={float(v):.4f}" for k, v in (logs or {}).items())
+
+
+class LogFile(tf.keras.callbacks.Callback):
+    """Writes progress to the `--log` file: every `interval` batches and each epoch.
+
+    Lines look like the seed's: `Epoch[3] Batch[100] speed=812.3 samples/s loss=...`.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: int = 50, batch_size: int = 1):
+        super().__init__()
+        self.logger = logger
+        self.interval = interval
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.started = self.tick = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.interval:
+            return
+        now = time.time()
+        speed = self.interval * self.batch_size / max(now - self.tick, 1e-9)
+        self.tick = now
+        self.logger.info(
+            "Epoch[%d] Batch[%d] speed=%.1f samples/s %s",
+            self.epoch + 1, batch + 1, speed, _format_logs(logs),
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logger.info(
+            "Epoch[%d] time=%.1fs %s", epoch + 1, time.time() - self.started, _format_logs(logs)
+        )

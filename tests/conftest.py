@@ -51,3 +51,32 @@ def run_script(args, cwd=ROOT, env=None, timeout=600):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+MOCK_TRAIN = """
+import sys
+import train  # selects tf-keras before TensorFlow loads
+import tensorflow_datasets as tfds
+
+with tfds.testing.mock_data(num_examples=4):
+    sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def run_seed_example(n, tmp_path, extra=(), **replace):
+    """Runs seed example n through train.py under `tfds.testing.mock_data`.
+
+    Flags verbatim except `--epochs 1 --test-run`, `--batch-size 2`, no
+    `--gpus 0`, and the `replace`d ones. Runs in `tmp_path/work`, so the
+    example's `--result_path ../test_runN/` lands in `tmp_path`.
+    """
+    from seed_examples import flags
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    script = tmp_path / "mock_train.py"
+    script.write_text(MOCK_TRAIN)
+    argv = flags(n, **{"--epochs": "1", "--batch-size": "2", **replace})
+    result = run_script([str(script), *argv, "--test-run", *extra], cwd=str(work),
+                        env={"PYTHONPATH": ROOT})
+    return result, tmp_path / f"test_run{n}"

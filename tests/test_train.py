@@ -2,8 +2,9 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
-from conftest import run_script, tiny_model
+from conftest import run_script, run_seed_example, tiny_model
 
 import quantens
 
@@ -46,3 +47,69 @@ def test_saved_weights_load_into_the_model(default_run):
     model.load_weights(os.path.join(result_path, "ensemble.weights.h5"))
     ensemble = quantens.QuantEnsemble(model)
     assert ensemble.target_bits == 1
+
+
+def check_result_dir(path, bit_widths):
+    metrics = json.load(open(os.path.join(path, "metrics.json")))
+    assert metrics["bit_widths"] == list(bit_widths)
+    assert set(metrics["val_accuracy"]) == {str(b) for b in bit_widths}
+    assert os.path.isfile(os.path.join(path, "ensemble.weights.h5"))
+    return metrics
+
+
+def test_seed_example_1_runs_on_mock_imagenet(tmp_path):
+    data_dir = tmp_path / "imagenet1k"
+    data_dir.mkdir()
+    result, result_path = run_seed_example(
+        1, tmp_path, **{"--data-dir": str(data_dir), "--log": str(tmp_path / "run1.log")}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = check_result_dir(result_path, (32, 8, 4, 2, 1))
+    assert metrics["target_bits"] == 1
+    config = json.load(open(result_path / "config.json"))
+    assert config["input_shape"] == [224, 224, 3] and config["num_classes"] == 1000
+    assert "Epoch[1]" in (tmp_path / "run1.log").read_text()
+
+
+def test_seed_example_4_runs_on_mock_cifar100(tmp_path):
+    result, result_path = run_seed_example(4, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_result_dir(result_path, (32, 8, 4, 2, 1))
+    config = json.load(open(result_path / "config.json"))
+    assert config["fp_weights"] and config["num_classes"] == 100
+    assert (tmp_path / "work" / "test_run4").is_file()  # the seed's --log file
+
+
+def test_a_second_run_with_more_epochs_resumes(tfds_dir, tmp_path):
+    base = ["train.py", "--test-run", "--width", "8", "--bit-widths", "8", "1",
+            "--data-dir", tfds_dir, "--result-path", str(tmp_path / "r")]
+    first = run_script([*base, "--epochs", "1"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_script([*base, "--epochs", "2"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Epoch 2/2" in second.stdout and "Epoch 1/2" not in second.stdout
+    rows = list(csv.DictReader(open(tmp_path / "r" / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_resume_flag_starts_from_given_weights(tfds_dir, tmp_path):
+    first = tmp_path / "first"
+    base = ["train.py", "--test-run", "--width", "8", "--bit-widths", "8", "1",
+            "--data-dir", tfds_dir, "--epochs", "1", "--lr", "1e-12"]
+    assert run_script([*base, "--result-path", str(first)]).returncode == 0
+    second = run_script([*base, "--result-path", str(tmp_path / "second"), "--seed", "7",
+                         "--resume", str(first)])
+    assert second.returncode == 0, second.stderr[-3000:]
+    unresumed = run_script([*base, "--result-path", str(tmp_path / "third"), "--seed", "7"])
+    assert unresumed.returncode == 0
+
+    def kernels(path):
+        model = tiny_model((8, 1))
+        model.load_weights(str(path / "ensemble.weights.h5"))
+        return [v.numpy() for v in model.trainable_weights if "kernel" in v.name]
+
+    # a tiny lr leaves the kernels as loaded: the resumed run started from them
+    for a, b, c in zip(kernels(first), kernels(tmp_path / "second"),
+                       kernels(tmp_path / "third"), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        assert np.abs(a - c).max() > 1e-3
