@@ -63,10 +63,78 @@ def _steps(dataset, fallback: int) -> int:
     return n if n > 0 and n != tf.data.INFINITE_CARDINALITY else fallback
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = cli.parse_args(argv)
-    cli.load_tensorflow()
+def _teacher_flags(args) -> dict:
+    """Flags of the ensemble teacher: its run's config.json beside the weights, if any.
 
+    A first stage trained with --fp-weights is rebuilt with full-precision
+    weights; without a config.json the current flags describe it.
+    """
+    import json
+
+    config = os.path.join(os.path.dirname(os.path.abspath(args.teacher_params)), "config.json")
+    flags = dict(vars(args))
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            flags.update({k: v for k, v in json.load(f).items() if k in cli.ARCHITECTURE_FLAGS})
+    return flags
+
+
+def _build_distillation(args, spec, steps_per_epoch):
+    """The Distillation of the KD flags (None when there is nothing to distil)."""
+    import zoo
+    from quantens import optimizers, results
+    from quantens.distillation import Distillation
+
+    kd = dict(temperature=args.kd_temperature, weight=args.kd_weight)
+    if args.ensemble_teacher:
+        flags = _teacher_flags(args)
+        if list(flags["bit_widths"]) != list(args.bit_widths):
+            cli.fail(
+                f"--teacher-params {args.teacher_params}: the teacher ensemble has bit-widths "
+                f"{flags['bit_widths']}, this run {list(args.bit_widths)}; they must match"
+            )
+        teacher = zoo.create_model_from_flags(flags, spec.input_shape, spec.num_classes)
+        try:
+            results.load_weights(teacher, args.teacher_params)
+        except Exception as error:
+            cli.fail(
+                f"--teacher-params {args.teacher_params}: cannot load it as a {args.model} "
+                f"ensemble ({str(error).splitlines()[0]})"
+            )
+        return Distillation(args.bit_widths, args.kd_mode, teacher, "ensemble", **kd)
+    if args.kd_teacher_mode == "none":
+        if args.kd_mode == "none":
+            return None
+        return Distillation(args.bit_widths, args.kd_mode, None, "none", **kd)
+    weights = args.teacher_params
+    if weights is None and args.kd_teacher_mode == "pretrained_external":
+        weights = "pretrained"
+    try:
+        teacher = zoo.create_teacher(
+            args.teacher, spec.input_shape, spec.num_classes, weights, spec.mean, spec.std
+        )
+    except zoo.TeacherError as error:
+        cli.fail(f"--teacher {args.teacher}: {error}")
+    teacher_optimizer = None
+    if args.kd_teacher_mode == "untrained_external":
+        schedule = optimizers.make_schedule(
+            args.teacher_lr_mode, args.teacher_lr, args.epochs, steps_per_epoch,
+            lr_steps=args.lr_steps, lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs,
+        )
+        teacher_optimizer = optimizers.make_optimizer(
+            args.teacher_optimizer, schedule, momentum=args.teacher_momentum
+        )
+    return Distillation(
+        args.bit_widths, args.kd_mode, teacher, args.kd_teacher_mode,
+        teacher_optimizer=teacher_optimizer, teacher_weight_decay=args.teacher_wd, **kd,
+    )
+
+
+def run(args) -> dict:
+    """Trains as the validated flags `args` say; returns what metrics.json holds.
+
+    Exits with code 2 and one line on stderr for input that cannot work.
+    """
     import zoo
 
     try:
@@ -99,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             cli.fail(f"--model {args.model}: {error}")
     if args.dry_run:
         _summarise_members(model, args.bit_widths)
-        return 0
+        return {}
     if args.resume:
         try:
-            model.load_weights(args.resume)
+            results.load_weights(model, args.resume)
         except Exception as error:  # h5py's OSError, Keras' ValueError on a mismatch
             cli.fail(
                 f"--resume {args.resume}: cannot load these weights into {args.model} "
@@ -130,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = _steps(train_ds, fallback=1)
 
     with strategy.scope():
+        distillation = _build_distillation(args, spec, steps_per_epoch)
         schedule = optimizers.make_schedule(
             args.lr_mode, args.lr, args.epochs, steps_per_epoch, lr_steps=args.lr_steps,
             lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs,
@@ -138,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         ensemble = quantens.QuantEnsemble(
             model, args.bit_widths, args.target_bits, weight_decay=args.wd
         )
+        if distillation is not None:
+            ensemble.set_distillation(distillation)
         ensemble.compile(
             optimizer=optimizer, run_eagerly=args.mode == "imperative", jit_compile=args.jit
         )
@@ -151,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     path = lambda name: os.path.join(out, name)  # noqa: E731
     results.write_json(path("config.json"), cli.config_dict(args))
     logger = results.file_logger(args.log or path("train.log"))
-    logger.info("train.py %s", " ".join(sys.argv[1:] if argv is None else argv))
+    logger.info("train.py %s", " ".join(sys.argv[1:]))
 
     callbacks = [
         tf.keras.callbacks.BackupAndRestore(path("backup"), delete_checkpoint=False),
@@ -169,22 +240,27 @@ def main(argv: list[str] | None = None) -> int:
     results.save_weights(model, path("ensemble.weights.h5"))
     logs = ensemble.evaluate(val_ds, return_dict=True, verbose=0)
     accuracy = {str(b): float(logs[f"accuracy_{b}"]) for b in args.bit_widths}
-    seconds = round(time.time() - started, 1)
-    results.write_json(
-        path("metrics.json"),
-        {
-            "bit_widths": list(args.bit_widths),
-            "target_bits": args.target_bits,
-            "val_accuracy": accuracy,
-            "teacher_val_accuracy": None,
-            "train_seconds": seconds,
-        },
-    )
-    table = accuracy_table(accuracy, args.bit_widths)
+    teacher = logs.get("teacher_accuracy")
+    metrics = {
+        "bit_widths": list(args.bit_widths),
+        "target_bits": args.target_bits,
+        "val_accuracy": accuracy,
+        "teacher_val_accuracy": None if teacher is None else float(teacher),
+        "train_seconds": round(time.time() - started, 1),
+    }
+    results.write_json(path("metrics.json"), metrics)
+    table = accuracy_table(accuracy, args.bit_widths, metrics["teacher_val_accuracy"])
     logger.info("test accuracy per member\n%s", table)
     if chief:
         print(table)
-        print(f"results in {args.result_path} ({seconds:.0f} s)")
+        print(f"results in {args.result_path} ({metrics['train_seconds']:.0f} s)")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = cli.parse_args(argv)
+    cli.load_tensorflow()
+    run(args)
     return 0
 
 

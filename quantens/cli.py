@@ -33,6 +33,14 @@ OPTIMIZERS = ("radam", "adam", "sgd", "nag")
 LR_MODES = ("cosine", "step", "poly", "constant")
 
 
+# Flags that define the network (and so what a weights file fits).
+ARCHITECTURE_FLAGS = (
+    "model", "bit_widths", "initial_layers", "weight_quantization", "activation_method",
+    "clip_threshold", "fp_downsample_sc", "pool_downsample_sc", "fp_weights", "share_bn",
+    "width",
+)
+
+
 class UsageError(Exception):
     """A flag value that cannot work; the message names the flag."""
 
@@ -214,9 +222,48 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
     if args.cpu_replicas is not None and args.cpu_replicas < 1:
         raise UsageError("--cpu-replicas must be at least 1")
+    _validate_distillation(args)
     if args.result_path is None:
         args.result_path = os.path.join("results", f"{args.model}_{args.dataset}")
     return args
+
+
+def _validate_distillation(args: argparse.Namespace) -> None:
+    teacher_modes = ("pretrained_external", "untrained_external")
+    if args.teacher_params is not None and not os.path.isfile(args.teacher_params):
+        if os.path.isdir(args.teacher_params):  # a result directory: its final weights
+            args.teacher_params = os.path.join(args.teacher_params, "ensemble.weights.h5")
+        if not os.path.isfile(args.teacher_params):
+            raise UsageError(f"--teacher-params {args.teacher_params}: no such file")
+    if args.ensemble_teacher:
+        if args.teacher_params is None:
+            raise UsageError(
+                "--ensemble-teacher needs --teacher-params: the weights of the trained ensemble"
+            )
+        if args.kd_teacher_mode != "none":
+            raise UsageError("--ensemble-teacher and --kd-teacher-mode exclude each other")
+    elif args.kd_teacher_mode in teacher_modes and not args.teacher:
+        raise UsageError(f"--kd-teacher-mode {args.kd_teacher_mode} needs --teacher NAME")
+    elif args.teacher and args.kd_teacher_mode == "none":
+        raise UsageError(
+            f"--teacher {args.teacher} needs --kd-teacher-mode pretrained_external or "
+            "untrained_external"
+        )
+    has_teacher = args.ensemble_teacher or args.kd_teacher_mode in teacher_modes
+    if args.kd_mode == "simple" and not has_teacher:
+        raise UsageError(
+            "--kd-mode simple needs a teacher: --teacher NAME --kd-teacher-mode "
+            "pretrained_external|untrained_external, or --ensemble-teacher"
+        )
+    if args.kd_temperature <= 0:
+        raise UsageError("--kd-temperature must be positive")
+    if args.kd_weight < 0 or args.kd_attention_weight < 0:
+        raise UsageError("--kd-weight and --kd-attention-weight must not be negative")
+    for flag in ("lr", "wd", "lr_mode", "optimizer", "momentum"):
+        if getattr(args, f"teacher_{flag}") is None:
+            setattr(args, f"teacher_{flag}", getattr(args, flag))
+    if args.teacher_lr <= 0 or args.teacher_wd < 0:
+        raise UsageError("--teacher-lr must be positive and --teacher-wd not negative")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

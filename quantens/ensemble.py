@@ -19,7 +19,7 @@ binary = ensemble.member(1)  # a standalone larq model of the 1-bit member
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import tensorflow as tf
 from larq.quantized_variable import QuantizedVariable
@@ -27,18 +27,14 @@ from larq.quantized_variable import QuantizedVariable
 from quantens.bits import bits as bits_scope
 from quantens.bits import validate_bit_widths
 
-# A loss term adds to the ensemble loss; it is called as
-# term(x, y, member_logits, training=...) inside the gradient tape and returns
-# (loss averaged per global batch, {metric name: value to log}).
-LossTerm = Callable[..., tuple[tf.Tensor, dict]]
-
 
 class QuantEnsemble(tf.keras.Model):
     """A network whose members at several bit-widths share one set of weights.
 
     `train_step` runs the wrapped model once per bit-width (a Python loop that
     unrolls into one graph), sums the members' cross-entropies (weighted by
-    `member_loss_weights`) and any extra `loss_terms` (distillation), and makes
+    `member_loss_weights`), weight decay and distillation (`set_distillation`),
+    and makes
     one optimizer update of the shared weights. The loss is averaged per
     global batch, so it is correct under `tf.distribute`.
 
@@ -97,8 +93,7 @@ class QuantEnsemble(tf.keras.Model):
         if weight_decay < 0:
             raise ValueError(f"weight_decay must not be negative, got {weight_decay}")
         self.weight_decay = float(weight_decay)
-        self.loss_terms: list[LossTerm] = []
-        self.extra_trackers: dict[str, tf.keras.metrics.Metric] = {}
+        self.distillation = None
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         # string keys: checkpoints (BackupAndRestore) track dicts only by str
         self.member_loss_trackers = {
@@ -131,18 +126,13 @@ class QuantEnsemble(tf.keras.Model):
 
     # -------------------------------------------------------------------- loss
 
-    def add_loss_term(self, term: LossTerm, metric_names=()) -> None:
-        """Adds `term` to the training loss and a `Mean` metric per logged name.
+    def set_distillation(self, distillation) -> None:
+        """Adds knowledge distillation (`quantens.distillation.Distillation`) to the loss.
 
-        `term(x, y, member_logits, training=...)` is called inside the gradient
-        tape of `train_step` and returns `(loss, logs)`: the loss averaged per
-        global batch (`tf.nn.compute_average_loss`) and a dict whose keys are
-        among `metric_names`. Distillation plugs in here.
+        Its terms join the loss inside the gradient tape of `train_step`; its
+        metrics (`kd_loss`, `teacher_loss`, `teacher_accuracy`) join the logs.
         """
-        self.loss_terms.append(term)
-        for name in metric_names:
-            if name not in self.extra_trackers:
-                self.extra_trackers[name] = tf.keras.metrics.Mean(name=name)
+        self.distillation = distillation
 
     def member_losses(self, y, member_logits, sample_weight=None) -> dict[int, tf.Tensor]:
         """Cross-entropy per member, averaged per global batch (distribution-safe)."""
@@ -154,7 +144,7 @@ class QuantEnsemble(tf.keras.Model):
         }
 
     def compute_ensemble_loss(self, x, y, member_logits, sample_weight=None, training=True):
-        """Σ_b w_b·CE_b + regularization + loss terms: (total, CE per member, logs)."""
+        """Σ_b w_b·CE_b + weight decay + distillation: (total, CE per member)."""
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
         regularization = list(self.model.losses)
@@ -165,12 +155,11 @@ class QuantEnsemble(tf.keras.Model):
             ]
         if regularization:
             total += tf.nn.scale_regularization_loss(tf.add_n(regularization))
-        logs = {}
-        for term in self.loss_terms:
-            term_loss, term_logs = term(x, y, member_logits, training=training)
-            total += term_loss
-            logs.update(term_logs)
-        return total, losses, logs
+        if self.distillation is not None:
+            total += self.distillation(
+                x, y, member_logits, training=training, sample_weight=sample_weight
+            )
+        return total, losses
 
     def decayed_variables(self) -> list[tf.Variable]:
         """Trainable variables that weight decay applies to: all but quantized kernels."""
@@ -180,33 +169,33 @@ class QuantEnsemble(tf.keras.Model):
 
     # ------------------------------------------------------------------- steps
 
-    def _update_metrics(self, y, member_logits, total, losses, logs, sample_weight):
+    def _update_metrics(self, y, member_logits, total, losses, sample_weight):
         # Losses are averaged per global batch; logs show them per replica batch.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.loss_tracker.update_state(total * replicas)
         for b, logits in member_logits.items():
             self.member_loss_trackers[str(b)].update_state(losses[b] * replicas)
             self.member_accuracies[str(b)].update_state(y, logits, sample_weight=sample_weight)
-        for name, value in logs.items():
-            self.extra_trackers[name].update_state(value)
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             member_logits = self.member_logits(x, training=True)
-            total, losses, logs = self.compute_ensemble_loss(
+            total, losses = self.compute_ensemble_loss(
                 x, y, member_logits, sample_weight, training=True
             )
         self.optimizer.minimize(total, self.model.trainable_variables, tape=tape)
-        return self._update_metrics(y, member_logits, total, losses, logs, sample_weight)
+        return self._update_metrics(y, member_logits, total, losses, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         member_logits = self.member_logits(x, training=False)
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
-        return self._update_metrics(y, member_logits, total, losses, {}, sample_weight)
+        if self.distillation is not None:  # kd_loss and the teacher's metrics
+            self.distillation(x, y, member_logits, training=False, sample_weight=sample_weight)
+        return self._update_metrics(y, member_logits, total, losses, sample_weight)
 
     def predict_step(self, data):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
@@ -218,7 +207,7 @@ class QuantEnsemble(tf.keras.Model):
             self.loss_tracker,
             *self.member_loss_trackers.values(),
             *self.member_accuracies.values(),
-            *self.extra_trackers.values(),
+            *(self.distillation.metrics if self.distillation is not None else []),
         ]
 
     # ----------------------------------------------------------------- members

@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import h5py
 import tensorflow as tf
 
 
@@ -79,6 +80,24 @@ def save_weights(model: tf.keras.Model, path: str) -> None:
     """`model.save_weights(path)`, written whole or not at all."""
     with atomic_path(path) as tmp:
         model.save_weights(tmp)
+
+
+def load_weights(model: tf.keras.Model, path: str) -> None:
+    """`model.load_weights(path)` for weights saved by quantens under any file name.
+
+    Keras picks the format of `.weights.h5` files from the name; the same file
+    renamed (the seed's `first_stage.params`) is read in that format too.
+    """
+    if not path.endswith(".weights.h5") and h5py.is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            legacy = "layer_names" in f.attrs
+        if not legacy:
+            with tempfile.TemporaryDirectory() as tmp:
+                link = os.path.join(tmp, "weights.weights.h5")
+                os.symlink(os.path.abspath(path), link)
+                model.load_weights(link)
+            return
+    model.load_weights(path)
 
 
 def _write_rows(path: str, rows: list[dict]) -> None:

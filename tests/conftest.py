@@ -23,7 +23,11 @@ def tfds_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_arrays(tfds_dir):
     """(x_train, y_train, x_test, y_test) of `digits`, normalised, as numpy."""
+    import tensorflow_datasets as tfds
+
     import quantens.data as qd
+
+    tfds.disable_progress_bar()
 
     def arrays(split):
         ds = qd.load("digits", split, batch_size=4096, data_dir=tfds_dir)
@@ -57,7 +61,9 @@ MOCK_TRAIN = """
 import sys
 import train  # selects tf-keras before TensorFlow loads
 import tensorflow_datasets as tfds
+from absl import logging
 
+logging.set_verbosity(logging.ERROR)  # the mock's own deprecation warnings
 with tfds.testing.mock_data(num_examples=4):
     sys.exit(train.main(sys.argv[1:]))
 """

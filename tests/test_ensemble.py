@@ -109,7 +109,7 @@ def test_kernel_gradient_is_the_sum_of_member_gradients(batch):
     x, y = batch
     kernels = [w for w in ensemble.model.trainable_weights if "block" in w.name and "kernel" in w.name]
     with tf.GradientTape() as tape:
-        total, _, _ = ensemble.compute_ensemble_loss(x, y, ensemble.member_logits(x, True), None)
+        total, _ = ensemble.compute_ensemble_loss(x, y, ensemble.member_logits(x, True), None)
     joint = tape.gradient(total, kernels)
     separate = []
     for b in BITS:

@@ -71,15 +71,6 @@ def test_seed_example_1_runs_on_mock_imagenet(tmp_path):
     assert "Epoch[1]" in (tmp_path / "run1.log").read_text()
 
 
-def test_seed_example_4_runs_on_mock_cifar100(tmp_path):
-    result, result_path = run_seed_example(4, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    check_result_dir(result_path, (32, 8, 4, 2, 1))
-    config = json.load(open(result_path / "config.json"))
-    assert config["fp_weights"] and config["num_classes"] == 100
-    assert (tmp_path / "work" / "test_run4").is_file()  # the seed's --log file
-
-
 def test_a_second_run_with_more_epochs_resumes(tfds_dir, tmp_path):
     base = ["train.py", "--test-run", "--width", "8", "--bit-widths", "8", "1",
             "--data-dir", tfds_dir, "--result-path", str(tmp_path / "r")]

@@ -16,6 +16,13 @@ from collections.abc import Callable
 import quantens  # noqa: F401  (selects tf-keras before TensorFlow loads)
 
 _MODELS: dict[str, Callable] = {}
+_TEACHERS: dict[str, Callable] = {}
+
+# keras.applications families and the input preprocessing their weights expect
+_APPLICATION_MODES = {
+    "ResNet": "caffe", "VGG": "caffe", "MobileNet": "tf", "Inception": "tf",
+    "Xception": "tf", "NASNet": "tf", "DenseNet": "torch",
+}
 
 
 def register_model(builder: Callable) -> Callable:
@@ -44,6 +51,121 @@ def create_model(name: str, **kwargs):
     `bit_widths`, `weights`, quantizer options).
     """
     return get_builder(name)(**kwargs)
+
+
+def register_teacher(builder: Callable) -> Callable:
+    """Registers a full-precision teacher builder under its name (a decorator)."""
+    _TEACHERS[builder.__name__] = builder
+    return builder
+
+
+def list_teachers(pattern: str = "*") -> list[str]:
+    """Zoo teachers matching a pattern (keras.applications names work too)."""
+    return sorted(name for name in _TEACHERS if fnmatch.fnmatch(name, pattern))
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be built or loaded; the message says how to fix it."""
+
+
+def _application(name: str):
+    import tensorflow as tf
+
+    builder = getattr(tf.keras.applications, name, None)
+    return builder if callable(builder) and name[:1].isupper() else None
+
+
+def _keras_application_teacher(builder, name, input_shape, num_classes, weights, mean, std):
+    """A keras.applications model fed with quantens' normalised images."""
+    import tensorflow as tf
+
+    pretrained = weights == "pretrained"
+    try:
+        base = builder(
+            include_top=True, weights="imagenet" if pretrained else None,
+            input_shape=tuple(input_shape), classes=int(num_classes),
+            classifier_activation=None,
+        )
+    except ValueError as error:
+        raise TeacherError(f"teacher {name}: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # urllib/HTTP errors when offline
+        raise TeacherError(
+            f"cannot download the ImageNet weights of {name} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no network?'}); pass a local "
+            "weights file with --teacher-params"
+        ) from None
+    mode = next((m for prefix, m in _APPLICATION_MODES.items() if name.startswith(prefix)), None)
+    inputs = tf.keras.Input(tuple(input_shape))
+    raw = inputs * (tf.constant(std) * 255.0) + tf.constant(mean) * 255.0  # back to 0..255
+    x = raw if mode is None else tf.keras.applications.imagenet_utils.preprocess_input(
+        raw, mode=mode
+    )
+    return tf.keras.Model(inputs, base(x), name=name)
+
+
+def create_teacher(
+    name: str,
+    input_shape,
+    num_classes: int,
+    weights: str | None = None,
+    mean=(0.5,),
+    std=(0.5,),
+):
+    """A full-precision teacher returning logits.
+
+    Arguments:
+        name: a zoo teacher (`ResNet18_v1`, `cifar_resnet110_v2`, ...; see
+            `list_teachers()`) or a `tf.keras.applications` model (`ResNet50`).
+        input_shape, num_classes: the dataset's.
+        weights: None (random initialisation), `"pretrained"` (the teacher's
+            own pretrained source: ImageNet weights of keras.applications), or
+            the path of a Keras weights file.
+        mean, std: the normalisation of the inputs (keras.applications
+            teachers undo it and apply their own preprocessing).
+
+    ```python
+    from zoo import create_teacher
+
+    teacher = create_teacher("cifar_resnet20_v1", (32, 32, 3), 10)
+    ```
+
+    Raises:
+        TeacherError: unknown name, no pretrained source, unreadable weights.
+    """
+    import os
+
+    is_file = weights not in (None, "pretrained")
+    if is_file and not os.path.isfile(weights):
+        raise TeacherError(f"teacher weights {weights}: no such file")
+    if name in _TEACHERS:
+        if weights == "pretrained":
+            raise TeacherError(
+                f"no pretrained weights of {name} can be obtained here (the seed loaded them "
+                "from GluonCV); pass a Keras weights file with --teacher-params, or use a "
+                "keras.applications teacher such as --teacher ResNet50"
+            )
+        teacher = _TEACHERS[name](input_shape=tuple(input_shape), num_classes=int(num_classes))
+    elif _application(name) is not None:
+        teacher = _keras_application_teacher(
+            _application(name), name, input_shape, num_classes,
+            None if is_file else weights, mean, std,
+        )
+    else:
+        raise TeacherError(
+            f"unknown teacher {name!r}: choose one of {', '.join(list_teachers())} or a "
+            "tf.keras.applications model (e.g. ResNet50)"
+        )
+    if is_file:
+        try:
+            from quantens.results import load_weights
+
+            load_weights(teacher, weights)
+        except Exception as error:  # h5py OSError, Keras ValueError on mismatch
+            raise TeacherError(
+                f"cannot load teacher weights {weights} into {name} "
+                f"({str(error).splitlines()[0]})"
+            ) from None
+    return teacher
 
 
 def create_model_from_flags(flags: dict, input_shape, num_classes: int):
@@ -81,10 +203,14 @@ def create_model_from_flags(flags: dict, input_shape, num_classes: int):
     return create_model(flags["model"], **kwargs)
 
 
-from zoo import resnet_e  # noqa: E402,F401  (registers the builders)
+from zoo import resnet, resnet_e  # noqa: E402,F401  (registers the builders)
 
 __all__ = [
+    "TeacherError",
     "create_model",
+    "create_teacher",
+    "list_teachers",
+    "register_teacher",
     "create_model_from_flags",
     "get_builder",
     "list_models",

@@ -1,0 +1,226 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import run_seed_example, tiny_model
+
+import quantens
+import zoo
+from quantens.distillation import TEACHER, Distillation, kd_loss, kd_pairs
+
+BITS = (32, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def batch(digits_arrays):
+    x, y, _, _ = digits_arrays
+    return x[:16], y[:16]
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_kd_loss_equals_a_hand_computation(rng):
+    student = rng.normal(size=(5, 7)).astype("float32") * 3
+    target = rng.normal(size=(5, 7)).astype("float32") * 3
+    for t in (1.0, 2.0, 4.0):
+        p, q = softmax(target / t), softmax(student / t)
+        expected = t * t * (p * (np.log(p) - np.log(q))).sum(-1)
+        np.testing.assert_allclose(kd_loss(student, target, t), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kd_loss(target, target, 3.0), 0, atol=1e-6)
+
+
+def test_kd_pairs_per_mode():
+    assert kd_pairs("none", BITS, has_teacher=True) == []
+    assert kd_pairs("simple", (1, 32, 4), has_teacher=True) == [
+        (32, TEACHER), (4, TEACHER), (1, TEACHER)]
+    assert kd_pairs("progressive", BITS, has_teacher=True) == [(32, TEACHER), (4, 32), (1, 4)]
+    assert kd_pairs("progressive", BITS, has_teacher=False) == [(4, 32), (1, 4)]
+    with pytest.raises(ValueError, match="needs a teacher"):
+        kd_pairs("simple", BITS, has_teacher=False)
+    with pytest.raises(ValueError, match="unknown kd mode"):
+        kd_pairs("mutual", BITS, has_teacher=False)
+
+
+def make_ensemble(distillation=None, optimizer=None, ce_weight=1.0):
+    tf.keras.utils.set_random_seed(0)
+    ensemble = quantens.QuantEnsemble(
+        tiny_model(BITS), BITS, member_loss_weights={b: ce_weight for b in BITS}
+    )
+    if distillation is not None:
+        ensemble.set_distillation(distillation)
+    ensemble.compile(optimizer=optimizer or tf.keras.optimizers.SGD(0.1))
+    return ensemble
+
+
+def kernels_of(model):
+    return [v for v in model.trainable_variables if "block" in v.name and "kernel" in v.name]
+
+
+def test_progressive_gradients_reach_the_kernel_only_through_the_student(batch):
+    x, y = batch
+    distillation = Distillation(BITS, "progressive", teacher=None, temperature=2.0)
+    ensemble = make_ensemble(distillation, ce_weight=0.0)
+    kernels = kernels_of(ensemble.model)
+    with tf.GradientTape(persistent=True) as tape:
+        logits = ensemble.member_logits(x, training=True)
+        targets = distillation.targets(x, y, logits, training=True)
+        pairs = distillation.pair_losses(logits, targets)
+        total, _ = ensemble.compute_ensemble_loss(x, y, logits)
+    assert set(pairs) == {(4, 32), (1, 4)}
+    reference_sum = None
+    for (student, target), loss in pairs.items():
+        fixed = logits[target].numpy()  # the target as a constant: no gradient into it
+        with tf.GradientTape() as ref_tape:
+            with quantens.bits(student):
+                z = ensemble.model(x, training=True)
+            ref = tf.reduce_mean(kd_loss(z, fixed, 2.0))
+        expected = ref_tape.gradient(ref, kernels)
+        got = tape.gradient(loss, kernels)
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, atol=1e-5)
+        assert max(float(np.abs(g).max()) for g in got) > 0
+        reference_sum = expected if reference_sum is None else [
+            a + b for a, b in zip(reference_sum, expected, strict=True)]
+    # with the members' CE weighted 0, the whole loss is the two KD pairs
+    for g, e in zip(tape.gradient(total, kernels), reference_sum, strict=True):
+        np.testing.assert_allclose(g, e, atol=1e-5)
+
+
+def test_simple_pairs_every_member_with_the_teacher(batch):
+    x, y = batch
+    teacher = zoo.create_teacher("cifar_resnet20_v1", (8, 8, 1), 10)
+    distillation = Distillation(BITS, "simple", teacher, "pretrained_external", temperature=3.0,
+                                weight=0.5)
+    ensemble = make_ensemble(distillation, ce_weight=0.0)
+    logits = {b: z.numpy() for b, z in ensemble.member_logits(x, training=True).items()}
+    teacher_logits = teacher(x, training=False).numpy()
+    expected = sum(0.5 * kd_loss(logits[b], teacher_logits, 3.0).numpy().mean() for b in BITS)
+    logs = ensemble.train_on_batch(x, y, return_dict=True)
+    assert logs["kd_loss"] == pytest.approx(expected, rel=1e-4)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_kd_mode_none_leaves_the_core_cross_entropy_sum(batch):
+    x, y = batch
+    teacher = zoo.create_teacher("cifar_resnet20_v1", (8, 8, 1), 10)
+    with_teacher = make_ensemble(Distillation(BITS, "none", teacher, "pretrained_external"))
+    plain = make_ensemble()
+    a = with_teacher.train_on_batch(x, y, return_dict=True)
+    b = plain.train_on_batch(x, y, return_dict=True)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert "kd_loss" not in a and "teacher_accuracy" in a
+
+
+def weights_of(model):
+    return [w.numpy().copy() for w in model.weights]
+
+
+def changed(before, model):
+    return max(float(np.abs(a - b.numpy()).max()) for a, b in zip(before, model.weights,
+                                                                   strict=True))
+
+
+def test_pretrained_teacher_is_frozen(batch):
+    x, y = batch
+    teacher = zoo.create_teacher("cifar_resnet20_v1", (8, 8, 1), 10)
+    before = weights_of(teacher)
+    ensemble = make_ensemble(Distillation(BITS, "simple", teacher, "pretrained_external"))
+    student_before = weights_of(ensemble.model)
+    ensemble.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert changed(before, teacher) == 0  # weights and BN statistics
+    assert changed(student_before, ensemble.model) > 1e-4
+
+
+def test_untrained_teacher_learns_with_its_own_optimizer_only(batch):
+    x, y = batch
+    teacher = zoo.create_teacher("cifar_resnet20_v1", (8, 8, 1), 10)
+    teacher_optimizer = tf.keras.optimizers.SGD(0.05, momentum=0.9)
+    distillation = Distillation(BITS, "simple", teacher, "untrained_external",
+                                teacher_optimizer=teacher_optimizer)
+    # the ensemble's learning rate is 0: if its optimizer touched the teacher,
+    # the teacher could still move; if the teacher's touched the ensemble, it would move
+    ensemble = make_ensemble(distillation, optimizer=tf.keras.optimizers.SGD(0.0))
+    teacher_before, student_before = weights_of(teacher), weights_of(ensemble.model)
+    kernels_before = [v.numpy().copy() for v in kernels_of(ensemble.model)]
+    ensemble.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert changed(teacher_before, teacher) > 1e-4
+    for before, v in zip(kernels_before, kernels_of(ensemble.model), strict=True):
+        np.testing.assert_array_equal(before, v.numpy())
+    assert int(teacher_optimizer.iterations) == 4 and int(ensemble.optimizer.iterations) == 4
+    assert float(teacher_optimizer.learning_rate) == pytest.approx(0.05)
+    teacher_vars = {id(v) for v in teacher.trainable_variables}
+    student_ids = {id(getattr(v, "latent_variable", v)) for v in ensemble.model.trainable_variables}
+    assert not teacher_vars & student_ids
+    # the teacher's slots hold exactly the teacher's variables (momentum per variable)
+    assert len(teacher_optimizer.variables()) == 1 + len(teacher.trainable_variables)
+    assert changed(student_before, ensemble.model) > 0  # BN statistics of the members move
+
+
+def test_ensemble_teacher_targets_are_its_own_members(batch):
+    x, y = batch
+    tf.keras.utils.set_random_seed(3)
+    teacher_ensemble = quantens.QuantEnsemble(tiny_model(BITS), BITS)
+    teacher_ensemble.compile(optimizer=tf.keras.optimizers.SGD(0.1))
+    teacher_ensemble.train_on_batch(x, y)
+    distillation = Distillation(BITS, "none", teacher_ensemble.model, "ensemble")
+    assert distillation.pairs == [(b, TEACHER) for b in BITS]
+    student = make_ensemble(distillation)
+    logits = student.member_logits(x, training=True)
+    targets = distillation.targets(x, y, logits, training=True)
+    expected = teacher_ensemble.member_logits(x, training=False)
+    for b in BITS:
+        np.testing.assert_allclose(targets[(TEACHER, b)], expected[b], atol=1e-5)
+    assert np.abs(expected[1].numpy() - expected[32].numpy()).max() > 1e-3
+
+
+def test_seed_example_2_with_a_local_teacher_file(tmp_path):
+    data_dir = tmp_path / "imagenet1k"
+    data_dir.mkdir()
+    teacher_file = tmp_path / "resnet18_v1.weights.h5"
+    zoo.create_teacher("ResNet18_v1", (224, 224, 3), 1000).save_weights(str(teacher_file))
+    result, result_path = run_seed_example(
+        2, tmp_path, extra=("--teacher-params", str(teacher_file)),
+        **{"--data-dir": str(data_dir)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(result_path / "metrics.json"))
+    assert metrics["teacher_val_accuracy"] is not None
+    assert "kd_loss" in (tmp_path / "work" / "test_run_2_log").read_text()
+
+
+def test_seed_example_2_offline_without_teacher_params_is_one_clear_error(tmp_path):
+    data_dir = tmp_path / "imagenet1k"
+    data_dir.mkdir()
+    result, result_path = run_seed_example(2, tmp_path, **{"--data-dir": str(data_dir)})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--teacher-params" in lines[0], result.stderr[-2000:]
+    assert not result_path.exists()
+
+
+def test_seed_example_3_trains_a_teacher_jointly(tmp_path):
+    result, result_path = run_seed_example(3, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(result_path / "metrics.json"))
+    assert metrics["bit_widths"] == [32, 8, 4, 2] and metrics["target_bits"] == 4
+    header = open(result_path / "history.csv").readline()
+    assert "teacher_accuracy" in header and "kd_loss" in header
+
+
+def test_seed_examples_4_then_5_multi_stage_training(tmp_path):
+    first, first_path = run_seed_example(4, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    config = json.load(open(first_path / "config.json"))
+    assert config["fp_weights"] and config["num_classes"] == 100
+    assert (tmp_path / "work" / "test_run4").is_file()  # the seed's --log file
+    shutil.copy(first_path / "ensemble.weights.h5", tmp_path / "work" / "first_stage.params")
+    second, second_path = run_seed_example(5, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    config = json.load(open(second_path / "config.json"))
+    assert config["ensemble_teacher"] and config["resume"] == "first_stage.params"
+    assert "kd_loss" in open(second_path / "history.csv").readline()
