@@ -85,7 +85,10 @@ def _build_distillation(args, spec, steps_per_epoch):
     from quantens import optimizers, results
     from quantens.distillation import Distillation
 
-    kd = dict(temperature=args.kd_temperature, weight=args.kd_weight)
+    kd = dict(
+        temperature=args.kd_temperature, weight=args.kd_weight,
+        attention_weight=args.kd_attention_weight,
+    )
     if args.ensemble_teacher:
         flags = _teacher_flags(args)
         if list(flags["bit_widths"]) != list(args.bit_widths):

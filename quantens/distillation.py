@@ -77,6 +77,51 @@ def kd_pairs(mode: str, bit_widths: Sequence[int], has_teacher: bool) -> list[tu
     return pairs + list(zip(bit_widths[1:], bit_widths[:-1], strict=True))
 
 
+def stage_outputs(model: tf.keras.Model) -> list:
+    """The last residual output at each spatial resolution: a network's stage outputs.
+
+    Residual outputs are `Add` layers or layers named `*_out` (zoo teachers,
+    keras.applications ResNets). Returns KerasTensors of `model`'s graph.
+    """
+    last_at = {}
+    for layer in model.layers:
+        shape = layer.output.shape if hasattr(layer, "output") else None
+        if shape is None or shape.rank != 4:
+            continue
+        if isinstance(layer, tf.keras.layers.Add) or layer.name.endswith("_out"):
+            last_at[tuple(shape[1:3])] = layer.output
+    return list(last_at.values())
+
+
+def with_stage_outputs(model: tf.keras.Model) -> tf.keras.Model:
+    """A model sharing `model`'s layers that returns `[logits, *stage outputs]`."""
+    features = stage_outputs(model)
+    if not features:
+        raise ValueError(f"{model.name} has no residual stage outputs to match attention on")
+    return tf.keras.Model(model.inputs, [model.outputs[0], *features], name=f"{model.name}_stages")
+
+
+def attention_map(features) -> tf.Tensor:
+    """Zagoruyko & Komodakis' spatial attention: mean_c F², flattened, L2-normalised."""
+    features = tf.cast(features, tf.float32)
+    q = tf.reduce_mean(tf.square(features), axis=-1)
+    q = tf.reshape(q, (tf.shape(q)[0], -1))
+    return tf.math.l2_normalize(q, axis=-1)
+
+
+def attention_loss(student_features, target_features) -> tf.Tensor:
+    """Per-example Σ over stages of equal resolution ‖Q_s − Q_t‖₂ (Martinez et al. 2020)."""
+    by_size = {tuple(f.shape[1:3]): f for f in target_features}
+    terms = [
+        tf.norm(attention_map(f) - attention_map(by_size[tuple(f.shape[1:3])]), axis=-1)
+        for f in student_features
+        if tuple(f.shape[1:3]) in by_size
+    ]
+    if not terms:
+        raise ValueError("no stage outputs of equal resolution for attention matching")
+    return tf.add_n(terms)
+
+
 class Distillation(tf.Module):
     """The distillation terms of a `QuantEnsemble`'s loss, with the teacher.
 
@@ -92,6 +137,9 @@ class Distillation(tf.Module):
         weight: α, the weight of every distillation pair.
         teacher_optimizer: the optimizer of an `untrained_external` teacher.
         teacher_weight_decay: L2 coefficient of the untrained teacher's variables.
+        attention_weight: weight of attention matching between the stage
+            outputs of each pair (Martinez et al., "Training binary neural
+            networks with real-to-binary convolutions", 2020); 0 turns it off.
 
     ```python
     import quantens
@@ -115,6 +163,7 @@ class Distillation(tf.Module):
         weight: float = 1.0,
         teacher_optimizer: tf.keras.optimizers.Optimizer | None = None,
         teacher_weight_decay: float = 0.0,
+        attention_weight: float = 0.0,
         name: str = "distillation",
     ):
         super().__init__(name=name)
@@ -140,6 +189,11 @@ class Distillation(tf.Module):
         self.temperature = float(temperature)
         self.weight = float(weight)
         self.teacher_weight_decay = float(teacher_weight_decay)
+        if attention_weight < 0:
+            raise ValueError(f"attention weight must not be negative, got {attention_weight}")
+        self.attention_weight = float(attention_weight)
+        if self.attention_weight and teacher is not None:
+            self.teacher = with_stage_outputs(teacher)  # shares the teacher's layers
         if self.teacher_mode == "untrained_external":
             if teacher_optimizer is None:
                 raise ValueError("an untrained_external teacher needs its own optimizer")
@@ -147,6 +201,7 @@ class Distillation(tf.Module):
         elif teacher is not None:
             teacher.trainable = False
         self.kd_loss_tracker = tf.keras.metrics.Mean(name="kd_loss")
+        self.attention_loss_tracker = tf.keras.metrics.Mean(name="attention_loss")
         self.teacher_loss_tracker = tf.keras.metrics.Mean(name="teacher_loss")
         self.teacher_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(
             name="teacher_accuracy"
@@ -159,32 +214,42 @@ class Distillation(tf.Module):
     def metrics(self) -> list[tf.keras.metrics.Metric]:
         """Metrics the ensemble reports: kd_loss, and the teacher's loss/accuracy."""
         metrics = [self.kd_loss_tracker] if self.pairs else []
+        if self.attention_weight and self.pairs:
+            metrics.append(self.attention_loss_tracker)
         if self.teacher is not None and self.teacher_mode != "ensemble":
             metrics += [self.teacher_loss_tracker, self.teacher_accuracy]
         return metrics
 
     # ---------------------------------------------------------------- teacher
 
+    def _teacher_call(self, x, training: bool):
+        """(logits as float32, stage outputs or [])."""
+        outputs = self.teacher(x, training=training)
+        if self.attention_weight:
+            return tf.cast(outputs[0], tf.float32), list(outputs[1:])
+        return tf.cast(outputs, tf.float32), []
+
     def _teacher_forward(self, x, training: bool):
+        """Teacher logits and features; per member for an ensemble teacher."""
         if self.teacher_mode == "ensemble":
-            outputs = {}
+            logits, features = {}, {}
             for b in self.bit_widths:
                 with bits_scope(b):
-                    outputs[b] = tf.cast(self.teacher(x, training=False), tf.float32)
-            return outputs
-        return tf.cast(self.teacher(x, training=training), tf.float32)
+                    logits[b], features[b] = self._teacher_call(x, training=False)
+            return logits, features
+        return self._teacher_call(x, training=training)
 
     def _train_teacher(self, x, y, sample_weight):
         """One step of the untrained teacher on cross-entropy; returns its logits."""
         variables = self.teacher.trainable_variables
         with tf.GradientTape() as tape:
-            logits = self._teacher_forward(x, training=True)
+            logits, features = self._teacher_forward(x, training=True)
             loss = tf.nn.compute_average_loss(self._ce(y, logits), sample_weight=sample_weight)
             if self.teacher_weight_decay:
                 l2 = tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
                 loss += tf.nn.scale_regularization_loss(0.5 * self.teacher_weight_decay * l2)
         self.teacher_optimizer.minimize(loss, variables, tape=tape)
-        return logits
+        return logits, features
 
     def _update_teacher_metrics(self, y, logits, sample_weight):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -194,47 +259,80 @@ class Distillation(tf.Module):
 
     # ------------------------------------------------------------------- loss
 
-    def targets(self, x, y, member_logits, training: bool, sample_weight=None) -> dict:
-        """Target logits under stop_gradient: `{bits: ..., ("teacher", bits): ...}`."""
-        targets = {b: tf.stop_gradient(z) for b, z in member_logits.items()}
+    def targets(
+        self, x, y, member_logits, training: bool, sample_weight=None, member_features=None
+    ) -> tuple[dict, dict]:
+        """Target logits and stage outputs under stop_gradient, keyed by target.
+
+        Keys: a member's bit-width, `"teacher"`, or `("teacher", b)` for the
+        members of an ensemble teacher.
+        """
+        stop = tf.stop_gradient
+        logits = {b: stop(z) for b, z in member_logits.items()}
+        features = {b: [stop(f) for f in fs] for b, fs in (member_features or {}).items()}
         if self.teacher is None:
-            return targets
+            return logits, features
         if self.teacher_mode == "untrained_external" and training:
-            teacher_logits = self._train_teacher(x, y, sample_weight)
+            teacher_logits, teacher_features = self._train_teacher(x, y, sample_weight)
         else:
-            teacher_logits = self._teacher_forward(x, training=False)
+            teacher_logits, teacher_features = self._teacher_forward(x, training=False)
         if self.teacher_mode == "ensemble":
-            for b, z in teacher_logits.items():
-                targets[(TEACHER, b)] = tf.stop_gradient(z)
+            for b in self.bit_widths:
+                logits[(TEACHER, b)] = stop(teacher_logits[b])
+                features[(TEACHER, b)] = [stop(f) for f in teacher_features[b]]
         else:
-            targets[TEACHER] = tf.stop_gradient(teacher_logits)
+            logits[TEACHER] = stop(teacher_logits)
+            features[TEACHER] = [stop(f) for f in teacher_features]
             self._update_teacher_metrics(y, teacher_logits, sample_weight)
-        return targets
+        return logits, features
+
+    def _key(self, student, target):
+        if target == TEACHER and self.teacher_mode == "ensemble":
+            return (TEACHER, student)
+        return target
 
     def pair_losses(self, member_logits, targets, sample_weight=None) -> dict:
         """α·T²·KL per pair, averaged per global batch: `{(student, target): loss}`."""
         losses = {}
         for student, target in self.pairs:
-            key = (TEACHER, student) if target == TEACHER and self.teacher_mode == "ensemble" \
-                else target
-            per_example = kd_loss(member_logits[student], targets[key], self.temperature)
+            per_example = kd_loss(
+                member_logits[student], targets[self._key(student, target)], self.temperature
+            )
             losses[(student, target)] = self.weight * tf.nn.compute_average_loss(
                 per_example, sample_weight=sample_weight
             )
         return losses
 
-    def __call__(self, x, y, member_logits, training: bool = True, sample_weight=None):
+    def attention_losses(self, member_features, target_features, sample_weight=None) -> dict:
+        """β·Σ_stages ‖Q_s − Q_t‖ per pair, averaged per global batch."""
+        return {
+            (student, target): self.attention_weight * tf.nn.compute_average_loss(
+                attention_loss(
+                    member_features[student], target_features[self._key(student, target)]
+                ),
+                sample_weight=sample_weight,
+            )
+            for student, target in self.pairs
+        }
+
+    def __call__(
+        self, x, y, member_logits, training: bool = True, sample_weight=None,
+        member_features=None,
+    ):
         """The total distillation loss of one batch (and, in training, the teacher's step)."""
-        targets = self.targets(x, y, member_logits, training, sample_weight)
+        logits, features = self.targets(
+            x, y, member_logits, training, sample_weight, member_features
+        )
         if not self.pairs:
             return tf.constant(0.0)
-        total = tf.add_n(list(self.pair_losses(member_logits, targets, sample_weight).values()))
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        total = tf.add_n(list(self.pair_losses(member_logits, logits, sample_weight).values()))
         self.kd_loss_tracker.update_state(total * replicas)
+        if self.attention_weight:
+            attention = tf.add_n(list(
+                self.attention_losses(member_features, features, sample_weight).values()
+            ))
+            self.attention_loss_tracker.update_state(attention * replicas)
+            total += attention
         return total
 
-    def evaluate(self, x, y, sample_weight=None) -> None:
-        """Validation: the teacher's loss and accuracy."""
-        if self.teacher is not None and self.teacher_mode != "ensemble":
-            logits = self._teacher_forward(x, training=False)
-            self._update_teacher_metrics(y, logits, sample_weight)

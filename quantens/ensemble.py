@@ -94,6 +94,7 @@ class QuantEnsemble(tf.keras.Model):
             raise ValueError(f"weight_decay must not be negative, got {weight_decay}")
         self.weight_decay = float(weight_decay)
         self.distillation = None
+        object.__setattr__(self, "_stages_model", None)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         # string keys: checkpoints (BackupAndRestore) track dicts only by str
         self.member_loss_trackers = {
@@ -124,6 +125,18 @@ class QuantEnsemble(tf.keras.Model):
                 outputs[b] = tf.cast(self.model(x, training=training), tf.float32)
         return outputs
 
+    def member_outputs(self, x, training=None) -> tuple[dict, dict | None]:
+        """Logits per member and, when distillation matches attention, stage outputs."""
+        if self._stages_model is None:
+            return self.member_logits(x, training=training), None
+        logits, features = {}, {}
+        for b in self.bit_widths:
+            with bits_scope(b):
+                outputs = self._stages_model(x, training=training)
+            logits[b] = tf.cast(outputs[0], tf.float32)
+            features[b] = list(outputs[1:])
+        return logits, features
+
     # -------------------------------------------------------------------- loss
 
     def set_distillation(self, distillation) -> None:
@@ -133,6 +146,13 @@ class QuantEnsemble(tf.keras.Model):
         metrics (`kd_loss`, `teacher_loss`, `teacher_accuracy`) join the logs.
         """
         self.distillation = distillation
+        stages = None
+        if distillation is not None and distillation.attention_weight:
+            from quantens.distillation import with_stage_outputs
+
+            stages = with_stage_outputs(self.model)  # shares the model's layers
+        # not tracked: it holds no weights of its own
+        object.__setattr__(self, "_stages_model", stages)
 
     def member_losses(self, y, member_logits, sample_weight=None) -> dict[int, tf.Tensor]:
         """Cross-entropy per member, averaged per global batch (distribution-safe)."""
@@ -143,7 +163,9 @@ class QuantEnsemble(tf.keras.Model):
             for b, logits in member_logits.items()
         }
 
-    def compute_ensemble_loss(self, x, y, member_logits, sample_weight=None, training=True):
+    def compute_ensemble_loss(
+        self, x, y, member_logits, sample_weight=None, training=True, member_features=None
+    ):
         """Σ_b w_b·CE_b + weight decay + distillation: (total, CE per member)."""
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
@@ -157,7 +179,8 @@ class QuantEnsemble(tf.keras.Model):
             total += tf.nn.scale_regularization_loss(tf.add_n(regularization))
         if self.distillation is not None:
             total += self.distillation(
-                x, y, member_logits, training=training, sample_weight=sample_weight
+                x, y, member_logits, training=training, sample_weight=sample_weight,
+                member_features=member_features,
             )
         return total, losses
 
@@ -181,20 +204,23 @@ class QuantEnsemble(tf.keras.Model):
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            member_logits = self.member_logits(x, training=True)
+            member_logits, features = self.member_outputs(x, training=True)
             total, losses = self.compute_ensemble_loss(
-                x, y, member_logits, sample_weight, training=True
+                x, y, member_logits, sample_weight, training=True, member_features=features
             )
         self.optimizer.minimize(total, self.model.trainable_variables, tape=tape)
         return self._update_metrics(y, member_logits, total, losses, sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        member_logits = self.member_logits(x, training=False)
+        member_logits, features = self.member_outputs(x, training=False)
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
         if self.distillation is not None:  # kd_loss and the teacher's metrics
-            self.distillation(x, y, member_logits, training=False, sample_weight=sample_weight)
+            self.distillation(
+                x, y, member_logits, training=False, sample_weight=sample_weight,
+                member_features=features,
+            )
         return self._update_metrics(y, member_logits, total, losses, sample_weight)
 
     def predict_step(self, data):

@@ -68,7 +68,7 @@ def test_progressive_gradients_reach_the_kernel_only_through_the_student(batch):
     kernels = kernels_of(ensemble.model)
     with tf.GradientTape(persistent=True) as tape:
         logits = ensemble.member_logits(x, training=True)
-        targets = distillation.targets(x, y, logits, training=True)
+        targets, _ = distillation.targets(x, y, logits, training=True)
         pairs = distillation.pair_losses(logits, targets)
         total, _ = ensemble.compute_ensemble_loss(x, y, logits)
     assert set(pairs) == {(4, 32), (1, 4)}
@@ -171,7 +171,7 @@ def test_ensemble_teacher_targets_are_its_own_members(batch):
     assert distillation.pairs == [(b, TEACHER) for b in BITS]
     student = make_ensemble(distillation)
     logits = student.member_logits(x, training=True)
-    targets = distillation.targets(x, y, logits, training=True)
+    targets, _ = distillation.targets(x, y, logits, training=True)
     expected = teacher_ensemble.member_logits(x, training=False)
     for b in BITS:
         np.testing.assert_allclose(targets[(TEACHER, b)], expected[b], atol=1e-5)
@@ -224,3 +224,50 @@ def test_seed_examples_4_then_5_multi_stage_training(tmp_path):
     config = json.load(open(second_path / "config.json"))
     assert config["ensemble_teacher"] and config["resume"] == "first_stage.params"
     assert "kd_loss" in open(second_path / "history.csv").readline()
+
+
+def test_attention_loss_equals_a_hand_computation(rng):
+    from quantens.distillation import attention_loss
+
+    student = [rng.normal(size=(3, 4, 4, 8)).astype("float32"),
+               rng.normal(size=(3, 2, 2, 16)).astype("float32")]
+    target = [rng.normal(size=(3, 2, 2, 5)).astype("float32"),  # another width: fine
+              rng.normal(size=(3, 4, 4, 6)).astype("float32")]
+
+    def q(f):
+        a = (f ** 2).mean(-1).reshape(len(f), -1)
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    expected = (np.linalg.norm(q(student[0]) - q(target[1]), axis=-1)
+                + np.linalg.norm(q(student[1]) - q(target[0]), axis=-1))
+    np.testing.assert_allclose(attention_loss(student, target), expected, rtol=1e-5)
+
+
+def test_stage_outputs_of_students_and_teachers():
+    from quantens.distillation import stage_outputs
+
+    student = zoo.create_model("resnet18_e1", bit_widths=(1,))
+    teacher = zoo.create_teacher("ResNet18_v1", (224, 224, 3), 1000)
+    for model in (student, teacher):
+        assert [tuple(t.shape[1:3]) for t in stage_outputs(model)] == [
+            (56, 56), (28, 28), (14, 14), (7, 7)]
+    assert len(stage_outputs(tiny_model())) == 3
+
+
+def test_attention_matching_joins_the_loss(batch):
+    from quantens.distillation import attention_loss, with_stage_outputs
+
+    x, y = batch
+    distillation = Distillation(BITS, "progressive", None, weight=0.0, attention_weight=0.5)
+    ensemble = make_ensemble(distillation, ce_weight=0.0)
+    stages = with_stage_outputs(ensemble.model)
+    features = {}
+    for b in BITS:
+        with quantens.bits(b):
+            features[b] = [f.numpy() for f in stages(x, training=True)[1:]]
+    expected = sum(0.5 * attention_loss(features[s], features[t]).numpy().mean()
+                   for s, t in [(4, 32), (1, 4)])
+    logs = ensemble.train_on_batch(x, y, return_dict=True)
+    assert logs["attention_loss"] == pytest.approx(expected, rel=1e-4)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-4)
+    assert expected > 0
