@@ -102,7 +102,7 @@ def _build_distillation(args, spec, steps_per_epoch):
         except Exception as error:
             cli.fail(
                 f"--teacher-params {args.teacher_params}: cannot load it as a {args.model} "
-                f"ensemble ({str(error).splitlines()[0]})"
+                f"ensemble ({cli.reason(error)})"
             )
         return Distillation(args.bit_widths, args.kd_mode, teacher, "ensemble", **kd)
     if args.kd_teacher_mode == "none":
@@ -177,18 +177,19 @@ def run(args) -> dict:
         except Exception as error:  # h5py's OSError, Keras' ValueError on a mismatch
             cli.fail(
                 f"--resume {args.resume}: cannot load these weights into {args.model} "
-                f"({str(error).splitlines()[0]})"
+                f"({cli.reason(error)})"
             )
 
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
     take = 1 if args.test_run else None
     started = time.time()
+    epoch_counter = data.EpochCounter()  # the data order of an epoch = f(seed, epoch)
     try:
         train_ds = data.load(
             args.dataset, spec.train_split, global_batch, training=True,
             data_dir=args.data_dir, num_workers=args.num_workers, shuffle_seed=args.seed,
-            take_batches=take, augmentation=args.augmentation,
+            take_batches=take, augmentation=args.augmentation, epoch=epoch_counter.variable,
         )
         val_ds = data.load(
             args.dataset, spec.eval_split, global_batch, training=False,
@@ -197,8 +198,8 @@ def run(args) -> dict:
     except data.DataError as error:
         cli.fail(str(error))
     except Exception as error:  # TFDS raises many kinds; all mean "no data here"
-        cli.fail(f"--dataset {args.dataset}: cannot load it ({str(error).splitlines()[0]})")
-    steps_per_epoch = _steps(train_ds, fallback=1)
+        cli.fail(f"--dataset {args.dataset}: cannot load it ({cli.reason(error)})")
+    steps_per_epoch = epoch_counter.steps_per_epoch = _steps(train_ds, fallback=1)
 
     with strategy.scope():
         distillation = _build_distillation(args, spec, steps_per_epoch)
@@ -228,7 +229,11 @@ def run(args) -> dict:
     logger.info("train.py %s", " ".join(sys.argv[1:]))
 
     callbacks = [
-        tf.keras.callbacks.BackupAndRestore(path("backup"), delete_checkpoint=False),
+        # one backup folder for all workers: Keras keeps the chief's
+        tf.keras.callbacks.BackupAndRestore(
+            os.path.join(args.result_path, "backup"), delete_checkpoint=False
+        ),
+        epoch_counter,  # after the backup: it reads the restored step count
         results.HistoryCSV(path("history.csv")),
         results.BestCheckpoint(
             path("best.weights.h5"), monitor=f"val_accuracy_{args.target_bits}",

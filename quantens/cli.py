@@ -281,6 +281,14 @@ def config_dict(args: argparse.Namespace) -> dict:
     return json.loads(json.dumps(vars(args), default=list))
 
 
+def reason(error: BaseException) -> str:
+    """One line that says why `error` happened (TensorFlow puts it last)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if lines[0].startswith("in user code") else lines[0]
+
+
 def fail(message: str, code: int = 2) -> None:
     """Prints `train.py: error: <message>` and exits (no traceback)."""
     print(f"{os.path.basename(sys.argv[0]) or 'train.py'}: error: {message}", file=sys.stderr)

@@ -157,14 +157,17 @@ def _folder_spec(data_dir: str | None) -> DatasetSpec:
 
 
 # ------------------------------------------------------------------ augmentation
+# Augmentations are stateless: each draws from a seed of (epoch seed, element
+# index), so an epoch's batches are a function of (seed, epoch) and a resumed
+# run sees the same batches as an uninterrupted one.
 
 
-def _random_resized_crop(image, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+def _random_resized_crop(image, size: int, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """Inception-style crop: a random area and aspect ratio, resized to `size`."""
-    shape = tf.shape(image)
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
-        shape,
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=(1, 1, 4)),
+        seed=seed,
         min_object_covered=0.0,
         aspect_ratio_range=ratio,
         area_range=scale,
@@ -185,20 +188,21 @@ def _resize_center_crop(image, size: int, resize: int):
 
 
 def _augment(spec: DatasetSpec, training: bool, augmentation: str):
-    """Returns image -> float image in [0, 255] of `spec.input_shape`."""
+    """Returns (image, seed) -> float image in [0, 255] of `spec.input_shape`."""
     height = spec.input_shape[0]
 
-    def augment(image):
+    def augment(image, seed):
         image = tf.cast(image, tf.float32)
+        seeds = tf.random.experimental.stateless_split(seed, num=4)
         if spec.family == "imagenet":
             if not training:
                 return _resize_center_crop(image, height, int(round(height * 256 / 224)))
             scale = (0.35, 1.0) if augmentation == "low" else (0.08, 1.0)
-            image = _random_resized_crop(image, height, scale=scale)
-            image = tf.image.random_flip_left_right(image)
+            image = _random_resized_crop(image, height, seeds[0], scale=scale)
+            image = tf.image.stateless_random_flip_left_right(image, seeds[1])
             if augmentation == "high":
-                image = tf.image.random_brightness(image, 0.4 * 255)
-                image = tf.image.random_contrast(image, 0.6, 1.4)
+                image = tf.image.stateless_random_brightness(image, 0.4 * 255, seeds[2])
+                image = tf.image.stateless_random_contrast(image, 0.6, 1.4, seeds[3])
                 image = tf.clip_by_value(image, 0.0, 255.0)
             return image
         if not training:
@@ -206,13 +210,13 @@ def _augment(spec: DatasetSpec, training: bool, augmentation: str):
         if spec.family == "cifar":
             if augmentation != "low":
                 image = tf.image.resize_with_crop_or_pad(image, height + 8, height + 8)
-                image = tf.image.random_crop(image, spec.input_shape)
-            return tf.image.random_flip_left_right(image)
+                image = tf.image.stateless_random_crop(image, spec.input_shape, seeds[0])
+            return tf.image.stateless_random_flip_left_right(image, seeds[1])
         # digits, mnist: no flips (they change the class); shifts on "high"
         if augmentation == "high":
             pad = max(1, height // 8)
             image = tf.image.resize_with_crop_or_pad(image, height + 2 * pad, height + 2 * pad)
-            image = tf.image.random_crop(image, spec.input_shape)
+            image = tf.image.stateless_random_crop(image, spec.input_shape, seeds[0])
         return image
 
     return augment
@@ -282,6 +286,7 @@ def load(
     shuffle_seed: int | None = None,
     take_batches: int | None = None,
     augmentation: str = "medium",
+    epoch: tf.Variable | None = None,
 ) -> tf.data.Dataset:
     """A batched `(image, label)` dataset, augmented, normalised, prefetched.
 
@@ -299,6 +304,9 @@ def load(
         shuffle_seed: seed of the shuffle order.
         take_batches: stop after this many batches (smoke runs).
         augmentation: `low`, `medium` or `high` (training only).
+        epoch: an integer variable holding the epoch about to start; with it,
+            the order and augmentations of each epoch depend only on
+            (`shuffle_seed`, epoch), so a resumed run sees the same batches.
 
     Raises:
         DataError: unknown dataset, missing folder or files.
@@ -314,18 +322,102 @@ def load(
         ds = _tfds_source(spec, split, training, data_dir, shuffle_seed)
     parallel = num_workers or tf.data.AUTOTUNE
     augment, normalize = _augment(spec, training, augmentation), _normalize(spec)
-    small = spec.family in ("digits", "mnist", "cifar")
-    if training and small:
+    if not training:
+        ds = ds.map(
+            lambda image, label: (normalize(augment(image, tf.zeros(2, tf.int64))), label),
+            num_parallel_calls=parallel,
+        )
+        ds = ds.batch(batch_size)
+        if take_batches:
+            ds = ds.take(take_batches)
+        return _with_options(ds).prefetch(tf.data.AUTOTUNE)
+
+    in_memory = spec.family in ("digits", "mnist", "cifar")
+    if in_memory:
         ds = ds.cache()  # decoded uint8 images; augmentation stays random per epoch
-    if training:
-        ds = ds.shuffle(max(1000, 10 * batch_size), seed=shuffle_seed)
-    ds = ds.map(
-        lambda image, label: (normalize(augment(image)), label), num_parallel_calls=parallel
-    )
-    ds = ds.batch(batch_size, drop_remainder=training)
+    size = int(ds.cardinality())
+    base_seed = 0 if shuffle_seed is None else int(shuffle_seed)
+
+    def one_epoch(epoch_seed):
+        # the order and the augmentations of one epoch, from (seed, epoch) alone
+        if in_memory and size > 0:
+            # a stateless permutation of the whole split (it fits in memory)
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(size, dtype=tf.int64), seed=tf.stack([epoch_seed, 0])
+            )
+            shuffled = ds.batch(size).map(
+                lambda images, labels: (tf.gather(images, order), tf.gather(labels, order))
+            ).unbatch()
+        else:  # large splits: a shuffle buffer (its order is not keyed by the epoch)
+            shuffled = ds.shuffle(max(1000, 10 * batch_size), seed=shuffle_seed)
+        return shuffled.enumerate().map(
+            lambda i, item: (
+                normalize(augment(item[0], tf.stack([epoch_seed, i]))), item[1]
+            ),
+            num_parallel_calls=parallel,
+        )
+
+    if epoch is None:  # no epoch counter: a new seed every iteration
+        generator = (
+            tf.random.Generator.from_non_deterministic_state() if shuffle_seed is None
+            else tf.random.Generator.from_seed(shuffle_seed)
+        )
+        epoch_seeds = tf.data.Dataset.range(1).map(
+            lambda _: generator.uniform_full_int([], tf.int64)
+        )
+    else:  # read when the epoch's iterator is created
+        epoch_seeds = tf.data.Dataset.range(1).map(
+            lambda _: tf.cast(epoch.read_value(), tf.int64) * 1_000_003 + base_seed
+        )
+    if size < 0:
+        raise DataError(f"{spec.tfds_name} {split}: the number of examples is unknown")
+    batches = size // batch_size
+    if batches == 0:
+        raise DataError(
+            f"{spec.tfds_name} {split} has {size} examples: fewer than one batch of {batch_size}"
+        )
+    ds = epoch_seeds.flat_map(one_epoch).batch(batch_size, drop_remainder=True)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     if take_batches:
         ds = ds.take(take_batches)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _with_options(ds).prefetch(tf.data.AUTOTUNE)
+
+
+class EpochCounter(tf.keras.callbacks.Callback):
+    """Holds the epoch about to start in a variable that `load(epoch=...)` reads.
+
+    At the start of training the epoch is derived from the optimizer's step
+    count, so a run resumed by BackupAndRestore (list this callback after it)
+    continues with the data order of the epoch it resumes.
+
+    ```python
+    import quantens.data as qd
+
+    counter = qd.EpochCounter(steps_per_epoch=22)
+    train = qd.load("digits", "train", 64, training=True, epoch=counter.variable)
+    ```
+    """
+
+    def __init__(self, steps_per_epoch: int = 1):
+        super().__init__()
+        self.steps_per_epoch = int(steps_per_epoch)
+        with tf.init_scope():
+            self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+
+    def on_train_begin(self, logs=None):
+        steps = int(self.model.optimizer.iterations.numpy())
+        self.variable.assign(steps // max(1, self.steps_per_epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.variable.assign(epoch + 1)
+
+
+def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    # shard by element across workers: the TFDS files are fewer than the workers
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return ds.with_options(options)
 
 
 def default_data_dir() -> str:
