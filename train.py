@@ -268,6 +268,11 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     cli.load_tensorflow()
+    if args.tune:
+        from quantens import tuning
+
+        tuning.tune(args, run)
+        return 0
     run(args)
     return 0
 

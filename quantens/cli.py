@@ -41,6 +41,10 @@ ARCHITECTURE_FLAGS = (
 )
 
 
+# Keys of a run's config.json that train.py derives rather than reads as flags.
+DERIVED_KEYS = ("input_shape", "num_classes")
+
+
 class UsageError(Exception):
     """A flag value that cannot work; the message names the flag."""
 
@@ -182,6 +186,15 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g.add_argument("--log-interval", type=int, default=50, help="batches between log lines")
     g.add_argument("--export", action="store_true",
                    help="export every member (SavedModel, TFLite) to <result-path>/export")
+
+    g = p.add_argument_group("hyperparameter search")
+    g.add_argument("--tune", default=None, choices=("random", "hyperband", "bayesian"),
+                   help="search lr, wd, optimizer and the KD settings with keras-tuner; "
+                   "trials and best.json go to <result-path>/tuning")
+    g.add_argument("--max-trials", type=int, default=10, help="trials of the search")
+    g.add_argument("--config", default=None,
+                   help="JSON file of flag values (e.g. tuning/best.json); flags given on "
+                   "the command line win")
     return p
 
 
@@ -198,7 +211,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             f"--target-bits {args.target_bits} must be one of --bit-widths "
             f"{' '.join(map(str, args.bit_widths))}"
         )
-    for flag in ("epochs", "batch_size", "log_interval"):
+    for flag in ("epochs", "batch_size", "log_interval", "max_trials"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.lr <= 0:
@@ -266,9 +279,30 @@ def _validate_distillation(args: argparse.Namespace) -> None:
         raise UsageError("--teacher-lr must be positive and --teacher-wd not negative")
 
 
+def _config_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """Makes the values of `--config FILE` the defaults, so explicit flags win."""
+    known, _ = parser.parse_known_args(argv)
+    if known.config is None:
+        return
+    try:
+        with open(known.config, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, ValueError) as error:
+        parser.error(f"--config {known.config}: cannot read it as JSON ({error})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {known.config}: expected a JSON object of flag values")
+    flags = {action.dest for action in parser._actions}
+    values = {k: v for k, v in values.items() if k not in DERIVED_KEYS}
+    unknown = sorted(set(values) - flags)
+    if unknown:
+        parser.error(f"--config {known.config}: unknown flags {', '.join(unknown)}")
+    parser.set_defaults(**{k: v for k, v in values.items() if k != "config"})
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses and validates; on bad input prints one line and exits with 2."""
     parser = build_parser()
+    _config_defaults(parser, argv)
     args = parser.parse_args(argv)
     try:
         return validate(args)
