@@ -40,3 +40,80 @@ def test_unknown_dataset_names_the_choices():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet1k'.*cifar100"):
         qd.resolve("imagenet1k")
     assert qd.resolve("imagenet").tfds_name == "imagenet2012"
+
+
+def test_image_folder_is_read_with_imagenet_preprocessing(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 2)):
+        for name in ("cat", "dog"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, size=(40 + i, 60, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    spec = qd.resolve("folder", str(tmp_path))
+    assert spec.num_classes == 2 and spec.input_shape == (224, 224, 3)
+    assert qd.resolve("imagenet", str(tmp_path)).tfds_name == "folder"  # the MXNet layout
+    train = qd.load("folder", "train", batch_size=2, training=True, data_dir=str(tmp_path),
+                    shuffle_seed=0)
+    x, y = next(iter(train))
+    assert x.shape == (2, 224, 224, 3)
+    val = qd.load("folder", "val", batch_size=8, data_dir=str(tmp_path))
+    x, y = next(iter(val))
+    assert x.shape == (4, 224, 224, 3) and sorted(y.numpy().tolist()) == [0, 0, 1, 1]
+
+
+def test_missing_folders_are_clear_errors(tmp_path):
+    import pytest
+
+    with pytest.raises(qd.DataError, match="train/ and val/"):
+        qd.resolve("folder", str(tmp_path))
+    with pytest.raises(qd.DataError, match="does not exist"):
+        qd.load("digits", data_dir=str(tmp_path / "missing"))
+
+
+def test_cifar_augmentation_pads_crops_and_flips():
+    import tensorflow as tf
+
+    spec = qd.DATASETS["cifar10"]
+    image = tf.reshape(tf.range(32 * 32 * 3) % 256, (32, 32, 3))
+    augment = qd._augment(spec, training=True, augmentation="medium")
+    outputs = [augment(image, tf.constant([7, i], tf.int64)).numpy() for i in range(40)]
+    assert all(o.shape == (32, 32, 3) for o in outputs)
+    assert len({o.tobytes() for o in outputs}) > 10  # random crops and flips
+    same = augment(image, tf.constant([7, 3], tf.int64)).numpy()
+    np.testing.assert_array_equal(same, outputs[3])  # a function of the seed
+    # a crop shifted by the 4-pixel padding brings black (padded) rows or columns
+    assert sum(int((o == 0).all(-1).any()) for o in outputs) > 10
+    evaluation = qd._augment(spec, training=False, augmentation="medium")
+    np.testing.assert_array_equal(evaluation(image, tf.constant([0, 0], tf.int64)), image)
+
+
+def test_imagenet_evaluation_resizes_256_and_crops_the_center_224():
+    import tensorflow as tf
+
+    spec = qd.DATASETS["imagenet2012"]
+    image = tf.zeros((300, 400, 3), tf.uint8)
+    out = qd._augment(spec, training=False, augmentation="medium")(image, tf.zeros(2, tf.int64))
+    assert out.shape == (224, 224, 3)
+    train = qd._augment(spec, training=True, augmentation="medium")(image, tf.constant([1, 2]))
+    assert train.shape == (224, 224, 3)
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch(tfds_dir):
+    counter = qd.EpochCounter()
+
+    def labels():
+        ds = qd.load("digits", "train", 64, training=True, data_dir=tfds_dir, shuffle_seed=3,
+                     epoch=counter.variable)
+        return np.concatenate([y.numpy() for _, y in ds])
+
+    first = labels()
+    assert (labels() == first).all()
+    counter.variable.assign(1)
+    second = labels()
+    assert not (second == first).all()
+    counter.variable.assign(0)
+    assert (labels() == first).all()

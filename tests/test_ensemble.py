@@ -254,3 +254,21 @@ def test_importing_after_keras_3_fails_with_a_clear_message():
     )
     assert result.returncode != 0
     assert "TensorFlow was already imported with Keras 3" in result.stderr
+
+
+def test_weight_decay_skips_quantized_kernels(batch):
+    from larq.quantized_variable import QuantizedVariable
+
+    x, y = batch
+    ensemble = quantens.QuantEnsemble(tiny_model(BITS), BITS, weight_decay=0.01)
+    decayed = ensemble.decayed_variables()
+    names = [v.name for v in decayed]
+    assert not any(isinstance(v, QuantizedVariable) for v in decayed)
+    assert any("stem_conv" in n for n in names) and any("logits/kernel" in n for n in names)
+    assert any("gamma" in n for n in names)
+    assert not any("block1_conv" in n for n in names)
+    logits = ensemble.member_logits(x, training=True)
+    total, losses = ensemble.compute_ensemble_loss(x, y, logits)
+    l2 = sum(float(np.sum(np.square(v.numpy()))) for v in decayed)
+    assert float(total) == pytest.approx(sum(float(v) for v in losses.values()) + 0.005 * l2,
+                                         rel=1e-5)

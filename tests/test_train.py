@@ -104,3 +104,21 @@ def test_resume_flag_starts_from_given_weights(tfds_dir, tmp_path):
                        kernels(tmp_path / "third"), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
         assert np.abs(a - c).max() > 1e-3
+
+
+@pytest.mark.parametrize("flags", [
+    ["--mode", "imperative"],
+    ["--dtype", "bfloat16", "--jit"],
+    ["--optimizer", "radam", "--lr-mode", "step", "--lr-steps", "1", "--warmup-epochs", "0.5",
+     "--wd", "1e-4", "--augmentation", "high"],
+])
+def test_modes_dtypes_and_optimizers_run(flags, tfds_dir, tmp_path):
+    result = run_script(["train.py", "--epochs", "2", "--test-run", "--width", "8",
+                         "--bit-widths", "8", "1", "--data-dir", tfds_dir,
+                         "--result-path", str(tmp_path / "r"), *flags])
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.load(open(tmp_path / "r" / "config.json"))
+    for key in ("mode", "dtype", "optimizer"):
+        if f"--{key}" in flags:
+            assert config[key] == flags[flags.index(f"--{key}") + 1]
+    assert (tmp_path / "r" / "metrics.json").is_file()
