@@ -257,6 +257,14 @@ def run(args) -> dict:
         "train_seconds": round(time.time() - started, 1),
     }
     results.write_json(path("metrics.json"), metrics)
+    if args.export and chief:
+        from quantens.export import export_result_dir, summary_table
+
+        exported = export_result_dir(
+            args.result_path, ensemble=ensemble, batch_size=args.batch_size,
+            max_val_examples=args.batch_size if args.test_run else None,
+        )
+        print(summary_table(exported))
     table = accuracy_table(accuracy, args.bit_widths, metrics["teacher_val_accuracy"])
     logger.info("test accuracy per member\n%s", table)
     if chief:

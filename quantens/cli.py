@@ -221,7 +221,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     if args.wd < 0:
         raise UsageError("--wd must not be negative")
     try:
-        args.lr_steps = tuple(float(s) for s in str(args.lr_steps).split(",") if s.strip())
+        steps = args.lr_steps
+        if not isinstance(steps, (list, tuple)):  # a run's config.json stores a list
+            steps = str(steps).split(",")
+        args.lr_steps = tuple(float(s) for s in steps if str(s).strip())
     except ValueError:
         raise UsageError(
             f"--lr-steps must be comma-separated epochs, got {args.lr_steps!r}"

@@ -14,7 +14,7 @@ def default_run(tfds_dir, tmp_path_factory):
     result_path = str(tmp_path_factory.mktemp("run") / "result")
     result = run_script(
         ["train.py", "--epochs", "2", "--test-run", "--width", "8", "--data-dir", tfds_dir,
-         "--result-path", result_path]
+         "--result-path", result_path, "--export"]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result_path, result.stdout
@@ -39,6 +39,11 @@ def test_default_run_writes_the_result_directory(default_run):
         assert f"{b:>4}   {metrics['val_accuracy'][str(b)]:.4f}" in stdout
     # no temporary files left behind
     assert not [n for n in os.listdir(result_path) if ".tmp" in n]
+    # --export: one file per member and the report
+    exported = json.load(open(os.path.join(result_path, "export", "export.json")))
+    for b in (32, 8, 4, 2, 1):
+        assert os.path.isfile(os.path.join(result_path, "export", f"member_{b}.tflite"))
+    assert exported
 
 
 def test_saved_weights_load_into_the_model(default_run):

@@ -205,7 +205,19 @@ def create_model_from_flags(flags: dict, input_shape, num_classes: int):
 
 from zoo import resnet, resnet_e  # noqa: E402,F401  (registers the builders)
 
+_PRETRAINED = ("create_pretrained", "list_pretrained", "load_pretrained", "pretrained_config")
+
+
+def __getattr__(name: str):
+    # zoo.list_pretrained & co., imported on first use (python -m zoo.pretrained stays clean)
+    if name in _PRETRAINED:
+        from zoo import pretrained
+
+        return getattr(pretrained, name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+
 __all__ = [
+    *_PRETRAINED,
     "TeacherError",
     "create_model",
     "create_teacher",

@@ -91,7 +91,8 @@ def resnet_e(
             (otherwise the convolution has stride 2).
         share_bn: one BN for all members instead of one per member.
         sync_bn: synchronise BN statistics across replicas.
-        weights: None or the path of a weights file to load.
+        weights: None, the path of a weights file, or a pretrained tag of this
+            model (`zoo.list_pretrained()`).
     """
     bit_widths = validate_bit_widths(bit_widths)
     if len(stage_blocks) != len(stage_filters):
@@ -150,7 +151,9 @@ def resnet_e(
     outputs = tf.keras.layers.Dense(num_classes, name="logits")(x)
     model = tf.keras.Model(inputs, outputs, name=name)
     if weights is not None:
-        model.load_weights(weights)
+        from zoo.pretrained import load_weights_into
+
+        load_weights_into(model, name, weights)
     return model
 
 

@@ -1,0 +1,253 @@
+"""`python -m quantens.export`: every member on its own (SavedModel, TFLite, LCE).
+
+One small ensemble (digits, width 8, 32 8 4 2 1 bits) is trained for a few
+epochs, written as a result directory and exported once through the command
+line; the tests read what it wrote.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run_script, tiny_model
+
+import quantens
+from quantens import export
+
+BITS = (32, 8, 4, 2, 1)
+EPOCHS = 4
+
+# Bounds, on the validation split, and why:
+# - float32 and LCE files compute what the member computes in float32, in another
+#   order (BN folded by the converter, popcounts in LCE): rounding differences of
+#   ~1e-6 on logits of size ~10. (An activation within that rounding of a
+#   quantization threshold could flip; none does here.) Agreement is total.
+FLOAT_LOGIT_BOUND = 1e-4
+# - int8 files are exact on the member's grid (quantized convs' weights and
+#   inputs) but must round to 8 bits everything else: the input, the
+#   full-precision weights (stem, shortcut convs, classifier) and the tensors
+#   between grids (BN outputs, residual sums, pooled features, logits), each by
+#   at most half a step (range / 255). A k-bit activation flips where such an
+#   error crosses one of its thresholds, changing a conv input by 1/(2^k - 1), so
+#   the coarsest member is the most sensitive: the 2-bit member of this small,
+#   briefly trained model changes ~0.5-2% of its predictions when ONLY its input
+#   is rounded to int8 (export.json: keras_input_rounding_agreement), and ~3% under
+#   all the roundings of a full-integer file (96-99% over the trainings tried;
+#   97% here). Hence agreement >= 99% from 4 bits up, >= 94% at 2 bits, accuracy
+#   within 2 points of the Keras member, and logits within a quarter of the Keras
+#   logits' spread (max - min, ~11 here; measured 0.3 at 8 bits to 1.5 at 2 bits).
+INT8_MIN_AGREEMENT = {8: 0.99, 4: 0.99, 2: 0.94}
+INT8_LOGIT_FRACTION = 0.25
+
+
+@pytest.fixture(scope="module")
+def trained(digits_arrays, tfds_dir, tmp_path_factory):
+    """A trained ensemble and its result directory (config.json, ensemble.weights.h5)."""
+    import tensorflow as tf
+
+    from quantens.results import save_weights, write_json
+
+    x_train, y_train, _, _ = digits_arrays
+    tf.keras.utils.set_random_seed(0)
+    model = tiny_model(BITS, width=8)
+    ensemble = quantens.QuantEnsemble(model, BITS, target_bits=1)
+    steps = EPOCHS * -(-len(x_train) // 64)
+    ensemble.compile(optimizer=tf.keras.optimizers.Adam(
+        tf.keras.optimizers.schedules.CosineDecay(0.005, steps)))
+    ensemble.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, verbose=0)
+    result_dir = str(tmp_path_factory.mktemp("run"))
+    config = {
+        "model": "digits_resnet_e", "width": 8, "bit_widths": list(BITS), "target_bits": 1,
+        "dataset": "digits", "data_dir": tfds_dir, "batch_size": 64,
+        "input_shape": [8, 8, 1], "num_classes": 10,
+    }
+    write_json(os.path.join(result_dir, "config.json"), config)
+    save_weights(model, os.path.join(result_dir, "ensemble.weights.h5"))
+    return ensemble, result_dir
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The result directory exported by `python -m quantens.export` and its export.json."""
+    ensemble, result_dir = trained
+    result = run_script(["-m", "quantens.export", result_dir])
+    assert result.returncode == 0, result.stderr[-3000:]
+    export_dir = os.path.join(result_dir, "export")
+    with open(os.path.join(export_dir, "export.json")) as f:
+        report = json.load(f)
+    print(result.stdout)  # the table, shown with pytest -s
+    return ensemble, export_dir, report
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_export_writes_one_file_per_member_and_the_report(exported):
+    ensemble, export_dir, report = exported
+    assert sorted(os.listdir(export_dir)) == sorted(
+        ["saved_model", "export.json", *(f"member_{b}.tflite" for b in BITS)])
+    assert report["bit_widths"] == list(BITS) and report["target_bits"] == 1
+    formats = {b: report["members"][str(b)]["format"] for b in BITS}
+    assert formats == {32: "float32", 8: "int8", 4: "int8", 2: "int8", 1: "lce"}
+    for b in BITS:
+        entry = report["members"][str(b)]
+        path = os.path.join(export_dir, entry["file"])
+        assert entry["bytes"] == os.path.getsize(path)
+        assert entry["ops"] == export.op_counts(_read(path))
+        assert entry["fidelity"]["examples"] == 359  # the digits test split
+    # no temporary directories left beside export/
+    assert not [n for n in os.listdir(os.path.dirname(export_dir)) if n.startswith(".")]
+
+
+def test_every_member_file_agrees_with_its_keras_member(exported):
+    _, _, report = exported
+    for b in BITS:
+        fid = report["members"][str(b)]["fidelity"]
+        low, high = fid["keras_logit_range"]
+        if report["members"][str(b)]["format"] == "int8":
+            assert fid["agreement"] >= INT8_MIN_AGREEMENT[b], (b, fid)
+            assert fid["max_abs_logit_diff"] <= INT8_LOGIT_FRACTION * (high - low), (b, fid)
+            assert abs(fid["tflite_accuracy"] - fid["keras_accuracy"]) <= 0.02, (b, fid)
+        else:
+            assert fid["agreement"] == 1.0, (b, fid)
+            assert fid["max_abs_logit_diff"] <= FLOAT_LOGIT_BOUND, (b, fid)
+            assert fid["tflite_accuracy"] == fid["keras_accuracy"]
+    assert report["members"]["1"]["fidelity"]["interpreter"] == "larq_compute_engine"
+
+
+def test_one_bit_file_uses_bitpacked_binary_convolutions(exported, trained):
+    ensemble, export_dir, report = exported
+    ops = export.op_counts(_read(os.path.join(export_dir, "member_1.tflite")))
+    quantized_convs = sum(isinstance(layer, quantens.QuantConv2D) for layer in ensemble.model.layers)
+    assert ops.get("LceBconv2d") == quantized_convs == 6
+    # only the full-precision stem and shortcut convolutions stay float
+    assert ops.get("CONV_2D") == 3
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_int8_files_hold_the_members_grid(exported):
+    """Conv weights are int8 with at most 2^k levels per output channel; the
+    quantized convolutions' inputs are int8 on the grid i/n (scale 1/n, zero
+    point -128) and their weights the odd integers 2i - n (for k <= 7)."""
+    import tensorflow as tf
+
+    _, export_dir, _ = exported
+    for b in (8, 4, 2):
+        n = 2**b - 1
+        interpreter = tf.lite.Interpreter(
+            model_path=os.path.join(export_dir, f"member_{b}.tflite"))
+        interpreter.allocate_tensors()
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        grid_convs = 0
+        for op in interpreter._get_ops_details():
+            if op["op_name"] != "CONV_2D":
+                continue
+            weights = interpreter.get_tensor(op["inputs"][1])
+            assert weights.dtype == np.int8  # every conv, full-precision ones too
+            scale, zero = details[op["inputs"][0]]["quantization"]
+            if zero == -128 and np.isclose(scale, 1.0 / n, rtol=1e-6):
+                grid_convs += 1
+                per_channel = weights.reshape(weights.shape[0], -1)
+                assert max(len(np.unique(row)) for row in per_channel) <= 2**b
+                if b <= 7:
+                    assert np.all(np.abs(weights) <= n) and np.all(weights % 2 == 1)
+        assert grid_convs == 6, b
+
+
+def test_file_size_falls_from_32_to_8_to_1_bits(exported):
+    _, export_dir, report = exported
+    sizes = {b: os.path.getsize(os.path.join(export_dir, f"member_{b}.tflite")) for b in BITS}
+    print("bytes per member:", sizes)
+    assert sizes[32] > sizes[8] > sizes[1]
+    assert sizes[8] < sizes[32] / 2
+
+
+def test_saved_model_has_a_signature_per_member_over_shared_weights(exported, digits_arrays):
+    import tensorflow as tf
+
+    ensemble, export_dir, report = exported
+    path = os.path.join(export_dir, "saved_model")
+    loaded = tf.saved_model.load(path)
+    expected = {f"serving_bits_{b}" for b in BITS} | {"serving_default"}
+    assert set(loaded.signatures) == expected
+    x = digits_arrays[2][:64]
+    for b in BITS:
+        logits = loaded.signatures[f"serving_bits_{b}"](images=x)["logits"].numpy()
+        # the Keras member as Keras runs it (a traced graph)
+        keras_logits = ensemble.member(b).predict(x, verbose=0)
+        np.testing.assert_allclose(logits, keras_logits, atol=1e-5)
+    default = loaded.signatures["serving_default"](images=x)["logits"].numpy()
+    np.testing.assert_allclose(default, ensemble.member(1).predict(x, verbose=0), atol=1e-5)
+    # the shared weights once: as many variables as the inner model has
+    stored = [name for name, _ in tf.train.list_variables(os.path.join(path, "variables",
+                                                                       "variables"))
+              if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(stored) == len(ensemble.model.weights) == report["saved_model"]["variables"]
+
+
+def test_one_bit_rewrite_is_exact(trained, digits_arrays):
+    """conv(x, w) for x in {0, 1} equals (sum(w) - conv(1 - 2x, w)) / 2, with the
+    zero padding of x as padding with 1: the graph LCE converts is the member."""
+    ensemble, _ = trained
+    member = ensemble.member(1)
+    x = digits_arrays[2]
+    graph = export.MemberGraph(member, 1)
+    np.testing.assert_allclose(graph.forward(x, "lce"), member(x), atol=1e-5)
+
+
+def test_failed_export_leaves_the_old_export_and_no_temporary_files(trained, tmp_path):
+    ensemble, _ = trained
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("previous export")
+    with pytest.raises(export.ExportError, match="calibration_data"):
+        export.export_ensemble(ensemble, str(out), calibration_data=None)
+    assert os.listdir(out) == ["old.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def _result_dir_copy(result_dir, tmp_path, config_changes=None, weights=True):
+    copy = tmp_path / "result"
+    copy.mkdir()
+    with open(os.path.join(result_dir, "config.json")) as f:
+        config = json.load(f)
+    config.update(config_changes or {})
+    (copy / "config.json").write_text(json.dumps(config))
+    if weights:
+        (copy / "ensemble.weights.h5").write_bytes(
+            _read(os.path.join(result_dir, "ensemble.weights.h5")))
+    return str(copy)
+
+
+def _assert_one_line_error(result, *phrases):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("quantens.export: error: ")
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+def test_result_directory_without_weights_is_one_clear_error(trained, tmp_path):
+    _, result_dir = trained
+    copy = _result_dir_copy(result_dir, tmp_path, weights=False)
+    result = run_script(["-m", "quantens.export", copy])
+    _assert_one_line_error(result, "no ensemble.weights.h5", "train.py")
+    assert sorted(os.listdir(copy)) == ["config.json"]
+
+
+@pytest.mark.parametrize("changes, phrase", [
+    ({"width": 16}, "shape"),            # Keras would refuse to load
+    ({"bit_widths": [32, 4, 1]}, "not in the model"),  # Keras would load it silently
+])
+def test_weights_of_another_architecture_are_one_clear_error(trained, tmp_path, changes,
+                                                             phrase):
+    _, result_dir = trained
+    copy = _result_dir_copy(result_dir, tmp_path, changes)
+    result = run_script(["-m", "quantens.export", copy])
+    _assert_one_line_error(result, "another architecture", phrase)
+    assert sorted(os.listdir(copy)) == ["config.json", "ensemble.weights.h5"]

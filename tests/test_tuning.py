@@ -1,0 +1,173 @@
+"""`train.py --tune`: keras-tuner searches over train.py runs, best.json, resume."""
+
+import json
+import os
+
+import pytest
+from conftest import run_script
+
+from quantens import cli, tuning
+
+SMALL = ["--test-run", "--width", "8", "--epochs", "1", "--bit-widths", "32", "1"]
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def trial_dirs(result_path):
+    tuning_dir = os.path.join(result_path, "tuning")
+    return sorted(d for d in os.listdir(tuning_dir) if d.startswith("trial_"))
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory, tfds_dir):
+    """A 2-trial random search run as a user runs it."""
+    result_path = str(tmp_path_factory.mktemp("search") / "run")
+    argv = ["train.py", "--tune", "random", "--max-trials", "2", *SMALL,
+            "--data-dir", tfds_dir, "--result-path", result_path]
+    return argv, run_script(argv), result_path
+
+
+def test_random_search_runs_trials_and_writes_best_json(search):
+    _, result, result_path = search
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert trial_dirs(result_path) == ["trial_0", "trial_1"]
+    scores = {}
+    for trial in trial_dirs(result_path):
+        directory = os.path.join(result_path, "tuning", trial)
+        for name in ("config.json", "metrics.json", "ensemble.weights.h5", "trial.json"):
+            assert os.path.exists(os.path.join(directory, name)), (trial, name)
+        scores[trial] = (read(os.path.join(directory, "metrics.json"))["val_accuracy"]["1"],
+                         read(os.path.join(directory, "config.json")))
+    best = read(os.path.join(result_path, "tuning", "best.json"))
+    best_score, best_config = max(scores.values(), key=lambda s: s[0])
+    for flag in ("lr", "wd", "optimizer", "kd_mode"):
+        assert best[flag] == best_config[flag]
+    assert best["kd_mode"] in ("none", "progressive")  # no teacher: never simple
+    assert best["width"] == 8 and best["epochs"] == 1
+    assert not {"tune", "max_trials", "result_path", "test_run"} & set(best)
+    # the end of the output: a table of the trials, the best one starred
+    assert "val_accuracy_1" in result.stdout and "best flags:" in result.stdout
+    table = result.stdout[result.stdout.index("random search: 2 trials"):]
+    assert sum(line.startswith(("0", "1")) for line in table.splitlines()) == 2
+
+
+def test_best_json_trains_with_config(search, tmp_path, tfds_dir):
+    _, _, result_path = search
+    best_path = os.path.join(result_path, "tuning", "best.json")
+    best = read(best_path)
+    result = run_script(["train.py", "--config", best_path, "--test-run", "--data-dir",
+                         tfds_dir, "--result-path", str(tmp_path / "best")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = read(tmp_path / "best" / "config.json")
+    for flag in ("lr", "wd", "optimizer", "kd_mode", "width", "bit_widths"):
+        assert config[flag] == best[flag], flag
+
+
+def test_a_second_invocation_resumes_without_redoing_finished_trials(search):
+    argv, _, result_path = search
+    metrics = [os.path.join(result_path, "tuning", t, "metrics.json")
+               for t in trial_dirs(result_path)]
+    before = [os.stat(m).st_mtime_ns for m in metrics]
+    result = run_script(argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Reloading Tuner" in result.stdout and "Running Trial" not in result.stdout
+    assert [os.stat(m).st_mtime_ns for m in metrics] == before
+    assert trial_dirs(result_path) == ["trial_0", "trial_1"]
+    # other flags in the same result path: refused
+    changed = run_script([*argv[:-2], "--width", "16", *argv[-2:]])
+    assert changed.returncode == 2
+    assert "holds a search with other flags (--width 8 -> 16)" in changed.stderr
+
+
+# In-process searches with a stand-in for train.run: they test the search loop
+# (oracles, trial directories, resume, best.json) without training networks.
+
+
+def make_args(tmp_path, *flags):
+    return cli.parse_args(["--epochs", "9", "--result-path", str(tmp_path / "run"), *flags])
+
+
+class Recorder:
+    """Returns an accuracy that grows with lr (so the best trial is known); records calls."""
+
+    def __init__(self, interrupt_at=None):
+        self.calls, self.interrupt_at = [], interrupt_at
+
+    def __call__(self, args):
+        self.calls.append(args)
+        if len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt  # the user stops the search during this trial
+        os.makedirs(args.result_path, exist_ok=True)
+        return {"bit_widths": list(args.bit_widths), "target_bits": args.target_bits,
+                "val_accuracy": {str(b): args.lr for b in args.bit_widths},
+                "teacher_val_accuracy": None}
+
+
+def test_search_space_offers_simple_kd_only_with_a_teacher(tmp_path):
+    plain = make_args(tmp_path)
+    taught = make_args(tmp_path, "--teacher", "cifar_resnet20_v1",
+                       "--kd-teacher-mode", "untrained_external")
+    assert tuning.kd_modes(plain) == ["none", "progressive"]
+    assert tuning.kd_modes(taught) == ["none", "progressive", "simple"]
+    space = tuning.search_space(plain)
+    assert [hp.name for hp in space.space] == [
+        "lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight"
+    ]
+    assert space.space[0].sampling == "log"
+
+
+def test_trial_args_copy_the_flags_and_teacher_flags_follow_the_student(tmp_path):
+    args = make_args(tmp_path, "--teacher", "cifar_resnet20_v1",
+                     "--kd-teacher-mode", "untrained_external", "--teacher-wd", "0.5")
+    trial = tuning.trial_args(args, {"lr": 0.02, "wd": 1e-4, "optimizer": "sgd",
+                                     "tuner/epochs": 3}, "/tmp/t")
+    assert (trial.lr, trial.teacher_lr, trial.optimizer, trial.teacher_optimizer) == (
+        0.02, 0.02, "sgd", "sgd")
+    assert trial.wd == 1e-4 and trial.teacher_wd == 0.5  # given explicitly: kept
+    assert trial.epochs == 3 and trial.result_path == "/tmp/t"
+    assert args.lr == 0.005 and args.epochs == 9  # the search's flags are untouched
+
+
+def test_random_search_in_process_picks_the_best_trial_and_resumes(tmp_path):
+    run = Recorder()
+    best = tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "3"), run)
+    assert len(run.calls) == 3
+    assert best["lr"] == max(a.lr for a in run.calls)
+    assert {os.path.basename(a.result_path) for a in run.calls} == {
+        "trial_0", "trial_1", "trial_2"}
+    # the saved best.json is accepted by --config and gives back these values
+    best_path = tmp_path / "run" / "tuning" / "best.json"
+    again = cli.parse_args(["--config", str(best_path)])
+    assert (again.lr, again.optimizer, again.epochs) == (best["lr"], best["optimizer"], 9)
+    # the same search with a larger budget runs only the new trials
+    more = Recorder()
+    tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "5"), more)
+    assert [os.path.basename(a.result_path) for a in more.calls] == ["trial_3", "trial_4"]
+
+
+def test_an_interrupted_search_resumes_the_interrupted_trial(tmp_path):
+    args = make_args(tmp_path, "--tune", "random", "--max-trials", "3")
+    stopped = Recorder(interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(args, stopped)
+    resumed = Recorder()
+    tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "3"), resumed)
+    # trial 0 is kept; trial 1 runs again in its own directory (its backup), then trial 2
+    assert [os.path.basename(a.result_path) for a in resumed.calls] == ["trial_1", "trial_2"]
+    assert resumed.calls[0].lr == stopped.calls[1].lr
+
+
+def test_hyperband_gives_each_trial_its_epochs_budget(tmp_path):
+    run = Recorder()
+    tuning.tune(make_args(tmp_path, "--tune", "hyperband", "--max-trials", "6"), run)
+    epochs = [a.epochs for a in run.calls]
+    assert len(epochs) == 6 and all(1 <= e <= 9 for e in epochs) and min(epochs) < 9
+
+
+def test_bayesian_search_completes(tmp_path):
+    run = Recorder()
+    best = tuning.tune(make_args(tmp_path, "--tune", "bayesian", "--max-trials", "4"), run)
+    assert len(run.calls) == 4 and best["lr"] == max(a.lr for a in run.calls)

@@ -1,0 +1,196 @@
+"""Measure a pretrained tag's test accuracy per member; publish a run as a tag.
+
+```bash
+python -m zoo.evaluate digits_resnet_e digits          # table; exit 1 if it differs
+python -m zoo.evaluate digits_resnet_e digits --publish /tmp/zoo/digits_resnet_e \\
+    --command "python train.py --epochs 30 --deterministic --result-path /tmp/zoo/digits_resnet_e"
+```
+
+Evaluation is `quantens.QuantEnsemble(model, bit_widths).evaluate(...)` on the
+dataset's evaluation split (the `test` split of `digits`) in batches of 256:
+deterministic, so the registry holds exactly what this measures.
+
+```python
+from zoo.evaluate import evaluate_pretrained
+
+print(evaluate_pretrained("digits_resnet_e", "digits"))  # {32: 1.0, 8: 0.99..., ...}
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import quantens  # noqa: E402,F401  (tf-keras before TensorFlow)
+from zoo import pretrained  # noqa: E402
+
+EVAL_BATCH_SIZE = 256
+
+
+def evaluate(
+    model,
+    bit_widths: Sequence[int],
+    dataset: str = "digits",
+    data_dir: str | None = None,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> dict[int, float]:
+    """Test accuracy of every member of `model` on the dataset's evaluation split.
+
+    ```python
+    import zoo
+    from zoo.evaluate import evaluate
+
+    model = zoo.create_model("digits_resnet_e", weights="digits")
+    print(evaluate(model, (32, 8, 4, 2, 1), "digits"))
+    ```
+    """
+    import quantens.data as qd
+
+    spec = qd.resolve(dataset, data_dir)
+    ensemble = quantens.QuantEnsemble(model, bit_widths)
+    ensemble.compile()
+    test = qd.load(dataset, spec.eval_split, batch_size, data_dir=data_dir)
+    logs = ensemble.evaluate(test, return_dict=True, verbose=0)
+    return {int(b): float(logs[f"accuracy_{b}"]) for b in ensemble.bit_widths}
+
+
+def evaluate_pretrained(
+    name: str, tag: str, data_dir: str | None = None, weights: str | None = None
+) -> dict[int, float]:
+    """Accuracy per member of a tag, loaded as users load it (download, verify, load).
+
+    With `weights`, that local file is evaluated in the tag's architecture
+    instead of the registered one.
+
+    ```python
+    from zoo.evaluate import evaluate_pretrained
+
+    accuracy = evaluate_pretrained("digits_resnet_e", "digits")
+    ```
+    """
+    config = pretrained.pretrained_config(name, tag)
+    if weights is None:
+        model = pretrained.create_pretrained(name, tag)
+    else:
+        from quantens.results import load_weights
+
+        model = pretrained.build_model(name, tag)
+        load_weights(model, weights)
+    return evaluate(model, config.bit_widths, config.dataset, data_dir)
+
+
+def accuracy_table(
+    registered: Mapping[int, float], measured: Mapping[int, float]
+) -> str:
+    """Registered and measured accuracy per bit-width, one row each."""
+    lines = ["bits   registered   measured", "----   ----------   --------"]
+    for b in registered:
+        mark = "" if measured.get(b) == registered[b] else "   <- differs"
+        lines.append(f"{b:>4}   {registered[b]:>10.4f}   {measured.get(b, float('nan')):>8.4f}{mark}")
+    return "\n".join(lines)
+
+
+def publish(
+    result_dir: str,
+    name: str,
+    tag: str,
+    command: str,
+    description: str = "",
+    data_dir: str | None = None,
+    weights_file: str = "ensemble.weights.h5",
+) -> pretrained.PretrainedConfig:
+    """Registers a `train.py` result directory as tag `tag` of model `name`.
+
+    Copies its weights into `zoo/weights/<name>-<tag>-<sha256[:8]>.weights.h5`,
+    measures the accuracy per member with `evaluate`, and writes the
+    registry entry (architecture flags from the run's config.json).
+
+    ```python
+    from zoo.evaluate import publish
+
+    publish("/tmp/zoo/digits_resnet_e", "digits_resnet_e", "digits",
+            command="python train.py --epochs 30 --result-path /tmp/zoo/digits_resnet_e")
+    ```
+    """
+    import zoo
+    from quantens.cli import ARCHITECTURE_FLAGS
+    from quantens.results import atomic_path, load_weights, read_json
+
+    config = read_json(os.path.join(result_dir, "config.json"))
+    if config.get("model") != name:
+        raise ValueError(f"{result_dir} trained {config.get('model')!r}, not {name!r}")
+    source = os.path.join(result_dir, weights_file)
+    if not os.path.isfile(source):
+        raise ValueError(f"{source}: no such file")
+    flags = {k: config[k] for k in ARCHITECTURE_FLAGS if k in config}
+    digest = pretrained.sha256sum(source)
+    file = f"{name}-{tag}-{digest[:8]}.weights.h5"
+    target = os.path.join(pretrained.WEIGHTS_DIR, file)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    model = zoo.create_model_from_flags(flags, config["input_shape"], config["num_classes"])
+    load_weights(model, target)
+    accuracy = evaluate(model, flags["bit_widths"], config["dataset"], data_dir)
+    entry = pretrained.PretrainedConfig(
+        model=name, tag=tag, file=file, sha256=digest, size=os.path.getsize(target),
+        dataset=config["dataset"], input_shape=tuple(config["input_shape"]),
+        num_classes=int(config["num_classes"]), flags=flags, accuracy=accuracy,
+        target_bits=int(config["target_bits"]), command=command, description=description,
+    )
+    registry = pretrained.read_registry()
+    old = registry.get(name, {}).get(tag)
+    registry.setdefault(name, {})[tag] = entry
+    pretrained.write_registry(registry)
+    in_use = {c.file for tags in registry.values() for c in tags.values()}
+    if old is not None and old.file not in in_use:
+        os.remove(os.path.join(pretrained.WEIGHTS_DIR, old.file))
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m zoo.evaluate MODEL TAG`: exit 0 when the measurement matches the registry."""
+    parser = argparse.ArgumentParser(
+        prog="python -m zoo.evaluate",
+        description="Evaluate a pretrained tag per member (or publish a run as a tag).",
+    )
+    parser.add_argument("model", help="zoo model, e.g. digits_resnet_e")
+    parser.add_argument("tag", help="pretrained tag, e.g. digits")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--weights", default=None,
+                        help="evaluate this local weights file in the tag's architecture")
+    parser.add_argument("--publish", metavar="RESULT_DIR", default=None,
+                        help="register RESULT_DIR/ensemble.weights.h5 as this tag")
+    parser.add_argument("--command", default=None, help="with --publish: the training command")
+    parser.add_argument("--description", default="", help="with --publish: one line")
+    args = parser.parse_args(argv)
+    from quantens.cli import load_tensorflow
+
+    load_tensorflow()
+    try:
+        if args.publish:
+            if not args.command:
+                parser.error("--publish needs --command: the command that trained the run")
+            entry = publish(args.publish, args.model, args.tag, args.command,
+                            args.description, args.data_dir)
+            print(f"registered {args.model}.{args.tag}: {entry.file} ({entry.size} bytes)")
+            print(accuracy_table(entry.accuracy, entry.accuracy))
+            return 0
+        config = pretrained.pretrained_config(args.model, args.tag)
+        measured = evaluate_pretrained(args.model, args.tag, args.data_dir, args.weights)
+    except (ValueError, OSError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(f"{args.model}.{args.tag} on {config.dataset} (test split)")
+    print(accuracy_table(config.accuracy, measured))
+    same = measured == dict(config.accuracy)
+    print("matches the registry" if same else "DIFFERS from the registry")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
