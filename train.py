@@ -265,6 +265,10 @@ def run(args) -> dict:
             max_val_examples=args.batch_size if args.test_run else None,
         )
         print(summary_table(exported))
+    if chief:
+        from quantens.report import write_report
+
+        write_report(args.result_path)
     table = accuracy_table(accuracy, args.bit_widths, metrics["teacher_val_accuracy"])
     logger.info("test accuracy per member\n%s", table)
     if chief:

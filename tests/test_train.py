@@ -44,6 +44,8 @@ def test_default_run_writes_the_result_directory(default_run):
     for b in (32, 8, 4, 2, 1):
         assert os.path.isfile(os.path.join(result_path, "export", f"member_{b}.tflite"))
     assert exported
+    # train.py ends with the report of the run
+    assert "accuracy" in open(os.path.join(result_path, "report.md")).read()
 
 
 def test_saved_weights_load_into_the_model(default_run):

@@ -1,0 +1,621 @@
+"""A report of a training run that users can look at: Markdown and PNG plots.
+
+```
+python -m quantens.report RESULT_DIR
+```
+
+reads a result directory of `train.py` (`metrics.json`, and where present
+`config.json`, `history.csv`, `export/export.json`) and writes into it:
+
+```
+report.md                 accuracy per bit-width (and the teacher's), size per member,
+                          training time, links to the plots
+accuracy_per_bits.png     validation accuracy per member (bars), the teacher as a line
+accuracy_vs_size.png      accuracy against the size of each member
+training_curves.png       loss and accuracy per member and epoch (history.csv)
+```
+
+Member sizes are the bytes of the exported files (`export/export.json`, written
+by `python -m quantens.export RESULT_DIR`) when there are any; otherwise they
+are estimated from the model's parameter count: quantized kernels at the
+member's bit-width, every other parameter (stem, classifier, biases, that
+member's batch normalization) at 32 bits. The report says which.
+
+Every file is written whole or not at all (temporary name, then rename).
+
+```python
+import subprocess, sys, tempfile
+from quantens.report import write_report
+
+result_dir = tempfile.mkdtemp()
+subprocess.run([sys.executable, "train.py", "--epochs", "1", "--test-run", "--width", "8",
+                "--result-path", result_dir], check=True)
+print(open(write_report(result_dir)).read())
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import numbers
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "PLOT_FILES",
+    "REPORT_FILE",
+    "ResultData",
+    "estimate_member_bytes",
+    "load_result",
+    "main",
+    "member_sizes",
+    "write_report",
+]
+
+REPORT_FILE = "report.md"
+PLOT_FILES = {
+    "accuracy": "accuracy_per_bits.png",
+    "size": "accuracy_vs_size.png",
+    "curves": "training_curves.png",
+}
+EXPORT_REPORT = os.path.join("export", "export.json")
+SIZE_FROM_EXPORT = "export"
+SIZE_ESTIMATED = "estimate"
+
+_RERUN = "run `python train.py --result-path {dir}` to (re)create it"
+
+
+# -------------------------------------------------------------------- reading
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultData:
+    """What a report is made of: the files of one result directory, checked."""
+
+    result_dir: str
+    metrics: dict  # metrics.json
+    config: dict  # config.json ({} when absent or unreadable)
+    history: list[dict[str, float]]  # history.csv rows as floats ([] when absent)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _read_json_file(path: str, what: str, result_dir: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error.msg} at line {error.lineno}): the {what} "
+            f"was cut short or edited; {_RERUN.format(dir=result_dir)}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a text file: {_RERUN.format(dir=result_dir)}"
+        ) from None
+
+
+def _check_metrics(metrics: Any, path: str, result_dir: str) -> dict:
+    """Validates metrics.json: what the report reads must be there, of the right type."""
+    fix = _RERUN.format(dir=result_dir)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(metrics).__name__}; {fix}")
+    bit_widths = metrics.get("bit_widths")
+    if (
+        not isinstance(bit_widths, list)
+        or not bit_widths
+        or not all(isinstance(b, int) and not isinstance(b, bool) for b in bit_widths)
+    ):
+        raise ValueError(f"{path} has no list of integer \"bit_widths\"; {fix}")
+    accuracy = metrics.get("val_accuracy")
+    if not isinstance(accuracy, dict):
+        raise ValueError(f"{path} has no \"val_accuracy\" object; {fix}")
+    missing = [b for b in bit_widths if not _is_number(accuracy.get(str(b)))]
+    if missing:
+        raise ValueError(
+            f"{path} has no numeric \"val_accuracy\" for "
+            f"{', '.join(f'{b} bits' for b in missing)}; {fix}"
+        )
+    target = metrics.get("target_bits")
+    if target is not None and target not in bit_widths:
+        raise ValueError(f"{path}: \"target_bits\" {target!r} is not one of the bit-widths; {fix}")
+    for key in ("teacher_val_accuracy", "train_seconds"):
+        if metrics.get(key) is not None and not _is_number(metrics[key]):
+            raise ValueError(f"{path}: \"{key}\" must be a number or null; {fix}")
+    return metrics
+
+
+def _read_history(path: str) -> list[dict[str, float]]:
+    """history.csv as rows of floats (empty or unreadable cells left out)."""
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                parsed = {}
+                for key, value in row.items():
+                    try:
+                        parsed[key] = float(value)
+                    except (TypeError, ValueError):
+                        continue
+                if "epoch" in parsed:
+                    rows.append(parsed)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return sorted(rows, key=lambda r: r["epoch"])
+
+
+def load_result(result_dir: str) -> ResultData:
+    """Reads and checks a result directory; raises one clear error if it cannot be used.
+
+    Only metrics.json is required; config.json and history.csv are read when
+    present (the size estimate and the training curves need them).
+
+    ```python
+    from quantens.report import load_result
+
+    try:
+        load_result("/nonexistent")
+    except FileNotFoundError as error:
+        print(error)
+    ```
+
+    Raises:
+        FileNotFoundError: the directory or its metrics.json does not exist.
+        ValueError: metrics.json is not valid JSON or lacks what the report needs.
+    """
+    if not os.path.isdir(result_dir):
+        raise FileNotFoundError(
+            f"{result_dir} is not a directory: give the --result-path of a train.py run"
+        )
+    metrics_path = os.path.join(result_dir, "metrics.json")
+    if not os.path.isfile(metrics_path):
+        raise FileNotFoundError(
+            f"{result_dir} has no metrics.json: it is not the result directory of a "
+            f"finished train.py run; {_RERUN.format(dir=result_dir)}"
+        )
+    metrics = _check_metrics(
+        _read_json_file(metrics_path, "metrics", result_dir), metrics_path, result_dir
+    )
+    config: dict = {}
+    config_path = os.path.join(result_dir, "config.json")
+    if os.path.isfile(config_path):
+        try:
+            loaded = _read_json_file(config_path, "configuration", result_dir)
+            config = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            config = {}  # only needed for the size estimate and the title
+    return ResultData(
+        result_dir=result_dir,
+        metrics=metrics,
+        config=config,
+        history=_read_history(os.path.join(result_dir, "history.csv")),
+    )
+
+
+# ---------------------------------------------------------------------- sizes
+
+
+def _quantized_kernel_bits(layer, bits: int) -> int:
+    """The bit-width that `layer`'s kernel is stored at in member `bits`."""
+    quantizer = getattr(layer, "kernel_quantizer", None)
+    if quantizer is None:
+        return 32
+    if hasattr(quantizer, "for_bits"):  # switchable: follows the member
+        return 32 if quantizer.for_bits(bits) is None else bits
+    precision = getattr(quantizer, "precision", None)  # a fixed larq quantizer
+    return int(precision) if isinstance(precision, int) else 32
+
+
+def _layers(model) -> list:
+    layers = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and not hasattr(layer, "branch"):
+            layers += _layers(layer)  # a nested model
+        else:
+            layers.append(layer)
+    return layers
+
+
+def estimate_member_bytes(model, bit_widths: Sequence[int]) -> dict[int, int]:
+    """Estimated bytes of each member: quantized kernels at b bits, the rest at 32.
+
+    Counts, per member, every weight that member needs at inference: a
+    quantized kernel at the member's bit-width (32 where its quantizer keeps
+    full precision, e.g. `--fp-weights`), biases, full-precision layers and that
+    member's own batch normalization (switchable BN) at 32 bits.
+
+    ```python
+    import quantens
+    from quantens.report import estimate_member_bytes
+    from zoo import create_model
+
+    sizes = estimate_member_bytes(create_model("digits_resnet_e", bit_widths=(32, 1)), (32, 1))
+    assert sizes[1] < sizes[32]
+    ```
+    """
+    totals = {}
+    for b in bit_widths:
+        bits_total = 0
+        for layer in _layers(model):
+            if hasattr(layer, "branch"):  # SwitchableBatchNormalization: this member's BN
+                weights = layer.branch(b).weights
+            else:
+                weights = layer.weights
+            kernel = getattr(layer, "kernel", None) if hasattr(layer, "kernel_quantizer") else None
+            kernel_name = getattr(kernel, "name", None)
+            for w in weights:
+                n = int(w.shape.num_elements() or 0)
+                if kernel_name is not None and w.name == kernel_name:
+                    bits_total += n * _quantized_kernel_bits(layer, b)
+                else:
+                    bits_total += n * 32
+        totals[int(b)] = math.ceil(bits_total / 8)
+    return totals
+
+
+def _sizes_from_export(result_dir: str, bit_widths: Sequence[int]) -> dict[int, dict] | None:
+    """Per member {"bytes", "file", ...} from export/export.json, or None if unusable."""
+    path = os.path.join(result_dir, EXPORT_REPORT)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    members = data.get("members") if isinstance(data, dict) else None
+    entries: dict[int, dict] = {}
+    if isinstance(members, dict):
+        items = list(members.items())
+    elif isinstance(members, list):
+        items = [(m.get("bits"), m) for m in members if isinstance(m, dict)]
+    else:
+        return None
+    for key, entry in items:
+        try:
+            b = int(key)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(entry, dict) and _is_number(entry.get("bytes")) and entry["bytes"] > 0:
+            entries[b] = entry
+    if not all(b in entries for b in bit_widths):
+        return None  # partial exports would mix two kinds of size in one plot
+    return {b: entries[b] for b in bit_widths}
+
+
+def member_sizes(result: ResultData) -> tuple[dict[int, int] | None, str, str]:
+    """(bytes per member, source, a sentence saying where the sizes come from).
+
+    `source` is `"export"` (the bytes of `export/export.json`'s files) or
+    `"estimate"` (from the parameter count of the model that config.json
+    describes); the bytes are None when neither is possible.
+
+    ```python
+    from quantens.report import load_result, member_sizes
+
+    sizes, source, note = member_sizes(load_result("results/digits_resnet_e_digits"))
+    ```
+    """
+    result_dir = result.result_dir
+    bit_widths = [int(b) for b in result.metrics["bit_widths"]]
+    exported = _sizes_from_export(result_dir, bit_widths)
+    if exported is not None:
+        return (
+            {b: int(e["bytes"]) for b, e in exported.items()},
+            SIZE_FROM_EXPORT,
+            f"bytes of the exported files in export/, from {EXPORT_REPORT}",
+        )
+    config = result.config
+    why_not = (
+        f"no usable {EXPORT_REPORT}"
+        if not os.path.isfile(os.path.join(result_dir, EXPORT_REPORT))
+        else f"{EXPORT_REPORT} could not be read or lacks members"
+    )
+    try:
+        import zoo
+
+        model = zoo.create_model_from_flags(
+            {**config, "bit_widths": bit_widths}, config["input_shape"], config["num_classes"]
+        )
+    except Exception as error:  # missing keys, unknown model, bad flags: no estimate
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return None, SIZE_ESTIMATED, (
+            f"unknown: {why_not}, and the model of config.json could not be rebuilt "
+            f"({detail})"
+        )
+    return (
+        estimate_member_bytes(model, bit_widths),
+        SIZE_ESTIMATED,
+        f"estimated ({why_not}) from the parameter count of {config.get('model', 'the model')}: "
+        "quantized kernels at the member's bit-width, all other parameters at 32 bits",
+    )
+
+
+# ---------------------------------------------------------------------- plots
+
+
+def _figure(width: float = 6.4, height: float = 4.0):
+    # A Figure with its own Agg canvas: no pyplot state, no global backend change.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: str) -> None:
+    from quantens.results import atomic_path
+
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def _bits_label(b: int) -> str:
+    return "32 (float)" if b == 32 else str(b)
+
+
+def plot_accuracy(metrics: Mapping[str, Any], path: str) -> None:
+    """Bars of the validation accuracy per bit-width; the teacher as a line."""
+    bit_widths = [int(b) for b in metrics["bit_widths"]]
+    values = [float(metrics["val_accuracy"][str(b)]) for b in bit_widths]
+    target = metrics.get("target_bits")
+    figure = _figure()
+    ax = figure.add_subplot()
+    colors = ["tab:orange" if b == target else "tab:blue" for b in bit_widths]
+    bars = ax.bar([_bits_label(b) for b in bit_widths], values, color=colors)
+    for bar, value in zip(bars, values, strict=True):
+        ax.annotate(f"{value:.4f}", (bar.get_x() + bar.get_width() / 2, value),
+                    ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                    textcoords="offset points")
+    teacher = metrics.get("teacher_val_accuracy")
+    if teacher is not None:
+        ax.axhline(float(teacher), color="tab:red", linestyle="--",
+                   label=f"teacher {float(teacher):.4f}")
+        ax.legend(loc="lower left")
+    ax.set_xlabel("bit-width of the member" + (f" (target {target} in orange)" if target else ""))
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, min(1.0, max([*values, float(teacher or 0)]) * 1.12) or 1.0)
+    ax.set_title("Validation accuracy per member")
+    _save(figure, path)
+
+
+def plot_accuracy_vs_size(
+    metrics: Mapping[str, Any], sizes: Mapping[int, int], source: str, path: str
+) -> None:
+    """Accuracy against member size (KiB, log scale), one labelled point per member."""
+    bit_widths = [int(b) for b in metrics["bit_widths"]]
+    kib = [sizes[b] / 1024 for b in bit_widths]
+    values = [float(metrics["val_accuracy"][str(b)]) for b in bit_widths]
+    figure = _figure()
+    ax = figure.add_subplot()
+    ax.plot(kib, values, "o-", color="tab:blue")
+    for b, x, y in zip(bit_widths, kib, values, strict=True):
+        ax.annotate(f"{b} bit", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    teacher = metrics.get("teacher_val_accuracy")
+    if teacher is not None:
+        ax.axhline(float(teacher), color="tab:red", linestyle="--",
+                   label=f"teacher {float(teacher):.4f}")
+        ax.legend(loc="lower right")
+    if min(kib) > 0:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="both", labelsize=8)
+    ax.set_xlabel("member size (KiB)")
+    ax.set_ylabel("validation accuracy")
+    how = ("sizes of the exported files" if source == SIZE_FROM_EXPORT
+           else "sizes estimated from parameter counts")
+    ax.set_title(f"Accuracy vs model size ({how})", fontsize=10)
+    _save(figure, path)
+
+
+def plot_training_curves(
+    history: Sequence[Mapping[str, float]], bit_widths: Sequence[int], path: str
+) -> None:
+    """Loss and accuracy per member and epoch: training solid, validation dashed."""
+    figure = _figure(10.0, 4.0)
+    loss_ax, acc_ax = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    epochs = [row["epoch"] for row in history]
+    series = [(str(b), f"{b} bit", f"C{i % 10}") for i, b in enumerate(bit_widths)]
+    if any("teacher_accuracy" in row or "val_teacher_accuracy" in row for row in history):
+        series.append(("teacher", "teacher", "black"))
+    for key, label, color in series:
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                name = (f"{prefix}teacher_{metric}" if key == "teacher"
+                        else f"{prefix}{metric}_{key}")
+                points = [(row["epoch"], row[name]) for row in history if name in row]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, style, marker="o", markersize=3, color=color,
+                            label=label if prefix == "" else None)
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} per member (solid: training, dashed: validation)", fontsize=9)
+        if len(set(epochs)) <= 10:
+            ax.set_xticks(sorted(set(epochs)))
+    handles, labels = acc_ax.get_legend_handles_labels()
+    if not handles:
+        handles, labels = loss_ax.get_legend_handles_labels()
+    if handles:
+        acc_ax.legend(handles, labels, fontsize=8, loc="lower right")
+    _save(figure, path)
+
+
+# --------------------------------------------------------------------- report
+
+
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "not recorded"
+    minutes, rest = divmod(float(seconds), 60)
+    if minutes >= 60:
+        return f"{seconds:.1f} s ({int(minutes // 60)} h {int(minutes % 60)} min)"
+    return f"{seconds:.1f} s ({int(minutes)} min {rest:.0f} s)" if minutes else f"{seconds:.1f} s"
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "?" if n is None else str(int(n))
+
+
+def render_markdown(
+    result: ResultData,
+    sizes: Mapping[int, int] | None,
+    size_note: str,
+    plots: Mapping[str, str],
+    exported: Mapping[int, Mapping[str, Any]] | None = None,
+) -> str:
+    """The text of report.md (pure: no files are read or written).
+
+    `exported` is export.json's entry per member, when sizes come from it.
+    """
+    metrics, config, history = result.metrics, result.config, result.history
+    bit_widths = [int(b) for b in metrics["bit_widths"]]
+    target = metrics.get("target_bits")
+    teacher = metrics.get("teacher_val_accuracy")
+    title = " on ".join(str(config[k]) for k in ("model", "dataset") if config.get(k))
+    lines = [f"# Training report{': ' + title if title else ''}", ""]
+    lines.append(f"- result directory: `{os.path.abspath(result.result_dir)}`")
+    lines.append(f"- members: {', '.join(f'{b} bit' for b in bit_widths)}")
+    lines.append(f"- target bits: {target if target is not None else 'not recorded'}")
+    if teacher is not None:
+        lines.append(f"- teacher validation accuracy: {float(teacher):.4f} (exact {teacher!r})")
+    else:
+        lines.append("- teacher: none")
+    lines.append(f"- training time: {_fmt_seconds(metrics.get('train_seconds'))}")
+    if history:
+        lines.append(f"- epochs: {len(history)} (history.csv)")
+    lines += ["", "## Validation accuracy and size per member", ""]
+    lines += [
+        "| bits | accuracy | exact accuracy | size (bytes) | size (KiB) | note |",
+        "|-----:|---------:|:---------------|-------------:|-----------:|:-----|",
+    ]
+    for b in bit_widths:
+        value = metrics["val_accuracy"][str(b)]
+        size = sizes.get(b) if sizes else None
+        kib = f"{size / 1024:.1f}" if size is not None else "?"
+        notes = []
+        if b == target:
+            notes.append("target")
+        if b == 32:
+            notes.append("full precision")
+        entry = (exported or {}).get(b) or {}
+        notes += [str(entry[k]) for k in ("file", "format") if entry.get(k)]
+        tflite_accuracy = (entry.get("fidelity") or {}).get("tflite_accuracy")
+        if _is_number(tflite_accuracy):
+            notes.append(f"TFLite accuracy {tflite_accuracy:.4f}")
+        lines.append(
+            f"| {b} | {float(value):.4f} | {value!r} | {_fmt_bytes(size)} | {kib} | "
+            f"{', '.join(notes)} |"
+        )
+    if teacher is not None:
+        lines.append(f"| teacher | {float(teacher):.4f} | {teacher!r} | | | |")
+    lines += ["", f"Sizes: {size_note}.", "", "## Plots", ""]
+    captions = {
+        "accuracy": "Validation accuracy per bit-width",
+        "size": "Accuracy vs model size",
+        "curves": "Training curves per member",
+    }
+    for key, caption in captions.items():
+        if key in plots:
+            lines += [f"### {caption}", "", f"![{caption}]({plots[key]})", ""]
+    if "curves" not in plots:
+        lines += ["No training curves: history.csv is missing or has no rows.", ""]
+    if "size" not in plots:
+        lines += ["No accuracy-vs-size plot: the member sizes are unknown.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(result_dir: str) -> str:
+    """Writes report.md and its PNG plots into `result_dir`; returns report.md's path.
+
+    ```python
+    from quantens.report import write_report
+
+    path = write_report("results/digits_resnet_e_digits")  # a finished train.py run
+    print(open(path).read())
+    ```
+
+    Raises:
+        FileNotFoundError: `result_dir` or its metrics.json does not exist.
+        ValueError: metrics.json is not valid JSON or lacks the accuracy per member.
+    """
+    result = load_result(result_dir)
+    metrics = result.metrics
+    bit_widths = [int(b) for b in metrics["bit_widths"]]
+    sizes, source, size_note = member_sizes(result)
+    plots = {}
+    plot_accuracy(metrics, os.path.join(result_dir, PLOT_FILES["accuracy"]))
+    plots["accuracy"] = PLOT_FILES["accuracy"]
+    if sizes is not None:
+        plot_accuracy_vs_size(metrics, sizes, source, os.path.join(result_dir, PLOT_FILES["size"]))
+        plots["size"] = PLOT_FILES["size"]
+    if result.history:
+        plot_training_curves(
+            result.history, bit_widths, os.path.join(result_dir, PLOT_FILES["curves"])
+        )
+        plots["curves"] = PLOT_FILES["curves"]
+    from quantens.results import write_text
+
+    path = os.path.join(result_dir, REPORT_FILE)
+    exported = _sizes_from_export(result_dir, bit_widths) if source == SIZE_FROM_EXPORT else None
+    write_text(path, render_markdown(result, sizes, size_note, plots, exported))
+    return path
+
+
+# ------------------------------------------------------------------------ CLI
+
+_PROG = "quantens.report"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m quantens.report RESULT_DIR`: bad input is one line and exit code 2."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            self.exit(2, f"{_PROG}: error: {message} (see --help)\n")
+
+    parser = _Parser(
+        prog=f"python -m {_PROG}",
+        description="Write RESULT_DIR/report.md and PNG plots for a train.py result directory.",
+    )
+    parser.add_argument("result_dir", help="the --result-path of a train.py run")
+    args = parser.parse_args(argv)
+
+    def fail(error: BaseException) -> int:
+        print(f"{_PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+    try:
+        load_result(args.result_dir)  # fail before TensorFlow loads
+    except (OSError, ValueError) as error:
+        return fail(error)
+    from quantens.cli import load_tensorflow
+
+    load_tensorflow()  # quietly: the writers and the size estimate use it
+    try:
+        path = write_report(args.result_dir)
+    except (OSError, ValueError) as error:
+        return fail(error)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
