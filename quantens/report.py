@@ -385,7 +385,8 @@ def plot_accuracy(metrics: Mapping[str, Any], path: str) -> None:
         ax.legend(loc="lower left")
     ax.set_xlabel("bit-width of the member" + (f" (target {target} in orange)" if target else ""))
     ax.set_ylabel("validation accuracy")
-    ax.set_ylim(0, min(1.0, max([*values, float(teacher or 0)]) * 1.12) or 1.0)
+    # headroom above the bars for their value labels
+    ax.set_ylim(0, max(1.0, max([*values, float(teacher or 0)])) * 1.1)
     ax.set_title("Validation accuracy per member")
     _save(figure, path)
 
