@@ -1280,16 +1280,6 @@ def load_result_ensemble(result_dir: str, weights: str = "ensemble.weights.h5"):
     return ensemble, config
 
 
-def _h5_shapes(path: str) -> dict[str, tuple]:
-    import h5py
-
-    shapes: dict[str, tuple] = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: shapes.__setitem__(name, tuple(obj.shape))
-                     if isinstance(obj, h5py.Dataset) else None)
-    return shapes
-
-
 def _check_weights_file(model, path: str, config: dict) -> None:
     """Compares the file's variables (names and shapes) with the model's own.
 
@@ -1300,26 +1290,14 @@ def _check_weights_file(model, path: str, config: dict) -> None:
     describe = (f"model {config['model']!r} with bit-widths "
                 f"{' '.join(map(str, config['bit_widths']))}"
                 + (f", width {config['width']}" if config.get("width") else ""))
+    from quantens.results import weights_mismatch
+
     try:
-        found = _h5_shapes(path)
+        detail = weights_mismatch(model, path)
     except Exception as error:
         raise ExportError(f"{path} is not a weights file: {_one_line(error)}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        reference = os.path.join(tmp, "expected.weights.h5")
-        model.save_weights(reference)
-        expected = _h5_shapes(reference)
-    if found == expected:
+    if detail is None:
         return
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
-    if mismatched:
-        k = mismatched[0]
-        detail = f"{k} has shape {found[k]} in the file but {expected[k]} in the model"
-    elif missing:
-        detail = f"{len(missing)} weights of the model are missing (e.g. {missing[0]})"
-    else:
-        detail = f"{len(unexpected)} weights are not in the model (e.g. {unexpected[0]})"
     raise ExportError(
         f"{path} holds weights of another architecture than config.json's {describe}: "
         f"{detail}; export the result directory that trained these weights"

@@ -82,22 +82,65 @@ def save_weights(model: tf.keras.Model, path: str) -> None:
         model.save_weights(tmp)
 
 
+def _h5_shapes(path: str) -> dict[str, tuple]:
+    shapes: dict[str, tuple] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: shapes.__setitem__(name, tuple(obj.shape))
+            if isinstance(obj, h5py.Dataset) else None
+        )
+    return shapes
+
+
+def weights_mismatch(model: tf.keras.Model, path: str) -> str | None:
+    """Why a quantens weights file does not fit `model` exactly, or None if it does.
+
+    Keras loads a `.weights.h5` file of another ensemble silently when the
+    layers line up but some weights are missing (e.g. fewer bit-widths);
+    comparing with a file the model itself writes catches every difference.
+    """
+    found = _h5_shapes(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = os.path.join(tmp, "expected.weights.h5")
+        model.save_weights(reference)
+        expected = _h5_shapes(reference)
+    if found == expected:
+        return None
+    mismatched = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if mismatched:
+        k = mismatched[0]
+        return f"{k} has shape {found[k]} in the file but {expected[k]} in the model"
+    if missing:
+        return f"{len(missing)} weights of the model are missing (e.g. {missing[0]})"
+    return f"{len(unexpected)} weights are not in the model (e.g. {unexpected[0]})"
+
+
 def load_weights(model: tf.keras.Model, path: str) -> None:
     """`model.load_weights(path)` for weights saved by quantens under any file name.
 
     Keras picks the format of `.weights.h5` files from the name; the same file
-    renamed (the seed's `first_stage.params`) is read in that format too.
+    renamed (the seed's `first_stage.params`) is read in that format too, and
+    it must hold exactly the model's weights (ValueError otherwise).
     """
-    if not path.endswith(".weights.h5") and h5py.is_hdf5(path):
+    legacy = True
+    if h5py.is_hdf5(path):
         with h5py.File(path, "r") as f:
             legacy = "layer_names" in f.attrs
-        if not legacy:
-            with tempfile.TemporaryDirectory() as tmp:
-                link = os.path.join(tmp, "weights.weights.h5")
-                os.symlink(os.path.abspath(path), link)
-                model.load_weights(link)
-            return
-    model.load_weights(path)
+    if legacy:
+        model.load_weights(path)
+        return
+    mismatch = weights_mismatch(model, path)
+    if mismatch:
+        raise ValueError(f"the file holds weights of another architecture: {mismatch}")
+    if path.endswith(".weights.h5"):
+        model.load_weights(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        link = os.path.join(tmp, "weights.weights.h5")
+        os.symlink(os.path.abspath(path), link)
+        model.load_weights(link)
 
 
 def _write_rows(path: str, rows: list[dict]) -> None:

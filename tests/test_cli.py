@@ -90,3 +90,17 @@ def test_dry_run_summarises_each_member_and_writes_nothing(tmp_path):
     assert "== member 8 bit" in result.stdout and "== member 1 bit" in result.stdout
     assert "1-bit MACs" in result.stdout
     assert not os.path.exists(result_path)
+
+
+def test_resume_weights_of_another_ensemble_are_refused(tmp_path):
+    from conftest import tiny_model
+
+    other = tmp_path / "five_members.weights.h5"
+    tiny_model((32, 8, 4, 2, 1)).save_weights(str(other))  # Keras would load it silently
+    result_path = tmp_path / "result"
+    result = run_script(["train.py", "--resume", str(other), "--width", "8",
+                         "--bit-widths", "8", "1", "--result-path", str(result_path)])
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "another architecture" in lines[0], result.stderr[-2000:]
+    assert not result_path.exists()
