@@ -104,3 +104,13 @@ def test_resume_weights_of_another_ensemble_are_refused(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "another architecture" in lines[0], result.stderr[-2000:]
     assert not result_path.exists()
+
+
+def test_flag_choices_match_the_library():
+    """cli.py repeats these tuples so that parsing needs no TensorFlow; keep them equal."""
+    from quantens import distillation, optimizers
+
+    assert set(cli.OPTIMIZERS) == set(optimizers.OPTIMIZERS)
+    assert set(cli.LR_MODES) == set(optimizers.LR_MODES)
+    assert set(cli.KD_MODES) == set(distillation.KD_MODES)
+    assert set(cli.KD_TEACHER_MODES) <= set(distillation.TEACHER_MODES)
