@@ -1,8 +1,8 @@
 """`python -m quantens.export`: every member on its own (SavedModel, TFLite, LCE).
 
-One small ensemble (digits, width 8, 32 8 4 2 1 bits) is trained for a few
-epochs, written as a result directory and exported once through the command
-line; the tests read what it wrote.
+One small ensemble (`digits_resnet_e` at its default width 32, 32 8 4 2 1
+bits) is trained for 4 epochs (92 steps), written as a result directory and
+exported once through the command line; the tests read what it wrote.
 """
 
 import json
@@ -21,23 +21,27 @@ EPOCHS = 4
 # Bounds, on the validation split, and why:
 # - float32 and LCE files compute what the member computes in float32, in another
 #   order (BN folded by the converter, popcounts in LCE): rounding differences of
-#   ~1e-6 on logits of size ~10. (An activation within that rounding of a
-#   quantization threshold could flip; none does here.) Agreement is total.
+#   ~1e-6 on logits of size ~10. The float32 member has no thresholds: its logits
+#   agree to 1e-4. The 1-bit member flips an activation where its input lies
+#   within that rounding of the threshold 0.5; such an image (one of 359 here,
+#   max |logit difference| 0.1; up to 2 over 8 seeds) differs beyond 1e-4.
+#   Agreement is total, and at most 1% of the images may differ beyond 1e-4 (`test_one_bit_rewrite_is_exact`
+#   checks that exactly the images with such a near-tie do).
 FLOAT_LOGIT_BOUND = 1e-4
+LCE_MAX_DIFFERING = 0.01
 # - int8 files are exact on the member's grid (quantized convs' weights and
 #   inputs) but must round to 8 bits everything else: the input, the
 #   full-precision weights (stem, shortcut convs, classifier) and the tensors
 #   between grids (BN outputs, residual sums, pooled features, logits), each by
 #   at most half a step (range / 255). A k-bit activation flips where such an
-#   error crosses one of its thresholds, changing a conv input by 1/(2^k - 1), so
-#   the coarsest member is the most sensitive: the 2-bit member of this small,
-#   briefly trained model changes ~0.5-2% of its predictions when ONLY its input
-#   is rounded to int8 (export.json: keras_input_rounding_agreement), and ~3% under
-#   all the roundings of a full-integer file (96-99% over the trainings tried;
-#   97% here). Hence agreement >= 99% from 4 bits up, >= 94% at 2 bits, accuracy
-#   within 2 points of the Keras member, and logits within a quarter of the Keras
-#   logits' spread (max - min, ~11 here; measured 0.3 at 8 bits to 1.5 at 2 bits).
-INT8_MIN_AGREEMENT = {8: 0.99, 4: 0.99, 2: 0.94}
+#   error crosses one of its thresholds, changing a conv input by 1/(2^k - 1).
+#   Over 8 seeds (`benchmarks/bench_fidelity.py --widths 32 --seeds 0 1 2 3 4 5 6 7`)
+#   this model's int8 files agreed with their members on >= 99.16% of the 359
+#   test images (at most 3 differ, at 2 bits; >= 99.44% at 8 and 4 bits), with
+#   accuracy within 0.3 points and logits within a quarter of the Keras logits'
+#   spread (max - min). Hence >= 99%. (Narrower models are more fragile: at
+#   width 8 the 2-bit file agrees on 96.7-98.6% after 4 epochs.)
+INT8_MIN_AGREEMENT = 0.99
 INT8_LOGIT_FRACTION = 0.25
 
 
@@ -50,7 +54,7 @@ def trained(digits_arrays, tfds_dir, tmp_path_factory):
 
     x_train, y_train, _, _ = digits_arrays
     tf.keras.utils.set_random_seed(0)
-    model = tiny_model(BITS, width=8)
+    model = tiny_model(BITS, width=32)
     ensemble = quantens.QuantEnsemble(model, BITS, target_bits=1)
     steps = EPOCHS * -(-len(x_train) // 64)
     ensemble.compile(optimizer=tf.keras.optimizers.Adam(
@@ -58,7 +62,7 @@ def trained(digits_arrays, tfds_dir, tmp_path_factory):
     ensemble.fit(x_train, y_train, batch_size=64, epochs=EPOCHS, verbose=0)
     result_dir = str(tmp_path_factory.mktemp("run"))
     config = {
-        "model": "digits_resnet_e", "width": 8, "bit_widths": list(BITS), "target_bits": 1,
+        "model": "digits_resnet_e", "width": 32, "bit_widths": list(BITS), "target_bits": 1,
         "dataset": "digits", "data_dir": tfds_dir, "batch_size": 64,
         "input_shape": [8, 8, 1], "num_classes": 10,
     }
@@ -108,12 +112,18 @@ def test_every_member_file_agrees_with_its_keras_member(exported):
         fid = report["members"][str(b)]["fidelity"]
         low, high = fid["keras_logit_range"]
         if report["members"][str(b)]["format"] == "int8":
-            assert fid["agreement"] >= INT8_MIN_AGREEMENT[b], (b, fid)
+            assert fid["agreement"] >= INT8_MIN_AGREEMENT, (b, fid)
             assert fid["max_abs_logit_diff"] <= INT8_LOGIT_FRACTION * (high - low), (b, fid)
             assert abs(fid["tflite_accuracy"] - fid["keras_accuracy"]) <= 0.02, (b, fid)
-        else:
+        elif b == 32:
             assert fid["agreement"] == 1.0, (b, fid)
             assert fid["max_abs_logit_diff"] <= FLOAT_LOGIT_BOUND, (b, fid)
+            assert fid["differing_examples"] == 0
+        else:
+            assert fid["agreement"] == 1.0, (b, fid)
+            assert fid["differing_examples"] <= LCE_MAX_DIFFERING * fid["examples"], (b, fid)
+            assert fid["mean_abs_logit_diff"] <= FLOAT_LOGIT_BOUND * 10, (b, fid)
+        if b in (32, 1):
             assert fid["tflite_accuracy"] == fid["keras_accuracy"]
     assert report["members"]["1"]["fidelity"]["interpreter"] == "larq_compute_engine"
 
@@ -190,12 +200,28 @@ def test_saved_model_has_a_signature_per_member_over_shared_weights(exported, di
 
 def test_one_bit_rewrite_is_exact(trained, digits_arrays):
     """conv(x, w) for x in {0, 1} equals (sum(w) - conv(1 - 2x, w)) / 2, with the
-    zero padding of x as padding with 1: the graph LCE converts is the member."""
+    zero padding of x as padding with 1: the graph LCE converts is the member.
+
+    Both compute in float32 in different orders; the only images whose logits
+    may differ beyond 1e-5 are those where a binary activation's input lies
+    within float32 rounding of the threshold 0.5 (then either side is right)."""
     ensemble, _ = trained
     member = ensemble.member(1)
     x = digits_arrays[2]
     graph = export.MemberGraph(member, 1)
-    np.testing.assert_allclose(graph.forward(x, "lce"), member(x), atol=1e-5)
+    diff = np.abs(graph.forward(x, "lce").numpy() - member(x).numpy()).max(axis=-1)
+    differing = set(np.flatnonzero(diff > 1e-5))
+    taps = {}
+    graph.forward(x, "float", taps=taps)
+    binarized = {s.inputs[0] for s in graph.steps
+                 if s.op == "conv" and s.params["act"] is not None}
+    assert binarized and binarized <= set(taps)
+    near_tie = np.zeros(len(x), bool)
+    for name in binarized:
+        distance = np.abs(taps[name].numpy() - 0.5).reshape(len(x), -1).min(axis=-1)
+        near_tie |= distance < 1e-5
+    assert differing <= set(np.flatnonzero(near_tie)), (differing, diff[list(differing)])
+    assert near_tie.mean() < 0.05  # (12 of 359 here; 1 of them differs)
 
 
 def test_failed_export_leaves_the_old_export_and_no_temporary_files(trained, tmp_path):
