@@ -18,7 +18,9 @@ No optimizer here applies weight decay: `--wd` is an L2 term of the loss on
 the full-precision variables only (BMXNet sets `wd_mult=0` on quantized
 kernels), added by the ensemble.
 
-Schedules follow MXNet's `lr_scheduler` module, which counts updates from 1:
+Schedules are tf-keras' `CosineDecay`, `PolynomialDecay` and
+`PiecewiseConstantDecay` (or a constant) inside one `MXNetSchedule`, which
+follows MXNet's `lr_scheduler` module, counting updates from 1:
 `schedule(step)` is the rate of the update that takes the optimizer from
 `step` to `step + 1` updates done (Keras passes `optimizer.iterations`), and
 equals MXNet's `scheduler(step + 1)`. So a warmup from 0 never spends an update
@@ -33,25 +35,19 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
+
+from quantens.defaults import LR_MODES, OPTIMIZERS
 
 __all__ = [
     "LR_MODES",
     "OPTIMIZERS",
-    "ConstantSchedule",
-    "CosineSchedule",
-    "PolySchedule",
+    "MXNetSchedule",
     "RAdam",
-    "StepSchedule",
     "make_optimizer",
     "make_schedule",
 ]
-
-OPTIMIZERS = ("radam", "adam", "sgd", "nag")
-"""The names `make_optimizer` accepts (the seed's `--optimizer` choices)."""
-
-LR_MODES = ("step", "cosine", "poly", "constant")
-"""The modes `make_schedule` accepts (the seed's `--lr-mode` choices)."""
 
 _Schedule = tf.keras.optimizers.schedules.LearningRateSchedule
 
@@ -272,240 +268,133 @@ class RAdam(tf.keras.optimizers.Optimizer):
 
 # ----------------------------------------------------------------------- schedules
 
+_schedules = tf.keras.optimizers.schedules
 
-class _WarmupSchedule(_Schedule):
-    """A schedule with a linear warmup over its first `warmup_steps` updates.
 
-    Subclasses give `_after_warmup(updates)`, the rate as a float64 function of
-    the 1-based update count (MXNet's `num_update`).
+def _map_floats(structure: object, convert: type) -> object:
+    """`structure` (a number or a nested config) with its floats passed to `convert`."""
+    return tf.nest.map_structure(
+        lambda value: convert(value) if isinstance(value, float) else value, structure
+    )
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class MXNetSchedule(_Schedule):
+    """A tf-keras schedule counted as MXNet's `lr_scheduler` counts, with a
+    linear warmup where the tf-keras schedule has none.
+
+    MXNet counts updates from 1: `MXNetSchedule(schedule)(step)` is
+    `schedule(step + 1)`, the rate of the update that takes the optimizer from
+    `step` to `step + 1` updates done. Over the first `warmup_steps` updates the
+    rate ramps linearly instead: update u (1-based) has `warmup_begin_lr +
+    (warmup_target - warmup_begin_lr) * u / warmup_steps` while
+    `u < warmup_steps`, so the last update of the warmup is at the full rate.
+    With `start_after_warmup`, `schedule` counts the updates after the warmup
+    (update u gets `schedule(u - warmup_steps)`), as MXNet's poly scheduler
+    decays over `max_update - warmup_steps` updates.
+
+    The rate is computed in float64 and returned in float32: `schedule` is
+    rebuilt from its config with its floats as float64 (tf-keras schedules
+    compute in the dtype of their initial rate). Steps are scalars, as for
+    every tf-keras schedule.
+
+    ```python
+    import quantens
+    import tensorflow as tf
+    from quantens.optimizers import MXNetSchedule
+
+    poly = tf.keras.optimizers.schedules.PolynomialDecay(1.0, 8, end_learning_rate=0.0, power=2.0)
+    schedule = MXNetSchedule(poly, warmup_steps=2, warmup_target=1.0, start_after_warmup=True)
+    assert [float(schedule(s)) for s in (0, 1, 5, 9, 20)] == [0.5, 1.0, 0.25, 0.0, 0.0]
+
+    constant = MXNetSchedule(0.2, warmup_steps=4, warmup_target=0.2)
+    assert [round(float(constant(s)), 6) for s in range(5)] == [0.05, 0.1, 0.15, 0.2, 0.2]
+    ```
+
+    Args:
+        schedule: a `tf.keras.optimizers.schedules.LearningRateSchedule` (or its
+            serialized form), or a number > 0 for a constant rate.
+        warmup_steps: the number of updates of the linear warmup; 0 for none.
+        warmup_begin_lr: the rate the warmup starts from, in [0, warmup_target].
+        warmup_target: the rate the warmup ends at, > 0; needed with a warmup.
+        start_after_warmup: whether `schedule` starts at the end of the warmup
+            rather than at the first update.
+        name: the name scope of the computation.
     """
 
     def __init__(
         self,
-        learning_rate: float,
+        schedule: _Schedule | dict | float,
         warmup_steps: int = 0,
         warmup_begin_lr: float = 0.0,
+        warmup_target: float | None = None,
+        start_after_warmup: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__()
-        kind = type(self).__name__
-        _require(
-            _real(learning_rate) and learning_rate > 0,
-            f"{kind}: learning_rate must be a number > 0, got {learning_rate!r}",
-        )
+        if isinstance(schedule, dict):
+            schedule = _schedules.deserialize(schedule)
+        if isinstance(schedule, _Schedule):
+            config = _map_floats(_schedules.serialize(schedule), np.float64)
+            self.schedule = _schedules.deserialize(config)
+        else:
+            _require(
+                _real(schedule) and schedule > 0,
+                f"MXNetSchedule: schedule must be a LearningRateSchedule or a number > 0, "
+                f"got {schedule!r}",
+            )
+            self.schedule = np.float64(schedule)
         _require(
             isinstance(warmup_steps, numbers.Integral)
             and not isinstance(warmup_steps, bool)
             and warmup_steps >= 0,
-            f"{kind}: warmup_steps must be an integer >= 0, got {warmup_steps!r}",
+            f"MXNetSchedule: warmup_steps must be an integer >= 0, got {warmup_steps!r}",
         )
-        _require(
-            _real(warmup_begin_lr) and 0 <= warmup_begin_lr <= learning_rate,
-            f"{kind}: warmup_begin_lr must be in [0, learning_rate={learning_rate}], "
-            f"got {warmup_begin_lr!r}",
-        )
-        self.learning_rate = float(learning_rate)
+        if warmup_steps > 0:
+            _require(
+                _real(warmup_target) and warmup_target > 0,
+                f"MXNetSchedule: a warmup needs a warmup_target > 0, got {warmup_target!r}",
+            )
+            _require(
+                _real(warmup_begin_lr) and 0 <= warmup_begin_lr <= warmup_target,
+                f"MXNetSchedule: warmup_begin_lr must be in [0, warmup_target={warmup_target}], "
+                f"got {warmup_begin_lr!r}",
+            )
         self.warmup_steps = int(warmup_steps)
         self.warmup_begin_lr = float(warmup_begin_lr)
+        self.warmup_target = None if warmup_target is None else float(warmup_target)
+        self.start_after_warmup = bool(start_after_warmup)
         self.name = name
 
-    def _after_warmup(self, updates: tf.Tensor) -> tf.Tensor:
-        raise NotImplementedError
-
     def __call__(self, step: tf.Tensor | int) -> tf.Tensor:
-        with tf.name_scope(self.name or type(self).__name__):
+        with tf.name_scope(self.name or "MXNetSchedule"):
             updates = tf.cast(step, tf.float64) + 1.0  # MXNet's num_update, 1-based
-            rate = self._after_warmup(updates)
+            if isinstance(self.schedule, _Schedule):
+                start = float(self.warmup_steps) if self.start_after_warmup else 0.0
+                rate = tf.cast(self.schedule(updates - start), tf.float64)
+            else:
+                rate = tf.constant(self.schedule, tf.float64)
             if self.warmup_steps > 0:
                 warmup = self.warmup_begin_lr + (
-                    self.learning_rate - self.warmup_begin_lr
+                    self.warmup_target - self.warmup_begin_lr
                 ) * updates / float(self.warmup_steps)
                 rate = tf.where(updates < float(self.warmup_steps), warmup, rate)
             return tf.cast(rate, tf.float32)
 
     def get_config(self) -> dict:
+        """The constructor arguments, `schedule` serialized (floats as Python floats)."""
+        if isinstance(self.schedule, _Schedule):
+            schedule = _map_floats(_schedules.serialize(self.schedule), float)
+        else:
+            schedule = float(self.schedule)
         return {
-            "learning_rate": self.learning_rate,
+            "schedule": schedule,
             "warmup_steps": self.warmup_steps,
             "warmup_begin_lr": self.warmup_begin_lr,
+            "warmup_target": self.warmup_target,
+            "start_after_warmup": self.start_after_warmup,
             "name": self.name,
         }
-
-
-@tf.keras.utils.register_keras_serializable(package="quantens")
-class ConstantSchedule(_WarmupSchedule):
-    """A constant learning rate after a linear warmup.
-
-    ```python
-    import quantens
-    from quantens.optimizers import ConstantSchedule
-
-    schedule = ConstantSchedule(0.1, warmup_steps=4)
-    assert [round(float(schedule(s)), 6) for s in range(5)] == [0.025, 0.05, 0.075, 0.1, 0.1]
-    ```
-    """
-
-    def _after_warmup(self, updates: tf.Tensor) -> tf.Tensor:
-        return tf.fill(tf.shape(updates), tf.constant(self.learning_rate, tf.float64))
-
-
-@tf.keras.utils.register_keras_serializable(package="quantens")
-class StepSchedule(_WarmupSchedule):
-    """The rate is multiplied by `factor` at each of `boundaries` (in steps).
-
-    `schedule(step)` is `learning_rate * factor ** k`, k the number of
-    boundaries <= step: with boundaries at `epoch * steps_per_epoch`, the first
-    update of each of those (0-based) epochs has the new rate, as MXNet's
-    `MultiFactorScheduler` does. The warmup, if any, ramps to `learning_rate`.
-
-    ```python
-    import quantens
-    from quantens.optimizers import StepSchedule
-
-    schedule = StepSchedule(1.0, boundaries=[10, 20], factor=0.1)
-    assert [round(float(schedule(s)), 6) for s in (9, 10, 19, 20)] == [1.0, 0.1, 0.1, 0.01]
-    ```
-    """
-
-    def __init__(
-        self,
-        learning_rate: float,
-        boundaries: Sequence[int],
-        factor: float = 0.1,
-        warmup_steps: int = 0,
-        warmup_begin_lr: float = 0.0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(learning_rate, warmup_steps, warmup_begin_lr, name)
-        boundaries = list(boundaries)
-        _require(
-            all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in boundaries)
-            and all(b > 0 for b in boundaries),
-            f"StepSchedule: boundaries must be integers > 0, got {boundaries!r}",
-        )
-        _require(
-            _increasing(boundaries),
-            f"StepSchedule: boundaries must be strictly increasing, got {boundaries!r}",
-        )
-        _require(
-            _real(factor) and 0 < factor <= 1,
-            f"StepSchedule: factor must be in (0, 1], got {factor!r}",
-        )
-        self.boundaries = [int(b) for b in boundaries]
-        self.factor = float(factor)
-
-    def _after_warmup(self, updates: tf.Tensor) -> tf.Tensor:
-        if not self.boundaries:
-            return tf.fill(tf.shape(updates), tf.constant(self.learning_rate, tf.float64))
-        step = updates - 1.0
-        boundaries = tf.constant(self.boundaries, tf.float64)
-        passed = tf.reduce_sum(
-            tf.cast(step[..., None] >= boundaries, tf.float64), axis=-1
-        )
-        return self.learning_rate * tf.pow(tf.constant(self.factor, tf.float64), passed)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "boundaries": self.boundaries, "factor": self.factor}
-
-
-class _DecaySchedule(_WarmupSchedule):
-    """A decay from `learning_rate` to `final_lr` over the updates after warmup."""
-
-    def __init__(
-        self,
-        learning_rate: float,
-        total_steps: int,
-        warmup_steps: int = 0,
-        warmup_begin_lr: float = 0.0,
-        final_lr: float = 0.0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(learning_rate, warmup_steps, warmup_begin_lr, name)
-        kind = type(self).__name__
-        _require(
-            isinstance(total_steps, numbers.Integral)
-            and not isinstance(total_steps, bool)
-            and total_steps > self.warmup_steps,
-            f"{kind}: total_steps must be an integer > warmup_steps={self.warmup_steps}, "
-            f"got {total_steps!r}",
-        )
-        _require(
-            _real(final_lr) and 0 <= final_lr <= learning_rate,
-            f"{kind}: final_lr must be in [0, learning_rate={learning_rate}], got {final_lr!r}",
-        )
-        self.total_steps = int(total_steps)
-        self.final_lr = float(final_lr)
-
-    def _progress(self, updates: tf.Tensor) -> tf.Tensor:
-        """0 at the end of warmup, 1 at the last update (MXNet's max_update), clipped."""
-        decay_steps = float(self.total_steps - self.warmup_steps)
-        return tf.clip_by_value((updates - self.warmup_steps) / decay_steps, 0.0, 1.0)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "total_steps": self.total_steps, "final_lr": self.final_lr}
-
-
-@tf.keras.utils.register_keras_serializable(package="quantens")
-class CosineSchedule(_DecaySchedule):
-    """Cosine decay to `final_lr` at the last of `total_steps` updates (MXNet's
-    `CosineScheduler`), after a linear warmup.
-
-    With p = (step + 1 - warmup_steps) / (total_steps - warmup_steps):
-    `final_lr + (learning_rate - final_lr) * (1 + cos(pi * p)) / 2`.
-
-    ```python
-    import quantens
-    from quantens.optimizers import CosineSchedule
-
-    schedule = CosineSchedule(1.0, total_steps=100, warmup_steps=10)
-    assert round(float(schedule(4)), 6) == 0.5       # warmup: 5 of 10 updates
-    assert round(float(schedule(54)), 6) == 0.5      # half way through the decay
-    assert float(schedule(99)) == 0.0                # the last update
-    ```
-    """
-
-    def _after_warmup(self, updates: tf.Tensor) -> tf.Tensor:
-        cosine = 0.5 * (1.0 + tf.cos(math.pi * self._progress(updates)))
-        return self.final_lr + (self.learning_rate - self.final_lr) * cosine
-
-
-@tf.keras.utils.register_keras_serializable(package="quantens")
-class PolySchedule(_DecaySchedule):
-    """Polynomial decay to `final_lr` at the last of `total_steps` updates
-    (MXNet's `PolyScheduler`, power 2 by default), after a linear warmup.
-
-    With p as in `CosineSchedule`:
-    `final_lr + (learning_rate - final_lr) * (1 - p) ** power`.
-
-    ```python
-    import quantens
-    from quantens.optimizers import PolySchedule
-
-    schedule = PolySchedule(1.0, total_steps=100)
-    assert round(float(schedule(49)), 6) == 0.25     # (1 - 1/2) ** 2
-    ```
-    """
-
-    def __init__(
-        self,
-        learning_rate: float,
-        total_steps: int,
-        power: float = 2.0,
-        warmup_steps: int = 0,
-        warmup_begin_lr: float = 0.0,
-        final_lr: float = 0.0,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(learning_rate, total_steps, warmup_steps, warmup_begin_lr, final_lr, name)
-        _require(_real(power) and power > 0, f"PolySchedule: power must be > 0, got {power!r}")
-        self.power = float(power)
-
-    def _after_warmup(self, updates: tf.Tensor) -> tf.Tensor:
-        remaining = tf.pow(1.0 - self._progress(updates), self.power)
-        return self.final_lr + (self.learning_rate - self.final_lr) * remaining
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "power": self.power}
 
 
 def _parse_lr_steps(lr_steps: Sequence[float] | str) -> list[float]:
@@ -534,8 +423,12 @@ def make_schedule(
     warmup_begin_lr: float = 0.0,
     final_lr: float = 0.0,
     power: float = 2.0,
-) -> _Schedule:
+) -> MXNetSchedule:
     """The schedule of the seed's `--lr-mode`, in optimizer steps.
+
+    An `MXNetSchedule` around tf-keras' `PiecewiseConstantDecay` (`step`),
+    `CosineDecay` with its own warmup (`cosine`), `PolynomialDecay` over the
+    updates after the warmup (`poly`), or the constant `lr` (`constant`).
 
     Args:
         mode: `step` (multiply by `lr_factor` at each epoch of `lr_steps`),
@@ -596,10 +489,15 @@ def make_schedule(
         warmup_steps < total_steps,
         f"warmup_epochs={warmup_epochs} leaves no step of training after the warmup",
     )
-    common = {"warmup_steps": warmup_steps, "warmup_begin_lr": float(warmup_begin_lr)}
+    lr = float(lr)
+    warmup = {
+        "warmup_steps": warmup_steps,
+        "warmup_begin_lr": float(warmup_begin_lr),
+        "warmup_target": lr,
+    }
 
     if mode == "constant":
-        return ConstantSchedule(float(lr), **common)
+        return MXNetSchedule(lr, **warmup)
     if mode == "step":
         epochs_list = _parse_lr_steps(lr_steps)
         _require(bool(epochs_list), "lr mode 'step' needs at least one epoch in lr_steps")
@@ -621,17 +519,28 @@ def make_schedule(
             f"lr_steps {epochs_list!r} fall on the same or the first step with "
             f"steps_per_epoch={steps_per_epoch}",
         )
-        return StepSchedule(float(lr), boundaries, factor=float(lr_factor), **common)
+        # update u > b, i.e. step >= b, has passed boundary b (MXNet's MultiFactorScheduler)
+        values = [lr * float(lr_factor) ** k for k in range(len(boundaries) + 1)]
+        return MXNetSchedule(_schedules.PiecewiseConstantDecay(boundaries, values), **warmup)
     _require(
         _real(final_lr) and 0 <= final_lr <= lr,
         f"final_lr must be in [0, lr={lr}], got {final_lr!r}",
     )
-    if mode == "cosine":
-        return CosineSchedule(float(lr), total_steps, final_lr=float(final_lr), **common)
+    decay_steps = total_steps - warmup_steps  # final_lr at update total_steps
+    if mode == "cosine":  # tf-keras' CosineDecay has MXNet's warmup
+        cosine = _schedules.CosineDecay(
+            float(warmup_begin_lr) if warmup_steps else lr,
+            decay_steps,
+            alpha=float(final_lr) / lr,
+            warmup_target=lr if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+        return MXNetSchedule(cosine)
     _require(_real(power) and power > 0, f"power must be > 0, got {power!r}")
-    return PolySchedule(
-        float(lr), total_steps, power=float(power), final_lr=float(final_lr), **common
+    poly = _schedules.PolynomialDecay(
+        lr, decay_steps, end_learning_rate=float(final_lr), power=float(power)
     )
+    return MXNetSchedule(poly, start_after_warmup=True, **warmup)
 
 
 # ----------------------------------------------------------------------- optimizers

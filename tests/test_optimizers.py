@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import larq as lq
 import numpy as np
@@ -10,14 +11,12 @@ import tensorflow as tf
 from conftest import run_script
 
 import quantens
+from quantens import defaults
 from quantens.optimizers import (
     LR_MODES,
     OPTIMIZERS,
-    ConstantSchedule,
-    CosineSchedule,
-    PolySchedule,
+    MXNetSchedule,
     RAdam,
-    StepSchedule,
     make_optimizer,
     make_schedule,
 )
@@ -54,6 +53,29 @@ def numpy_radam(theta, grad_fn, lr_at, steps, beta_1=0.9, beta_2=0.999, eps=1e-8
         trajectory.append(theta.copy())
         rectified.append(rho_t > threshold)
     return np.array(trajectory), rectified
+
+
+def mxnet_rate(num_update, mode, lr, max_update, warmup_steps=0, warmup_begin_lr=0.0,
+               steps=(), factor=0.1, final_lr=0.0, power=2.0):
+    """MXNet 1.x `lr_scheduler` at the 1-based `num_update`, in float64, without state.
+
+    Linear warmup (`LRScheduler.get_warmup_lr`) while num_update < warmup_steps;
+    then `MultiFactorScheduler` (one factor per step s with num_update > s),
+    `PolyScheduler` and `CosineScheduler` (decay over max_update - warmup_steps
+    updates, frozen after max_update), or a constant.
+    """
+    lr, warmup_begin_lr = np.float64(lr), np.float64(warmup_begin_lr)
+    if num_update < warmup_steps:
+        return warmup_begin_lr + (lr - warmup_begin_lr) * num_update / warmup_steps
+    if mode == "constant":
+        return lr
+    if mode == "step":
+        return lr * np.float64(factor) ** sum(num_update > s for s in steps)
+    progress = (min(num_update, max_update) - warmup_steps) / (max_update - warmup_steps)
+    if mode == "poly":
+        return final_lr + (lr - final_lr) * (1.0 - progress) ** power
+    assert mode == "cosine"
+    return final_lr + (lr - final_lr) * (1.0 + np.cos(np.pi * progress)) / 2.0
 
 
 def regression_problem(seed=0, n=16, d=5):
@@ -131,7 +153,7 @@ def test_radam_follows_a_learning_rate_schedule():
         return lr * (1 + math.cos(math.pi * (u - warmup) / (total - warmup))) / 2
 
     expected, _ = numpy_radam(theta0, grad, hand_cosine, STEPS)
-    schedule = CosineSchedule(lr, total_steps=total, warmup_steps=warmup)
+    schedule = make_schedule("cosine", lr, epochs=total, steps_per_epoch=1, warmup_epochs=warmup)
     optimizer = RAdam(learning_rate=schedule)
     got = tf_trajectory(optimizer, theta0, a, b, STEPS)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
@@ -153,6 +175,25 @@ def test_radam_update_compiles_with_xla():
     optimizer.jit_compile = True  # tf-keras turns XLA off without a GPU; force it on
     got = tf_trajectory(optimizer, theta0, a, b, 8)
     assert optimizer._update_step_xla.experimental_get_tracing_count() >= 1  # XLA was used
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+
+
+def test_radam_with_a_step_schedule_compiles_with_xla():
+    """tf-keras' PiecewiseConstantDecay (a tf.case) inside the XLA-compiled update."""
+    a, b, theta0, grad = regression_problem(seed=8)
+    schedule = make_schedule(
+        "step", 0.05, epochs=4, steps_per_epoch=3, lr_steps="1,2", lr_factor=0.5,
+        warmup_epochs=1,
+    )
+
+    def lr_at(step):
+        return mxnet_rate(step + 1, "step", 0.05, 12, warmup_steps=3, steps=(3, 6), factor=0.5)
+
+    expected, _ = numpy_radam(theta0, grad, lr_at, 12)
+    optimizer = RAdam(learning_rate=schedule, jit_compile=True)
+    optimizer.jit_compile = True
+    got = tf_trajectory(optimizer, theta0, a, b, 12)
+    assert optimizer._update_step_xla.experimental_get_tracing_count() >= 1
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
 
 
@@ -252,7 +293,8 @@ def test_radam_config_round_trip_with_a_schedule():
     schedule = make_schedule("cosine", 0.01, epochs=3, steps_per_epoch=5, warmup_epochs=1)
     optimizer = RAdam(learning_rate=schedule)
     restored = tf.keras.optimizers.deserialize(tf.keras.optimizers.serialize(optimizer))
-    assert isinstance(restored._learning_rate, CosineSchedule)
+    assert isinstance(restored._learning_rate, MXNetSchedule)
+    assert isinstance(restored._learning_rate.schedule, tf.keras.optimizers.schedules.CosineDecay)
     assert restored._learning_rate.get_config() == schedule.get_config()
 
 
@@ -334,9 +376,85 @@ def test_radam_under_mirrored_strategy_equals_one_device(tmp_path):
 
 # ----------------------------------------------------------------------- schedules
 
+SCHEDULES = tf.keras.optimizers.schedules
+
 
 def values(schedule, steps):
     return [float(schedule(s)) for s in steps]
+
+
+def reference_values(mode, lr, epochs, steps_per_epoch, steps, lr_steps=(), lr_factor=0.1,
+                     warmup_epochs=0.0, warmup_begin_lr=0.0, final_lr=0.0, power=2.0):
+    """`mxnet_rate` for `make_schedule`'s arguments: step s is MXNet's update s + 1."""
+    if isinstance(lr_steps, str):
+        lr_steps = [float(e) for e in lr_steps.split(",")]
+    kwargs = {
+        "warmup_steps": round(warmup_epochs * steps_per_epoch),
+        "warmup_begin_lr": warmup_begin_lr,
+        "steps": [round(e * steps_per_epoch) for e in lr_steps],
+        "factor": lr_factor,
+        "final_lr": final_lr,
+        "power": power,
+    }
+    return [mxnet_rate(s + 1, mode, lr, epochs * steps_per_epoch, **kwargs) for s in steps]
+
+
+MODE_CASES = [
+    ("constant", {}),
+    ("step", {"lr_steps": "1,2", "lr_factor": 0.1}),
+    ("step", {"lr_steps": [0.5, 2.5], "lr_factor": 0.3}),
+    ("cosine", {}),
+    ("cosine", {"final_lr": 0.01}),
+    ("poly", {}),
+    ("poly", {"power": 0.5, "final_lr": 0.01}),
+]
+WARMUPS = [{}, {"warmup_epochs": 1}, {"warmup_epochs": 0.5, "warmup_begin_lr": 0.02}]
+
+
+@pytest.mark.parametrize("warmup", WARMUPS, ids=["no-warmup", "warmup", "warmup-from-lr"])
+@pytest.mark.parametrize("mode, kwargs", MODE_CASES, ids=[f"{m}{k}" for m, k in MODE_CASES])
+def test_schedules_equal_mxnets_at_every_step_of_a_3_epoch_run(mode, kwargs, warmup):
+    for steps_per_epoch in (7, 32):
+        args = {"lr": 0.1, "epochs": 3, "steps_per_epoch": steps_per_epoch, **kwargs, **warmup}
+        steps = range(3 * steps_per_epoch + 4)  # every update, and a few past the end
+        schedule = make_schedule(mode, **args)
+        expected = reference_values(mode, steps=steps, **args)
+        np.testing.assert_allclose(values(schedule, steps), expected, rtol=0, atol=1e-7)
+
+
+def test_schedules_are_tf_keras_schedules_behind_one_wrapper():
+    kwargs = {"epochs": 3, "steps_per_epoch": 7, "lr_steps": "1,2", "warmup_epochs": 1}
+    inner = {mode: make_schedule(mode, 0.1, **kwargs) for mode in LR_MODES}
+    assert all(type(schedule) is MXNetSchedule for schedule in inner.values())
+    assert isinstance(inner["step"].schedule, SCHEDULES.PiecewiseConstantDecay)
+    assert isinstance(inner["poly"].schedule, SCHEDULES.PolynomialDecay)
+    assert inner["poly"].start_after_warmup and inner["poly"].warmup_steps == 7
+    # tf-keras' CosineDecay has MXNet's warmup: the wrapper adds none
+    cosine = inner["cosine"]
+    assert isinstance(cosine.schedule, SCHEDULES.CosineDecay) and cosine.warmup_steps == 0
+    assert cosine.schedule.warmup_steps == 7 and cosine.schedule.warmup_target == 0.1
+    assert inner["constant"].schedule == 0.1
+
+
+def test_wrapper_is_the_tf_keras_schedule_one_update_later_in_float64():
+    decay = SCHEDULES.ExponentialDecay(0.1, decay_steps=3, decay_rate=0.5)
+    schedule = MXNetSchedule(decay)
+    expected = [0.1 * 0.5 ** ((s + 1) / 3) for s in range(10)]
+    np.testing.assert_allclose(values(schedule, range(10)), expected, rtol=1e-7)
+    assert schedule(0).dtype == tf.float32
+    assert schedule.schedule(1).dtype == tf.float64  # rebuilt with float64 rates
+    assert decay(1).dtype == tf.float32  # the given schedule is left as it was
+
+
+def test_wrapper_warmup_and_start_after_warmup():
+    poly = SCHEDULES.PolynomialDecay(1.0, 8, end_learning_rate=0.0, power=1.0)
+    after = MXNetSchedule(poly, warmup_steps=4, warmup_begin_lr=0.2, warmup_target=1.0,
+                          start_after_warmup=True)
+    # updates 1..3 warm up, update 4 (step 3) is poly(0), update 12 poly(8)
+    expected = [0.4, 0.6, 0.8, 1.0, 0.875, 0.5, 0.0, 0.0]
+    np.testing.assert_allclose(values(after, [0, 1, 2, 3, 4, 7, 11, 30]), expected, rtol=1e-6)
+    from_start = MXNetSchedule(poly, warmup_steps=4, warmup_begin_lr=0.2, warmup_target=1.0)
+    np.testing.assert_allclose(values(from_start, [2, 3, 7]), [0.8, 0.5, 0.0], rtol=1e-6)
 
 
 def test_linear_warmup_starts_above_zero_and_reaches_the_rate_at_its_last_step():
@@ -365,7 +483,7 @@ def test_step_decays_exactly_at_the_given_epochs():
     schedule = make_schedule(
         "step", 0.1, epochs=10, steps_per_epoch=7, lr_steps="3,6", lr_factor=0.5
     )
-    assert schedule.boundaries == [21, 42]
+    assert schedule.schedule.boundaries == [21, 42]
     steps = [0, 20, 21, 41, 42, 69]
     expected = [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
     np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-6)
@@ -376,7 +494,7 @@ def test_step_with_warmup_and_fractional_epochs():
         "step", 1.0, epochs=5, steps_per_epoch=4, lr_steps=[2.5, 4], lr_factor=0.1,
         warmup_epochs=0.5,
     )
-    assert schedule.boundaries == [10, 16] and schedule.warmup_steps == 2
+    assert schedule.schedule.boundaries == [10, 16] and schedule.warmup_steps == 2
     steps = [0, 1, 9, 10, 15, 16, 19]
     expected = [0.5, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
     np.testing.assert_allclose(values(schedule, steps), expected, rtol=1e-6)
@@ -407,7 +525,7 @@ def test_cosine_ignores_the_step_flags():
     schedule = make_schedule(
         "cosine", 0.1, epochs=2, steps_per_epoch=5, lr_steps="30,20", lr_factor=7.0
     )
-    assert isinstance(schedule, CosineSchedule)
+    assert isinstance(schedule.schedule, SCHEDULES.CosineDecay)
 
 
 def test_poly_is_mxnets_quadratic_decay():
@@ -432,30 +550,31 @@ def test_schedules_work_on_tensors_inside_tf_function():
     assert schedule(tf.constant(0, tf.int64)).dtype == tf.float32
 
 
-@pytest.mark.parametrize(
-    "schedule",
-    [
-        ConstantSchedule(0.1, warmup_steps=3, warmup_begin_lr=0.01, name="warm"),
-        StepSchedule(0.1, boundaries=[5, 9], factor=0.5, warmup_steps=2),
-        CosineSchedule(0.1, total_steps=30, warmup_steps=4, final_lr=0.001),
-        PolySchedule(0.1, total_steps=30, power=3.0, warmup_steps=4, final_lr=0.001),
-    ],
-    ids=lambda s: type(s).__name__,
-)
-def test_schedule_config_round_trip(schedule):
-    restored = tf.keras.optimizers.schedules.deserialize(
-        tf.keras.optimizers.schedules.serialize(schedule)
+@pytest.mark.parametrize("warmup", WARMUPS[1:2] + WARMUPS[:1], ids=["warmup", "no-warmup"])
+@pytest.mark.parametrize("mode", LR_MODES)
+def test_schedule_round_trips_through_config_and_keras_serialization(mode, warmup):
+    schedule = make_schedule(
+        mode, 0.3, epochs=3, steps_per_epoch=7, lr_steps="1,2", lr_factor=0.5,
+        final_lr=0.03, power=3.0, warmup_begin_lr=0.01, **warmup,
     )
-    assert type(restored) is type(schedule)
-    assert restored.get_config() == schedule.get_config()
-    assert type(schedule).from_config(schedule.get_config()).get_config() == schedule.get_config()
-    np.testing.assert_array_equal(values(restored, range(32)), values(schedule, range(32)))
+    config = schedule.get_config()
+    serialized = json.loads(json.dumps(SCHEDULES.serialize(schedule)))  # as saved in a file
+    assert serialized["registered_name"] == "quantens>MXNetSchedule"
+    clone = MXNetSchedule.from_config(json.loads(json.dumps(config)))
+    restored = SCHEDULES.deserialize(serialized)
+    steps = range(3 * 7 + 3)
+    for copy in (clone, restored):
+        assert type(copy) is MXNetSchedule
+        assert copy.get_config() == config
+        np.testing.assert_array_equal(values(copy, steps), values(schedule, steps))
+        if mode != "constant":  # still float64 after the JSON round trip
+            assert copy.schedule(1).dtype == tf.float64
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"mode": "linear"}, "step, cosine, poly, constant"),
+        ({"mode": "linear"}, re.escape(", ".join(LR_MODES))),
         ({"lr": 0.0}, "lr must be"),
         ({"lr": -0.1}, "lr must be"),
         ({"lr": float("nan")}, "lr must be"),
@@ -484,17 +603,25 @@ def test_make_schedule_rejects_bad_values(kwargs, message):
         make_schedule(**args)
 
 
-def test_schedule_classes_validate_their_arguments():
-    with pytest.raises(ValueError, match="strictly increasing"):
-        StepSchedule(0.1, boundaries=[5, 5])
-    with pytest.raises(ValueError, match="total_steps"):
-        CosineSchedule(0.1, total_steps=4, warmup_steps=4)
-    with pytest.raises(ValueError, match="learning_rate"):
-        ConstantSchedule(0.0)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"schedule": 0.0}, "schedule must be"),
+        ({"schedule": "cosine"}, "schedule must be"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"warmup_steps": 2.5}, "warmup_steps"),
+        ({"warmup_steps": 3}, "warmup_target"),
+        ({"warmup_steps": 3, "warmup_target": 0.1, "warmup_begin_lr": 0.2}, "warmup_begin_lr"),
+    ],
+)
+def test_wrapper_validates_its_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MXNetSchedule(**{"schedule": 0.1, **kwargs})
 
 
 def test_lr_modes_are_the_seeds():
     assert set(LR_MODES) == {"step", "cosine", "poly", "constant"}
+    assert LR_MODES is defaults.LR_MODES and OPTIMIZERS is defaults.OPTIMIZERS
     for mode in LR_MODES:
         assert make_schedule(mode, 0.1, 3, 4, lr_steps=[1]) is not None
 
