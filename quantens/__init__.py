@@ -5,12 +5,18 @@ example 32, 8, 4, 2 and 1 bits); all members are trained together in one
 `train_step`, optionally with knowledge distillation.
 
 ```python
+import numpy as np
 import quantens
 from zoo import create_model
 
-model = create_model("digits_resnet_e", bit_widths=(32, 8, 4, 2, 1))
-ensemble = quantens.QuantEnsemble(model, bit_widths=(32, 8, 4, 2, 1), target_bits=1)
+bits = (32, 8, 4, 2, 1)
+model = create_model("digits_resnet_e", width=8, bit_widths=bits)
+ensemble = quantens.QuantEnsemble(model, bit_widths=bits, target_bits=1)
 ensemble.compile(optimizer="adam")
+x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+with quantens.bits(1):
+    logits_1 = model(x)  # the 1-bit member: the same weights, binarized
+assert logits_1.shape == (4, 10)
 ```
 
 Importing this package selects the Keras 2 API (`tf-keras`) that larq is built

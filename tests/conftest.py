@@ -86,3 +86,37 @@ def run_seed_example(n, tmp_path, extra=(), **replace):
     result = run_script([str(script), *argv, "--test-run", *extra], cwd=str(work),
                         env={"PYTHONPATH": ROOT})
     return result, tmp_path / f"test_run{n}"
+
+
+_DOCSTRING_EXAMPLE = "test_docstrings.py::test_docstring_example["
+_DOCSTRING_EXAMPLES_COLLECTED = pytest.StashKey[int]()
+
+
+def pytest_collection_finish(session):
+    """Counts the docstring examples (tests/test_docstrings.py) this session runs."""
+    session.config.stash[_DOCSTRING_EXAMPLES_COLLECTED] = sum(
+        _DOCSTRING_EXAMPLE in item.nodeid for item in session.items
+    )
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Prints `docstring examples: N collected, P passed[, F failed]`."""
+    collected = config.stash.get(_DOCSTRING_EXAMPLES_COLLECTED, 0)
+    if not collected:
+        return
+    outcomes = {}  # nodeid -> passed / failed / skipped (a failure in any phase wins)
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid = getattr(report, "nodeid", "")
+            if _DOCSTRING_EXAMPLE not in nodeid or not hasattr(report, "when"):
+                continue
+            if report.failed:
+                outcomes[nodeid] = "failed"
+            elif report.skipped and outcomes.get(nodeid) != "failed":
+                outcomes[nodeid] = "skipped"
+            elif report.passed and report.when == "call" and nodeid not in outcomes:
+                outcomes[nodeid] = "passed"
+    counts = {o: list(outcomes.values()).count(o) for o in ("passed", "failed", "skipped")}
+    line = f"docstring examples: {collected} collected, {counts['passed']} passed"
+    line += "".join(f", {counts[o]} {o}" for o in ("failed", "skipped") if counts[o])
+    terminalreporter.write_line(line)

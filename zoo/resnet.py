@@ -6,9 +6,12 @@ The seed's teachers came from the GluonCV model zoo: `ResNet18_v1` and
 Keras layers.
 
 ```python
-from zoo.resnet import cifar_resnet20_v2
+from zoo import list_teachers
+from zoo.resnet import cifar_resnet
 
-teacher = cifar_resnet20_v2(input_shape=(32, 32, 3), num_classes=100)
+teacher = cifar_resnet(20, version=2, input_shape=(32, 32, 3), num_classes=100)
+assert teacher.name == "cifar_resnet20_v2" and teacher.output_shape == (None, 100)
+assert "cifar_resnet20_v2" in list_teachers("cifar_*")  # zoo.create_teacher's name
 ```
 """
 
