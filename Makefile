@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test lint bench clean
+.PHONY: install train test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): setup.py constraints.txt
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
+# everything (CI): well under 15 minutes on 2 cores
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the fast lane while you work: unit tests, no end-to-end runs of train.py (a few minutes)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

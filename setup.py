@@ -11,7 +11,7 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["quantens", "zoo"],
+    packages=["quantens", "quantens.cli", "quantens.export", "quantens.report", "zoo"],
     py_modules=["train"],
     package_data={"zoo": ["weights/*.h5", "weights/*.json"]},
     python_requires=">=3.10",
@@ -29,5 +29,5 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
-    entry_points={"console_scripts": ["quantens-train=train:main"]},
+    entry_points={"console_scripts": ["quantens-train=quantens.cli.train:main"]},
 )

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 MIN_BITS = 1
-FULL_PRECISION = 32
+from quantens.defaults import FULL_PRECISION  # noqa: E402  (re-exported)
 
 _scope = threading.local()
 
@@ -89,10 +89,14 @@ def bits(b: int) -> Iterator[int]:
     import numpy as np
     import quantens
 
-    layer = quantens.QuantDense(3, bit_widths=(32, 2))
+    layer = quantens.QuantDense(3)
     x = np.ones((1, 4), "float32")
     with quantens.bits(2):
-        y2 = layer(x)
+        y2 = layer(x)  # 2-bit weights and inputs
+        with quantens.bits(32):
+            y32 = layer(x)  # the same weights at full precision
+        assert quantens.active_bits() == 2
+    assert y2.shape == y32.shape == (1, 3)
     ```
 
     Scopes nest; the innermost one wins. The scope is local to the thread, like

@@ -110,8 +110,7 @@ ALIASES = {"imagenet": "imagenet2012", "cifar-10": "cifar10", "cifar-100": "cifa
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-class DataError(ValueError):
-    """A dataset that cannot be read as asked; the message says how to fix it."""
+from quantens.errors import DataError  # noqa: E402  (re-exported: quantens.data.DataError)
 
 
 def resolve(name: str, data_dir: str | None = None) -> DatasetSpec:
@@ -187,8 +186,22 @@ def _resize_center_crop(image, size: int, resize: int):
     return tf.image.resize_with_crop_or_pad(image, size, size)
 
 
-def _augment(spec: DatasetSpec, training: bool, augmentation: str):
-    """Returns (image, seed) -> float image in [0, 255] of `spec.input_shape`."""
+def preprocess_fn(spec: DatasetSpec, training: bool, augmentation: str = "medium"):
+    """The per-image function `load` maps: (image, seed) -> float image in [0, 255].
+
+    In training it augments (random crops and flips, a function of the
+    stateless `seed`); in evaluation it only resizes and crops to
+    `spec.input_shape`.
+
+    ```python
+    import tensorflow as tf
+    import quantens.data as qd
+
+    augment = qd.preprocess_fn(qd.DATASETS["cifar10"], training=True)
+    image = tf.zeros((32, 32, 3), tf.uint8)
+    assert augment(image, tf.constant([0, 1], tf.int64)).shape == (32, 32, 3)
+    ```
+    """
     height = spec.input_shape[0]
 
     def augment(image, seed):
@@ -321,7 +334,7 @@ def load(
     else:
         ds = _tfds_source(spec, split, training, data_dir, shuffle_seed)
     parallel = num_workers or tf.data.AUTOTUNE
-    augment, normalize = _augment(spec, training, augmentation), _normalize(spec)
+    augment, normalize = preprocess_fn(spec, training, augmentation), _normalize(spec)
     if not training:
         ds = ds.map(
             lambda image, label: (normalize(augment(image, tf.zeros(2, tf.int64))), label),
@@ -419,6 +432,3 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
     options.deterministic = True
     return ds.with_options(options)
 
-
-def default_data_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))

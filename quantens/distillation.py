@@ -33,11 +33,11 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from quantens import defaults
 from quantens.bits import bits as bits_scope
+from quantens.defaults import KD_MODES, TEACHER_MODES  # noqa: F401  (re-exported)
 
 TEACHER = "teacher"
-KD_MODES = ("none", "simple", "progressive")
-TEACHER_MODES = ("none", "pretrained_external", "untrained_external", "ensemble")
 
 Target = int | str
 
@@ -159,8 +159,8 @@ class Distillation(tf.Module):
         mode: str = "simple",
         teacher: tf.keras.Model | None = None,
         teacher_mode: str | None = None,
-        temperature: float = 4.0,
-        weight: float = 1.0,
+        temperature: float = defaults.KD_TEMPERATURE,
+        weight: float = defaults.KD_WEIGHT,
         teacher_optimizer: tf.keras.optimizers.Optimizer | None = None,
         teacher_weight_decay: float = 0.0,
         attention_weight: float = 0.0,
@@ -222,6 +222,11 @@ class Distillation(tf.Module):
 
     # ---------------------------------------------------------------- teacher
 
+    @property
+    def trains_teacher(self) -> bool:
+        """Whether the teacher is trained alongside the ensemble (`untrained_external`)."""
+        return self.teacher is not None and self.teacher_mode == "untrained_external"
+
     def _teacher_call(self, x, training: bool):
         """(logits as float32, stage outputs or [])."""
         outputs = self.teacher(x, training=training)
@@ -229,8 +234,13 @@ class Distillation(tf.Module):
             return tf.cast(outputs[0], tf.float32), list(outputs[1:])
         return tf.cast(outputs, tf.float32), []
 
-    def _teacher_forward(self, x, training: bool):
-        """Teacher logits and features; per member for an ensemble teacher."""
+    def teacher_outputs(self, x, training: bool = False):
+        """The teacher's (logits, stage outputs) of a batch; per member for an ensemble teacher.
+
+        A forward pass only: nothing is updated. None without a teacher.
+        """
+        if self.teacher is None:
+            return None
         if self.teacher_mode == "ensemble":
             logits, features = {}, {}
             for b in self.bit_widths:
@@ -239,11 +249,19 @@ class Distillation(tf.Module):
             return logits, features
         return self._teacher_call(x, training=training)
 
-    def _train_teacher(self, x, y, sample_weight):
-        """One step of the untrained teacher on cross-entropy; returns its logits."""
+    def train_teacher(self, x, y, sample_weight=None):
+        """One optimizer step of an `untrained_external` teacher on cross-entropy.
+
+        `QuantEnsemble.train_step` calls it before the ensemble's own step (as
+        the keras.io Distiller trains its parts in `train_step`); it returns the
+        teacher's (logits, stage outputs) of the batch, computed before the
+        update, which then serve as the distillation targets.
+        """
+        if not self.trains_teacher:
+            raise ValueError(f"a {self.teacher_mode} teacher is not trained")
         variables = self.teacher.trainable_variables
         with tf.GradientTape() as tape:
-            logits, features = self._teacher_forward(x, training=True)
+            logits, features = self.teacher_outputs(x, training=True)
             loss = tf.nn.compute_average_loss(self._ce(y, logits), sample_weight=sample_weight)
             if self.teacher_weight_decay:
                 l2 = tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
@@ -251,31 +269,22 @@ class Distillation(tf.Module):
         self.teacher_optimizer.minimize(loss, variables, tape=tape)
         return logits, features
 
-    def _update_teacher_metrics(self, y, logits, sample_weight):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        loss = tf.nn.compute_average_loss(self._ce(y, logits), sample_weight=sample_weight)
-        self.teacher_loss_tracker.update_state(loss * replicas)
-        self.teacher_accuracy.update_state(y, logits, sample_weight=sample_weight)
-
     # ------------------------------------------------------------------- loss
 
-    def targets(
-        self, x, y, member_logits, training: bool, sample_weight=None, member_features=None
-    ) -> tuple[dict, dict]:
+    def targets(self, member_logits, member_features=None, teacher_outputs=None
+                ) -> tuple[dict, dict]:
         """Target logits and stage outputs under stop_gradient, keyed by target.
 
         Keys: a member's bit-width, `"teacher"`, or `("teacher", b)` for the
-        members of an ensemble teacher.
+        members of an ensemble teacher (`teacher_outputs` is what
+        `teacher_outputs()` or `train_teacher()` returned).
         """
         stop = tf.stop_gradient
         logits = {b: stop(z) for b, z in member_logits.items()}
         features = {b: [stop(f) for f in fs] for b, fs in (member_features or {}).items()}
-        if self.teacher is None:
+        if teacher_outputs is None:
             return logits, features
-        if self.teacher_mode == "untrained_external" and training:
-            teacher_logits, teacher_features = self._train_teacher(x, y, sample_weight)
-        else:
-            teacher_logits, teacher_features = self._teacher_forward(x, training=False)
+        teacher_logits, teacher_features = teacher_outputs
         if self.teacher_mode == "ensemble":
             for b in self.bit_widths:
                 logits[(TEACHER, b)] = stop(teacher_logits[b])
@@ -283,7 +292,6 @@ class Distillation(tf.Module):
         else:
             logits[TEACHER] = stop(teacher_logits)
             features[TEACHER] = [stop(f) for f in teacher_features]
-            self._update_teacher_metrics(y, teacher_logits, sample_weight)
         return logits, features
 
     def _key(self, student, target):
@@ -315,24 +323,35 @@ class Distillation(tf.Module):
             for student, target in self.pairs
         }
 
-    def __call__(
-        self, x, y, member_logits, training: bool = True, sample_weight=None,
-        member_features=None,
-    ):
-        """The total distillation loss of one batch (and, in training, the teacher's step)."""
-        logits, features = self.targets(
-            x, y, member_logits, training, sample_weight, member_features
-        )
+    def losses(self, member_logits, member_features=None, teacher_outputs=None,
+               sample_weight=None) -> dict[str, tf.Tensor]:
+        """The distillation terms of one batch: `{"kd_loss": ..., "attention_loss": ...}`.
+
+        Pure: no teacher step and no metric update (see `train_teacher` and
+        `update_metrics`). `attention_loss` is there when attention matching is on.
+        """
+        logits, features = self.targets(member_logits, member_features, teacher_outputs)
+        terms = {"kd_loss": tf.constant(0.0)}
         if not self.pairs:
-            return tf.constant(0.0)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        total = tf.add_n(list(self.pair_losses(member_logits, logits, sample_weight).values()))
-        self.kd_loss_tracker.update_state(total * replicas)
+            return terms
+        terms["kd_loss"] = tf.add_n(
+            list(self.pair_losses(member_logits, logits, sample_weight).values())
+        )
         if self.attention_weight:
-            attention = tf.add_n(list(
+            terms["attention_loss"] = tf.add_n(list(
                 self.attention_losses(member_features, features, sample_weight).values()
             ))
-            self.attention_loss_tracker.update_state(attention * replicas)
-            total += attention
-        return total
+        return terms
 
+    def update_metrics(self, y, terms, teacher_outputs=None, sample_weight=None) -> None:
+        """Updates kd_loss / attention_loss (per replica batch) and the teacher's loss and accuracy."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if self.pairs:
+            self.kd_loss_tracker.update_state(terms["kd_loss"] * replicas)
+            if "attention_loss" in terms:
+                self.attention_loss_tracker.update_state(terms["attention_loss"] * replicas)
+        if teacher_outputs is not None and self.teacher_mode != "ensemble":
+            logits = teacher_outputs[0]
+            loss = tf.nn.compute_average_loss(self._ce(y, logits), sample_weight=sample_weight)
+            self.teacher_loss_tracker.update_state(loss * replicas)
+            self.teacher_accuracy.update_state(y, logits, sample_weight=sample_weight)

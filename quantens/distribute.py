@@ -27,9 +27,7 @@ import os
 
 import tensorflow as tf
 
-
-class DeviceError(ValueError):
-    """Devices asked for that this machine does not have."""
+from quantens.errors import DeviceError  # noqa: E402  (re-exported)
 
 
 def parse_gpus(gpus: str | None) -> list[int] | None:
@@ -63,14 +61,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def strategy_from_flags(
-    gpus: str | None = None, cpu_replicas: int | None = None, sync_bn: bool = False
+    gpus: str | None = None, cpu_replicas: int | None = None
 ) -> tf.distribute.Strategy:
     """Creates the strategy; call before TensorFlow runs its first operation.
 
     Raises:
         DeviceError: GPUs asked for are missing, or flags contradict each other.
     """
-    del sync_bn  # BN synchronisation is a layer option; kept for symmetry
     gpu_ids = parse_gpus(gpus)
     if cpu_replicas and gpu_ids:
         raise DeviceError("--cpu-replicas and --gpus exclude each other: choose one")

@@ -18,6 +18,7 @@ binary = ensemble.member(1)  # a standalone larq model of the 1-bit member
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -26,6 +27,19 @@ from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import bits as bits_scope
 from quantens.bits import validate_bit_widths
+from quantens.defaults import BIT_WIDTHS
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR):
+    """Raises a logger's level inside the block and restores it after, whatever happens."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 class QuantEnsemble(tf.keras.Model):
@@ -66,7 +80,7 @@ class QuantEnsemble(tf.keras.Model):
     def __init__(
         self,
         model: tf.keras.Model,
-        bit_widths=(32, 8, 4, 2, 1),
+        bit_widths=BIT_WIDTHS,
         target_bits: int | None = None,
         member_loss_weights: Mapping[int, float] | None = None,
         weight_decay: float = 0.0,
@@ -164,25 +178,43 @@ class QuantEnsemble(tf.keras.Model):
         }
 
     def compute_ensemble_loss(
-        self, x, y, member_logits, sample_weight=None, training=True, member_features=None
+        self, x, y, member_logits, sample_weight=None, training=True, member_features=None,
+        teacher_outputs=None,
     ):
-        """Σ_b w_b·CE_b + weight decay + distillation: (total, CE per member)."""
+        """Σ_b w_b·CE_b + weight decay + distillation: (total, CE per member).
+
+        Pure: no teacher step, no metric update. `teacher_outputs` are the
+        teacher's (logits, stage outputs) of `x` when already computed (the
+        untrained teacher's step); otherwise the teacher runs forward here.
+        """
+        total, losses, _, _ = self._loss_terms(
+            x, y, member_logits, sample_weight, training, member_features, teacher_outputs
+        )
+        return total, losses
+
+    def _loss_terms(self, x, y, member_logits, sample_weight, training, member_features,
+                    teacher_outputs):
+        """(total, CE per member, distillation terms, teacher outputs)."""
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
-        regularization = list(self.model.losses)
-        if self.weight_decay:
-            regularization += [
-                0.5 * self.weight_decay * tf.reduce_sum(tf.square(v))
-                for v in self.decayed_variables()
-            ]
-        if regularization:
-            total += tf.nn.scale_regularization_loss(tf.add_n(regularization))
+        if training:
+            regularization = list(self.model.losses)
+            if self.weight_decay:
+                regularization += [
+                    0.5 * self.weight_decay * tf.reduce_sum(tf.square(v))
+                    for v in self.decayed_variables()
+                ]
+            if regularization:
+                total += tf.nn.scale_regularization_loss(tf.add_n(regularization))
+        terms = {}
         if self.distillation is not None:
-            total += self.distillation(
-                x, y, member_logits, training=training, sample_weight=sample_weight,
-                member_features=member_features,
+            if teacher_outputs is None:
+                teacher_outputs = self.distillation.teacher_outputs(x, training=False)
+            terms = self.distillation.losses(
+                member_logits, member_features, teacher_outputs, sample_weight
             )
-        return total, losses
+            total += tf.add_n(list(terms.values()))
+        return total, losses, terms, teacher_outputs
 
     def decayed_variables(self) -> list[tf.Variable]:
         """Trainable variables that weight decay applies to: all but quantized kernels."""
@@ -192,36 +224,45 @@ class QuantEnsemble(tf.keras.Model):
 
     # ------------------------------------------------------------------- steps
 
-    def _update_metrics(self, y, member_logits, total, losses, sample_weight):
+    def _update_metrics(self, y, member_logits, total, losses, sample_weight, terms=None,
+                        teacher_outputs=None):
         # Losses are averaged per global batch; logs show them per replica batch.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.loss_tracker.update_state(total * replicas)
         for b, logits in member_logits.items():
             self.member_loss_trackers[str(b)].update_state(losses[b] * replicas)
             self.member_accuracies[str(b)].update_state(y, logits, sample_weight=sample_weight)
+        if self.distillation is not None:
+            self.distillation.update_metrics(y, terms, teacher_outputs, sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        teacher_outputs = None
+        if self.distillation is not None and self.distillation.trains_teacher:
+            # the untrained teacher's own step; its logits become the targets
+            teacher_outputs = self.distillation.train_teacher(x, y, sample_weight)
         with tf.GradientTape() as tape:
             member_logits, features = self.member_outputs(x, training=True)
-            total, losses = self.compute_ensemble_loss(
-                x, y, member_logits, sample_weight, training=True, member_features=features
+            total, losses, terms, teacher_outputs = self._loss_terms(
+                x, y, member_logits, sample_weight, True, features, teacher_outputs
             )
         self.optimizer.minimize(total, self.model.trainable_variables, tape=tape)
-        return self._update_metrics(y, member_logits, total, losses, sample_weight)
+        return self._update_metrics(
+            y, member_logits, total, losses, sample_weight, terms, teacher_outputs
+        )
 
     def test_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         member_logits, features = self.member_outputs(x, training=False)
-        losses = self.member_losses(y, member_logits, sample_weight)
+        total, losses, terms, teacher_outputs = self._loss_terms(
+            x, y, member_logits, sample_weight, False, features, None
+        )
+        # `loss` in evaluation: the members' cross-entropy only, as before
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
-        if self.distillation is not None:  # kd_loss and the teacher's metrics
-            self.distillation(
-                x, y, member_logits, training=False, sample_weight=sample_weight,
-                member_features=features,
-            )
-        return self._update_metrics(y, member_logits, total, losses, sample_weight)
+        return self._update_metrics(
+            y, member_logits, total, losses, sample_weight, terms, teacher_outputs
+        )
 
     def predict_step(self, data):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
@@ -258,17 +299,13 @@ class QuantEnsemble(tf.keras.Model):
                 return layer.fixed_layer(bits)
             return layer.__class__.from_config(layer.get_config())
 
-        larq_log = logging.getLogger("larq.layers_base")
-        level = larq_log.level
-        larq_log.setLevel(logging.ERROR)  # "binary kernel without constraint" notes
         try:
-            member = tf.keras.models.clone_model(self.model, clone_function=clone)
+            with _quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
+                member = tf.keras.models.clone_model(self.model, clone_function=clone)
         except ValueError as error:
             raise ValueError(
                 f"member() needs a functional or Sequential model: {error}"
             ) from error
-        finally:
-            larq_log.setLevel(level)
         for layer in self.model.layers:
             fixed = member.get_layer(layer.name)
             if hasattr(layer, "fixed_weights"):

@@ -32,6 +32,7 @@ from larq.layers_base import BaseLayer
 from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import active_bits, validate_bit_widths
+from quantens.defaults import BIT_WIDTHS, CLIP_THRESHOLD
 from quantens.quantizers import (
     ACTIVATION_METHODS,
     WEIGHT_METHODS,
@@ -169,7 +170,7 @@ class QuantActivation(tf.keras.layers.Layer):
     ```
     """
 
-    def __init__(self, method: str = "round", clip_threshold: float | None = 1.0, **kwargs):
+    def __init__(self, method: str = "round", clip_threshold: float | None = CLIP_THRESHOLD, **kwargs):
         super().__init__(**kwargs)
         self.quantizer = ActivationQuantizer(method, clip_threshold=clip_threshold)
 
@@ -218,7 +219,7 @@ class SwitchableBatchNormalization(tf.keras.layers.Layer):
 
     _OWN_KWARGS = ("name", "dtype", "trainable", "input_shape", "batch_input_shape")
 
-    def __init__(self, bit_widths=(32, 8, 4, 2, 1), shared: bool = False, **kwargs):
+    def __init__(self, bit_widths=BIT_WIDTHS, shared: bool = False, **kwargs):
         own = {k: kwargs.pop(k) for k in self._OWN_KWARGS if k in kwargs}
         super().__init__(**own)
         self.bit_widths = validate_bit_widths(bit_widths)
@@ -256,7 +257,11 @@ class SwitchableBatchNormalization(tf.keras.layers.Layer):
         return input_shape
 
     def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
-        return tf.keras.layers.BatchNormalization(name=self.name, **self.bn_config)
+        """A plain BatchNormalization configured like member `bits`'s branch (weights not copied)."""
+        branch = self.branch(bits)
+        return tf.keras.layers.BatchNormalization.from_config(
+            {**branch.get_config(), "name": self.name}
+        )
 
     def fixed_weights(self, bits: int) -> list:
         return self.branch(bits).get_weights()

@@ -40,6 +40,7 @@ import larq as lq
 import tensorflow as tf
 
 from quantens.bits import FULL_PRECISION, _check_one, active_bits
+from quantens.defaults import CLIP_THRESHOLD
 
 WEIGHT_METHODS = ("dorefa", "identity")
 ACTIVATION_METHODS = ("round", "det_sign")
@@ -92,7 +93,7 @@ class RoundActivation(lq.quantizers.Quantizer):
     ```
     """
 
-    def __init__(self, k_bit: int = 2, clip_threshold: float | None = 1.0, **kwargs):
+    def __init__(self, k_bit: int = 2, clip_threshold: float | None = CLIP_THRESHOLD, **kwargs):
         self.precision = _check_one(k_bit)
         self.clip_threshold = clip_threshold
         super().__init__(**kwargs)
@@ -230,7 +231,7 @@ class ActivationQuantizer(_Switchable):
     """
 
     def __init__(
-        self, method: str = "round", clip_threshold: float | None = 1.0, **kwargs
+        self, method: str = "round", clip_threshold: float | None = CLIP_THRESHOLD, **kwargs
     ):
         self.method = _check_method(method, ACTIVATION_METHODS, "activation method")
         if clip_threshold is not None and not clip_threshold > 0:

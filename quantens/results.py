@@ -1,12 +1,8 @@
-"""The result directory: files written whole (temporary name, then rename).
+"""Writing and reading a run's files whole (temporary name, then rename).
 
-```
-config.json           every resolved flag
-history.csv           one row per epoch, every metric
-metrics.json          bit-widths, target bits, validation accuracy per member
-ensemble.weights.h5   final shared weights;  best.weights.h5 by target bits
-backup/               BackupAndRestore state (resume after a kill)
-```
+The file names are `quantens.layout.ResultDir`'s. The model is recorded as
+its Keras config (`write_model`, model.json), so a finished run is rebuilt by
+`read_model` without the zoo or the flag parser.
 
 ```python
 import os, tempfile
@@ -76,6 +72,47 @@ def read_json(path: str):
         return json.load(f)
 
 
+def write_model(model: tf.keras.Model, path: str) -> None:
+    """Records `model`'s architecture as its Keras config (`model.to_json()`), atomically.
+
+    ```python
+    import os, tempfile
+    import quantens
+    from quantens.results import read_model, write_model
+    from zoo import create_model
+
+    path = os.path.join(tempfile.mkdtemp(), "model.json")
+    write_model(create_model("digits_resnet_e", width=8, bit_widths=(32, 1)), path)
+    assert read_model(path).count_params() > 0
+    ```
+    """
+    write_text(path, model.to_json(indent=1) + "\n")
+
+
+def read_model(path: str) -> tf.keras.Model:
+    """The (untrained) model that `write_model` recorded in `path`.
+
+    Raises:
+        ResultDirError: there is no such file.
+        WeightsError: the file is not a Keras model config quantens can build.
+    """
+    from quantens import layers  # noqa: F401  (registers quantens' layers with Keras)
+    from quantens.errors import ResultDirError, WeightsError, one_line
+
+    if not os.path.isfile(path):
+        raise ResultDirError(
+            f"{path} does not exist: train.py writes it at the start of a run; re-run "
+            "train.py with this --result-path to record the model"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            return tf.keras.models.model_from_json(f.read())
+    except Exception as error:  # JSON, Keras and larq raise many kinds
+        raise WeightsError(
+            f"{path} is not a Keras model config quantens can build ({one_line(error)})"
+        ) from error
+
+
 def save_weights(model: tf.keras.Model, path: str) -> None:
     """`model.save_weights(path)`, written whole or not at all."""
     with atomic_path(path) as tmp:
@@ -122,8 +159,11 @@ def load_weights(model: tf.keras.Model, path: str) -> None:
 
     Keras picks the format of `.weights.h5` files from the name; the same file
     renamed (the seed's `first_stage.params`) is read in that format too, and
-    it must hold exactly the model's weights (ValueError otherwise).
+    it must hold exactly the model's weights (`WeightsError`, a ValueError,
+    otherwise).
     """
+    from quantens.errors import WeightsError
+
     legacy = True
     if h5py.is_hdf5(path):
         with h5py.File(path, "r") as f:
@@ -133,7 +173,7 @@ def load_weights(model: tf.keras.Model, path: str) -> None:
         return
     mismatch = weights_mismatch(model, path)
     if mismatch:
-        raise ValueError(f"the file holds weights of another architecture: {mismatch}")
+        raise WeightsError(f"the file holds weights of another architecture: {mismatch}")
     if path.endswith(".weights.h5"):
         model.load_weights(path)
         return

@@ -47,14 +47,17 @@ assert {"lr", "wd", "optimizer", "kd_mode"} <= set(space.values)
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 from collections.abc import Callable
 
-from quantens import cli
+from quantens import defaults
+from quantens.errors import SearchFailed, TuningError, UsageError, one_line
+from quantens.layout import ResultDir
 from quantens.results import read_json, write_json
 
-TUNING_DIR = "tuning"
+TUNING_DIR = ResultDir.TUNING
 LR_RANGE = (1e-4, 1e-1)
 WD_CHOICES = (0.0, 1e-5, 1e-4, 1e-3)
 KD_TEMPERATURE_RANGE = (1.0, 8.0)
@@ -62,18 +65,21 @@ KD_WEIGHT_RANGE = (0.1, 2.0)
 SEARCHED_FLAGS = ("lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight")
 # flags of the search itself or of where it writes: not part of best.json
 NOT_IN_BEST = ("tune", "max_trials", "config", "result_path", "log", "test_run", "dry_run",
-               *cli.DERIVED_KEYS)
+               *defaults.DERIVED_KEYS)
 # flags that may change when a stopped search is resumed
 MAY_CHANGE_ON_RESUME = ("max_trials", "log", "config")
 # teacher flags that default to the student's value (see cli._validate_distillation)
 TEACHER_FOLLOWS = ("lr", "wd", "optimizer", "lr_mode", "momentum")
 
 
+def _flags(args: argparse.Namespace) -> dict:
+    """The flags as JSON values (as config.json holds them)."""
+    return json.loads(json.dumps(vars(args), default=list))
+
+
 def has_teacher(args: argparse.Namespace) -> bool:
     """Whether the flags give a teacher (`--kd-mode simple` needs one)."""
-    return bool(args.ensemble_teacher) or args.kd_teacher_mode in (
-        "pretrained_external", "untrained_external"
-    )
+    return bool(args.ensemble_teacher) or args.kd_teacher_mode not in (None, "none")
 
 
 def kd_modes(args: argparse.Namespace) -> list[str]:
@@ -103,7 +109,7 @@ def search_space(args: argparse.Namespace):
     hp = kt.HyperParameters()
     hp.Float("lr", *LR_RANGE, sampling="log")
     hp.Choice("wd", list(WD_CHOICES))
-    hp.Choice("optimizer", list(cli.OPTIMIZERS))
+    hp.Choice("optimizer", list(defaults.OPTIMIZERS))
     modes = kd_modes(args)
     hp.Choice("kd_mode", modes)
     with hp.conditional_scope("kd_mode", [m for m in modes if m != "none"]):
@@ -150,7 +156,7 @@ def best_flags(args: argparse.Namespace, values: dict) -> dict:
     Keys are argparse names, values what `--config` accepts (teacher flags that
     follow the student's are null, `lr_steps` a comma-separated string).
     """
-    flags = cli.config_dict(trial_args(args, values, None))
+    flags = _flags(trial_args(args, values, None))
     flags["epochs"] = args.epochs  # the full budget, not a Hyperband trial's
     flags["lr_steps"] = ",".join(f"{s:g}" for s in args.lr_steps)
     for flag in TEACHER_FOLLOWS:
@@ -217,8 +223,8 @@ def _check_resume(args: argparse.Namespace, tuning_dir: str) -> None:
     """A search resumes only with the flags it started with (`search.json`)."""
     path = os.path.join(tuning_dir, "search.json")
     flags = {
-        k: v for k, v in cli.config_dict(args).items()
-        if k not in MAY_CHANGE_ON_RESUME and k not in cli.DERIVED_KEYS
+        k: v for k, v in _flags(args).items()
+        if k not in MAY_CHANGE_ON_RESUME and k not in defaults.DERIVED_KEYS
     }
     if not os.path.exists(path):
         write_json(path, flags)
@@ -228,7 +234,7 @@ def _check_resume(args: argparse.Namespace, tuning_dir: str) -> None:
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {before.get(k)} -> {flags.get(k)}"
                           for k in changed[:4])
-        cli.fail(
+        raise TuningError(
             f"{tuning_dir} holds a search with other flags ({shown}); resume it with the "
             "same flags or choose another --result-path"
         )
@@ -289,6 +295,9 @@ def trials_table(args: argparse.Namespace, oracle) -> str:
 def tune(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], dict]) -> dict:
     """Searches the flags in `SEARCHED_FLAGS` with keras-tuner; returns best.json's flags.
 
+    Raises `UsageError` / `TuningError` for a search that cannot start or
+    resume as asked, `SearchFailed` when no trial completes.
+
     Arguments:
         args: validated `train.py` flags with `args.tune` set (random,
             hyperband or bayesian) and `args.max_trials`.
@@ -296,16 +305,18 @@ def tune(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], dict])
             holds (`train.run`); each trial calls it once.
 
     ```python
-    import train
+    import tempfile
     from quantens import cli, tuning
+    from quantens.cli.train import run
 
-    args = cli.parse_args(["--tune", "random", "--max-trials", "2", "--epochs", "1",
-                           "--width", "8", "--test-run", "--result-path", "/tmp/search"])
-    best = tuning.tune(args, train.run)   # /tmp/search/tuning/{trial_0,trial_1,best.json}
+    args = cli.parse_args(["--tune", "random", "--max-trials", "1", "--epochs", "1",
+                           "--width", "4", "--test-run", "--result-path", tempfile.mkdtemp()])
+    best = tuning.tune(args, run)   # <result-path>/tuning/{trial_0, best.json}
+    assert set(tuning.SEARCHED_FLAGS) & set(best)
     ```
     """
     if args.dry_run:
-        cli.fail("--tune and --dry-run exclude each other")
+        raise UsageError("--tune and --dry-run exclude each other")
     tuning_dir = os.path.join(args.result_path, TUNING_DIR)
     os.makedirs(tuning_dir, exist_ok=True)
     _check_resume(args, tuning_dir)
@@ -314,12 +325,12 @@ def tune(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], dict])
         tuner.search()
     except RuntimeError as error:  # keras-tuner: too many consecutive failed trials
         print(trials_table(args, tuner.oracle))
-        cli.fail(f"the search stopped: {cli.reason(error)}", code=1)
+        raise SearchFailed(f"the search stopped: {one_line(error)}") from error
     best = _write_best(args, tuner.oracle)
     print(f"\n{args.tune} search: {len(tuner.oracle.trials)} trials in {tuning_dir}")
     print(trials_table(args, tuner.oracle))
     if best is None:
-        cli.fail(f"no trial of the search in {tuning_dir} completed", code=1)
+        raise SearchFailed(f"no trial of the search in {tuning_dir} completed")
     best_path = os.path.join(tuning_dir, "best.json")
     print(f"best flags: {best_path}  (train with: train.py --config {best_path})")
     return best

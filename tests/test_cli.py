@@ -106,11 +106,17 @@ def test_resume_weights_of_another_ensemble_are_refused(tmp_path):
     assert not result_path.exists()
 
 
-def test_flag_choices_match_the_library():
-    """cli.py repeats these tuples so that parsing needs no TensorFlow; keep them equal."""
-    from quantens import distillation, optimizers
+def test_flag_choices_and_the_library_share_one_home():
+    """The choice lists live in quantens.defaults (no TensorFlow); CLI and library import them."""
+    from quantens import defaults, distillation, optimizers
 
-    assert set(cli.OPTIMIZERS) == set(optimizers.OPTIMIZERS)
-    assert set(cli.LR_MODES) == set(optimizers.LR_MODES)
-    assert set(cli.KD_MODES) == set(distillation.KD_MODES)
-    assert set(cli.KD_TEACHER_MODES) <= set(distillation.TEACHER_MODES)
+    assert cli.OPTIMIZERS is optimizers.OPTIMIZERS is defaults.OPTIMIZERS
+    assert cli.LR_MODES is optimizers.LR_MODES is defaults.LR_MODES
+    assert cli.KD_MODES is distillation.KD_MODES is defaults.KD_MODES
+    assert set(cli.KD_TEACHER_MODES) < set(distillation.TEACHER_MODES)
+    parser = cli.build_parser()
+    choices = {a.dest: a.choices for a in parser._actions if a.choices}
+    assert choices["optimizer"] is defaults.OPTIMIZERS and choices["lr_mode"] is defaults.LR_MODES
+    # the architecture defaults of train.py are defaults.ARCHITECTURE_DEFAULTS
+    parsed = vars(parser.parse_args([]))
+    assert {k: parsed[k] for k in defaults.ARCHITECTURE_DEFAULTS} == defaults.ARCHITECTURE_DEFAULTS

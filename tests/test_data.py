@@ -79,7 +79,7 @@ def test_cifar_augmentation_pads_crops_and_flips():
 
     spec = qd.DATASETS["cifar10"]
     image = tf.reshape(tf.range(32 * 32 * 3) % 256, (32, 32, 3))
-    augment = qd._augment(spec, training=True, augmentation="medium")
+    augment = qd.preprocess_fn(spec, training=True, augmentation="medium")
     outputs = [augment(image, tf.constant([7, i], tf.int64)).numpy() for i in range(40)]
     assert all(o.shape == (32, 32, 3) for o in outputs)
     assert len({o.tobytes() for o in outputs}) > 10  # random crops and flips
@@ -87,7 +87,7 @@ def test_cifar_augmentation_pads_crops_and_flips():
     np.testing.assert_array_equal(same, outputs[3])  # a function of the seed
     # a crop shifted by the 4-pixel padding brings black (padded) rows or columns
     assert sum(int((o == 0).all(-1).any()) for o in outputs) > 10
-    evaluation = qd._augment(spec, training=False, augmentation="medium")
+    evaluation = qd.preprocess_fn(spec, training=False, augmentation="medium")
     np.testing.assert_array_equal(evaluation(image, tf.constant([0, 0], tf.int64)), image)
 
 
@@ -96,9 +96,9 @@ def test_imagenet_evaluation_resizes_256_and_crops_the_center_224():
 
     spec = qd.DATASETS["imagenet2012"]
     image = tf.zeros((300, 400, 3), tf.uint8)
-    out = qd._augment(spec, training=False, augmentation="medium")(image, tf.zeros(2, tf.int64))
+    out = qd.preprocess_fn(spec, training=False, augmentation="medium")(image, tf.zeros(2, tf.int64))
     assert out.shape == (224, 224, 3)
-    train = qd._augment(spec, training=True, augmentation="medium")(image, tf.constant([1, 2]))
+    train = qd.preprocess_fn(spec, training=True, augmentation="medium")(image, tf.constant([1, 2]))
     assert train.shape == (224, 224, 3)
 
 

@@ -68,7 +68,7 @@ def test_progressive_gradients_reach_the_kernel_only_through_the_student(batch):
     kernels = kernels_of(ensemble.model)
     with tf.GradientTape(persistent=True) as tape:
         logits = ensemble.member_logits(x, training=True)
-        targets, _ = distillation.targets(x, y, logits, training=True)
+        targets, _ = distillation.targets(logits)
         pairs = distillation.pair_losses(logits, targets)
         total, _ = ensemble.compute_ensemble_loss(x, y, logits)
     assert set(pairs) == {(4, 32), (1, 4)}
@@ -161,6 +161,32 @@ def test_untrained_teacher_learns_with_its_own_optimizer_only(batch):
     assert changed(student_before, ensemble.model) > 0  # BN statistics of the members move
 
 
+def test_loss_and_evaluation_leave_the_untrained_teacher_alone(batch):
+    """Only train_step trains the teacher: computing the loss or evaluating changes nothing."""
+    x, y = batch
+    teacher = zoo.create_teacher("cifar_resnet20_v1", (8, 8, 1), 10)
+    teacher_optimizer = tf.keras.optimizers.SGD(0.05)
+    distillation = Distillation(BITS, "simple", teacher, "untrained_external",
+                                teacher_optimizer=teacher_optimizer, attention_weight=0.0)
+    ensemble = make_ensemble(distillation)
+    ensemble.train_on_batch(x, y)  # builds the teacher's optimizer
+    before, iterations = weights_of(teacher), int(teacher_optimizer.iterations)
+    logits = ensemble.member_logits(x, training=True)
+    total, _ = ensemble.compute_ensemble_loss(x, y, logits)
+    terms = distillation.losses(logits, teacher_outputs=distillation.teacher_outputs(x))
+    logs = ensemble.evaluate(x, y, verbose=0, return_dict=True)
+    assert changed(before, teacher) == 0 and int(teacher_optimizer.iterations) == iterations
+    # the KD term is in the loss and, in evaluation, a metric of its own
+    expected = sum(float(v) for v in distillation.pair_losses(
+        logits, distillation.targets(logits, teacher_outputs=distillation.teacher_outputs(x))[0]
+    ).values())
+    assert float(terms["kd_loss"]) == pytest.approx(expected, rel=1e-5)
+    assert logs["kd_loss"] > 0 and "teacher_accuracy" in logs
+    ensemble.train_on_batch(x, y)
+    assert int(teacher_optimizer.iterations) == iterations + 1 and changed(before, teacher) > 0
+    assert float(total) > float(sum(ensemble.member_losses(y, logits).values()))
+
+
 def test_ensemble_teacher_targets_are_its_own_members(batch):
     x, y = batch
     tf.keras.utils.set_random_seed(3)
@@ -171,7 +197,7 @@ def test_ensemble_teacher_targets_are_its_own_members(batch):
     assert distillation.pairs == [(b, TEACHER) for b in BITS]
     student = make_ensemble(distillation)
     logits = student.member_logits(x, training=True)
-    targets, _ = distillation.targets(x, y, logits, training=True)
+    targets, _ = distillation.targets(logits, teacher_outputs=distillation.teacher_outputs(x))
     expected = teacher_ensemble.member_logits(x, training=False)
     for b in BITS:
         np.testing.assert_allclose(targets[(TEACHER, b)], expected[b], atol=1e-5)

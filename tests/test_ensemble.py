@@ -272,3 +272,18 @@ def test_weight_decay_skips_quantized_kernels(batch):
     l2 = sum(float(np.sum(np.square(v.numpy()))) for v in decayed)
     assert float(total) == pytest.approx(sum(float(v) for v in losses.values()) + 0.005 * l2,
                                          rel=1e-5)
+
+
+def test_member_leaves_the_larq_logger_as_it_found_it():
+    import logging
+
+    ensemble = quantens.QuantEnsemble(tiny_model(BITS), BITS)
+    logger = logging.getLogger("larq.layers_base")
+    before = logger.level
+    try:
+        for level in (logging.NOTSET, logging.DEBUG, logging.WARNING):
+            logger.setLevel(level)
+            ensemble.member(1)
+            assert logger.level == level
+    finally:
+        logger.setLevel(before)

@@ -188,10 +188,9 @@ def test_unknown_tag_lists_the_available_tags():
     with pytest.raises(pretrained.PretrainedError, match="unknown pretrained tag 'imagenet'.*digits"):
         pretrained.pretrained_config("digits_resnet_e", "imagenet")
     with pytest.raises(pretrained.PretrainedError, match="'nope'.*its tags are none"):
-        pretrained.resolve_weights("resnet18_e1", "nope")
+        zoo.create_model("resnet18_e1", input_shape=(32, 32, 3), weights="nope")
     with pytest.raises(pretrained.PretrainedError, match="no such file"):
-        pretrained.resolve_weights("digits_resnet_e", "missing/weights.h5")
-    assert pretrained.resolve_weights("digits_resnet_e", None) is None
+        zoo.create_model("digits_resnet_e", weights="missing/weights.h5")
 
 
 def test_a_model_of_another_architecture_is_refused_before_loading():

@@ -216,6 +216,7 @@ def test_bad_input_is_one_line_and_exit_code_2(run_dir, tmp_path):
 
 
 def test_bad_input_raises_a_clear_error_in_python(run_dir, tmp_path):
+    from quantens.errors import ReportError, ResultDirError
     from quantens.report import write_report
 
     errors = {}
@@ -223,11 +224,12 @@ def test_bad_input_raises_a_clear_error_in_python(run_dir, tmp_path):
         with pytest.raises((FileNotFoundError, ValueError)) as info:
             write_report(str(path))
         errors[name] = info
-    assert errors["empty"].type is FileNotFoundError
+    # typed: ResultDirError is a FileNotFoundError, ReportError a ValueError
+    assert errors["empty"].type is ResultDirError
     assert "no metrics.json" in str(errors["empty"].value)
-    assert errors["cut"].type is ValueError and "not valid JSON" in str(errors["cut"].value)
-    assert errors["lacking"].type is ValueError and "4 bits" in str(errors["lacking"].value)
-    assert errors["missing"].type is FileNotFoundError
+    assert errors["cut"].type is ReportError and "not valid JSON" in str(errors["cut"].value)
+    assert errors["lacking"].type is ReportError and "4 bits" in str(errors["lacking"].value)
+    assert errors["missing"].type is ResultDirError
     for info in errors.values():
         assert "train.py" in str(info.value)  # says how to fix it
 

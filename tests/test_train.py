@@ -4,20 +4,87 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_script, run_seed_example, tiny_model
+from conftest import ROOT, run_script, run_seed_example, tiny_model
 
 import quantens
+
+# train.py as a user runs it, with a record of what it reads back: every file of the
+# result directory opened for reading (an audit hook sees Python's opens) and every
+# call of Keras' load_weights (h5py opens files in C, out of the hook's sight).
+WATCHED_TRAIN = """
+import atexit, json, os, sys
+import train  # selects tf-keras before TensorFlow loads
+import tensorflow as tf
+
+result_path = os.path.abspath(sys.argv[sys.argv.index("--result-path") + 1])
+record = {"reads": [], "load_weights": []}
+
+def reading(mode, flags):
+    if mode is None:  # os.open
+        return not flags & (os.O_WRONLY | os.O_RDWR)
+    return "r" in mode and "+" not in mode
+
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path.startswith(result_path + os.sep) and reading(args[1], args[2]):
+            record["reads"].append(os.path.relpath(path, result_path))
+
+load_weights = tf.keras.Model.load_weights
+def counted(self, filepath, *args, **kwargs):
+    record["load_weights"].append(str(filepath))
+    return load_weights(self, filepath, *args, **kwargs)
+
+tf.keras.Model.load_weights = counted
+sys.addaudithook(hook)
+atexit.register(lambda: json.dump(record, open(os.environ["READS_RECORD"], "w")))
+sys.exit(train.main(sys.argv[1:]))
+"""
 
 
 @pytest.fixture(scope="module")
 def default_run(tfds_dir, tmp_path_factory):
-    result_path = str(tmp_path_factory.mktemp("run") / "result")
+    work = tmp_path_factory.mktemp("run")
+    result_path = str(work / "result")
+    script = work / "watched_train.py"
+    script.write_text(WATCHED_TRAIN)
     result = run_script(
-        ["train.py", "--epochs", "2", "--test-run", "--width", "8", "--data-dir", tfds_dir,
-         "--result-path", result_path, "--export"]
+        [str(script), "--epochs", "2", "--test-run", "--width", "8", "--data-dir", tfds_dir,
+         "--result-path", result_path, "--export"],
+        env={"PYTHONPATH": ROOT, "READS_RECORD": str(work / "reads.json")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result_path, result.stdout
+
+
+def test_export_and_report_work_from_the_in_memory_ensemble(default_run):
+    """train.py --export hands its ensemble and data forward: nothing is read back."""
+    result_path, _ = default_run
+    record = json.load(open(os.path.join(os.path.dirname(result_path), "reads.json")))
+    assert record["load_weights"] == []  # no weights file reloaded, no model rebuilt
+    read_back = {"config.json", "model.json", "metrics.json", "ensemble.weights.h5",
+                 "best.weights.h5", os.path.join("export", "export.json")}
+    assert read_back.isdisjoint(record["reads"]), record["reads"]
+    # the report took the member sizes from the export it was handed
+    report = open(os.path.join(result_path, "report.md")).read()
+    exported = json.load(open(os.path.join(result_path, "export", "export.json")))
+    assert "bytes of the exported files" in report
+    for b, entry in exported["members"].items():
+        assert f"| {b} |" in report and f"| {entry['bytes']} |" in report
+
+
+def test_model_json_rebuilds_the_trained_architecture(default_run):
+    from quantens.results import read_model
+
+    result_path, _ = default_run
+    model = read_model(os.path.join(result_path, "model.json"))
+    model.load_weights(os.path.join(result_path, "ensemble.weights.h5"))
+    reference = tiny_model()
+    reference.load_weights(os.path.join(result_path, "ensemble.weights.h5"))
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    for b in (32, 2, 1):
+        with quantens.bits(b):
+            np.testing.assert_array_equal(model(x, training=False), reference(x, training=False))
 
 
 def test_default_run_writes_the_result_directory(default_run):

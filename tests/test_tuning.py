@@ -171,3 +171,26 @@ def test_bayesian_search_completes(tmp_path):
     run = Recorder()
     best = tuning.tune(make_args(tmp_path, "--tune", "bayesian", "--max-trials", "4"), run)
     assert len(run.calls) == 4 and best["lr"] == max(a.lr for a in run.calls)
+
+
+def test_a_search_whose_trials_all_fail_raises_search_failed(tmp_path):
+    from quantens.errors import SearchFailed
+
+    def failing(args):
+        raise ValueError("the loss diverged")
+
+    args = make_args(tmp_path, "--tune", "random", "--max-trials", "2")
+    with pytest.raises(SearchFailed) as info:
+        tuning.tune(args, failing)
+    assert info.value.exit_code == 1  # the command line exits 1, not 2: the flags were fine
+
+
+def test_resuming_a_search_with_other_flags_is_a_typed_error(tmp_path):
+    from quantens.errors import TuningError, UsageError
+
+    tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "1"), Recorder())
+    changed = make_args(tmp_path, "--tune", "random", "--max-trials", "1", "--batch-size", "32")
+    with pytest.raises(TuningError, match="other flags.*--batch-size 64 -> 32"):
+        tuning.tune(changed, Recorder())
+    with pytest.raises(UsageError, match="--dry-run"):
+        tuning.tune(make_args(tmp_path, "--tune", "random", "--dry-run"), Recorder())

@@ -14,6 +14,8 @@ import fnmatch
 from collections.abc import Callable
 
 import quantens  # noqa: F401  (selects tf-keras before TensorFlow loads)
+from quantens import defaults
+from quantens.errors import TeacherError, one_line
 
 _MODELS: dict[str, Callable] = {}
 _TEACHERS: dict[str, Callable] = {}
@@ -64,10 +66,6 @@ def list_teachers(pattern: str = "*") -> list[str]:
     return sorted(name for name in _TEACHERS if fnmatch.fnmatch(name, pattern))
 
 
-class TeacherError(ValueError):
-    """A teacher that cannot be built or loaded; the message says how to fix it."""
-
-
 def _application(name: str):
     import tensorflow as tf
 
@@ -87,13 +85,13 @@ def _keras_application_teacher(builder, name, input_shape, num_classes, weights,
             classifier_activation=None,
         )
     except ValueError as error:
-        raise TeacherError(f"teacher {name}: {str(error).splitlines()[0]}") from None
+        raise TeacherError(f"teacher {name}: {one_line(error)}") from error
     except Exception as error:  # urllib/HTTP errors when offline
         raise TeacherError(
             f"cannot download the ImageNet weights of {name} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no network?'}); pass a local "
+            f"{one_line(error) if str(error) else 'no network?'}); pass a local "
             "weights file with --teacher-params"
-        ) from None
+        ) from error
     mode = next((m for prefix, m in _APPLICATION_MODES.items() if name.startswith(prefix)), None)
     inputs = tf.keras.Input(tuple(input_shape))
     raw = inputs * (tf.constant(std) * 255.0) + tf.constant(mean) * 255.0  # back to 0..255
@@ -162,9 +160,8 @@ def create_teacher(
             load_weights(teacher, weights)
         except Exception as error:  # h5py OSError, Keras ValueError on mismatch
             raise TeacherError(
-                f"cannot load teacher weights {weights} into {name} "
-                f"({str(error).splitlines()[0]})"
-            ) from None
+                f"cannot load teacher weights {weights} into {name} ({one_line(error)})"
+            ) from error
     return teacher
 
 
@@ -178,16 +175,17 @@ def create_model_from_flags(flags: dict, input_shape, num_classes: int):
     model = create_model_from_flags(flags, (8, 8, 1), 10)
     ```
     """
+    flags = {**defaults.ARCHITECTURE_DEFAULTS, **flags}
     get = flags.get
     kwargs = dict(
         input_shape=tuple(input_shape),
         num_classes=int(num_classes),
-        bit_widths=tuple(get("bit_widths", (32, 8, 4, 2, 1))),
-        weight_quantization=get("weight_quantization", "dorefa"),
-        activation_method=get("activation_method", "round"),
-        clip_threshold=get("clip_threshold", 1.3),
-        fp_weights=bool(get("fp_weights", False)),
-        share_bn=bool(get("share_bn", False)),
+        bit_widths=tuple(get("bit_widths")),
+        weight_quantization=get("weight_quantization"),
+        activation_method=get("activation_method"),
+        clip_threshold=get("clip_threshold"),
+        fp_weights=bool(get("fp_weights")),
+        share_bn=bool(get("share_bn")),
         sync_bn=bool(get("sync_bn", False)),
     )
     # flags that are off keep the architecture's own default

@@ -104,24 +104,39 @@ def publish(
     description: str = "",
     data_dir: str | None = None,
     weights_file: str = "ensemble.weights.h5",
+    weights_dir: str | None = None,
 ) -> pretrained.PretrainedConfig:
     """Registers a `train.py` result directory as tag `tag` of model `name`.
 
-    Copies its weights into `zoo/weights/<name>-<tag>-<sha256[:8]>.weights.h5`,
+    Copies its weights into `<weights_dir>/<name>-<tag>-<sha256[:8]>.weights.h5`,
     measures the accuracy per member with `evaluate`, and writes the
-    registry entry (architecture flags from the run's config.json).
+    registry entry (architecture flags from the run's config.json) into
+    `<weights_dir>/pretrained.json`. `weights_dir` defaults to the package's
+    `zoo/weights` (`pretrained.WEIGHTS_DIR`), the registry users load from.
 
     ```python
+    import os, tempfile
+    import zoo
+    from quantens.results import save_weights, write_json
     from zoo.evaluate import publish
 
-    publish("/tmp/zoo/digits_resnet_e", "digits_resnet_e", "digits",
-            command="python train.py --epochs 30 --result-path /tmp/zoo/digits_resnet_e")
+    run = tempfile.mkdtemp()  # what `train.py --result-path RUN` leaves, in small
+    model = zoo.create_model("digits_resnet_e", width=8, bit_widths=(32, 1))
+    save_weights(model, os.path.join(run, "ensemble.weights.h5"))
+    write_json(os.path.join(run, "config.json"), {
+        "model": "digits_resnet_e", "width": 8, "bit_widths": [32, 1], "target_bits": 1,
+        "dataset": "digits", "input_shape": [8, 8, 1], "num_classes": 10})
+    entry = publish(run, "digits_resnet_e", "untrained", command="(an example)",
+                    weights_dir=tempfile.mkdtemp())  # not the package's zoo/weights
+    assert sorted(entry.accuracy) == [1, 32] and entry.flags["width"] == 8
     ```
     """
     import zoo
-    from quantens.cli import ARCHITECTURE_FLAGS
+    from quantens.defaults import ARCHITECTURE_FLAGS
     from quantens.results import atomic_path, load_weights, read_json
 
+    weights_dir = weights_dir or pretrained.WEIGHTS_DIR
+    registry_path = os.path.join(weights_dir, "pretrained.json")
     config = read_json(os.path.join(result_dir, "config.json"))
     if config.get("model") != name:
         raise ValueError(f"{result_dir} trained {config.get('model')!r}, not {name!r}")
@@ -131,7 +146,7 @@ def publish(
     flags = {k: config[k] for k in ARCHITECTURE_FLAGS if k in config}
     digest = pretrained.sha256sum(source)
     file = f"{name}-{tag}-{digest[:8]}.weights.h5"
-    target = os.path.join(pretrained.WEIGHTS_DIR, file)
+    target = os.path.join(weights_dir, file)
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     model = zoo.create_model_from_flags(flags, config["input_shape"], config["num_classes"])
@@ -143,13 +158,13 @@ def publish(
         num_classes=int(config["num_classes"]), flags=flags, accuracy=accuracy,
         target_bits=int(config["target_bits"]), command=command, description=description,
     )
-    registry = pretrained.read_registry()
+    registry = pretrained.read_registry(registry_path)
     old = registry.get(name, {}).get(tag)
     registry.setdefault(name, {})[tag] = entry
-    pretrained.write_registry(registry)
+    pretrained.write_registry(registry, registry_path)
     in_use = {c.file for tags in registry.values() for c in tags.values()}
     if old is not None and old.file not in in_use:
-        os.remove(os.path.join(pretrained.WEIGHTS_DIR, old.file))
+        os.remove(os.path.join(weights_dir, old.file))
     return entry
 
 
@@ -169,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", default=None, help="with --publish: the training command")
     parser.add_argument("--description", default="", help="with --publish: one line")
     args = parser.parse_args(argv)
-    from quantens.cli import load_tensorflow
+    from quantens.startup import load_tensorflow
 
     load_tensorflow()
     try:

@@ -4,7 +4,7 @@ Like larq-zoo and timm, each architecture has named *tags* of pretrained
 weights (`weights="digits"`). A tag records everything needed to rebuild and
 trust it: the weights file and its sha256, the dataset, input shape and
 classes, the `train.py` flags that define the architecture (bit-widths and
-quantizer settings, `quantens.cli.ARCHITECTURE_FLAGS`), the test accuracy of
+quantizer settings, `quantens.defaults.ARCHITECTURE_FLAGS`), the test accuracy of
 every member, and the command that trained it. The registry is
 `zoo/weights/pretrained.json`.
 
@@ -53,12 +53,7 @@ DEFAULT_HOME = os.path.join("~", ".keras", "quantens")
 _IGNORED_CONFIG_KEYS = ("name", "trainable", "dtype", "synchronized", "momentum")
 
 
-class PretrainedError(ValueError):
-    """An unknown tag, or weights that do not fit the model; the message says why."""
-
-
-class DownloadError(PretrainedError):
-    """A weights file that could not be downloaded and verified; nothing was cached."""
+from quantens.errors import DownloadError, PretrainedError, one_line  # noqa: E402  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +69,7 @@ class PretrainedConfig:
         dataset: the TFDS dataset it was trained on.
         input_shape, num_classes: the model's input and output.
         flags: the `train.py` flags that define the architecture
-            (`quantens.cli.ARCHITECTURE_FLAGS`), as in the run's config.json.
+            (`quantens.defaults.ARCHITECTURE_FLAGS`), as in the run's config.json.
         accuracy: test accuracy per bit-width (the dataset's evaluation split),
             exactly as `python -m zoo.evaluate MODEL TAG` measures it.
         target_bits: the run's `--target-bits`.
@@ -298,7 +293,7 @@ def download(name: str, tag: str) -> str:
                 )
             raise DownloadError(
                 f"cannot download {name} {tag!r} weights from {url}: "
-                f"{problem or _reason(error)}; nothing was cached (set {URL_ENV} to a "
+                f"{problem or one_line(error)}; nothing was cached (set {URL_ENV} to a "
                 "mirror's base URL)"
             ) from None
         problem = _problem(received, config)
@@ -311,11 +306,6 @@ def download(name: str, tag: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def _reason(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 # --------------------------------------------------------------------- loading
@@ -422,29 +412,9 @@ def load_pretrained(model, name: str, tag: str, strict: bool = True):
         load_weights(model, path)
     except Exception as error:  # Keras' ValueError on shape mismatch, h5py's OSError
         raise PretrainedError(
-            f"cannot load {name} {tag!r} weights ({path}) into the model: {_reason(error)}"
+            f"cannot load {name} {tag!r} weights ({path}) into the model: {one_line(error)}"
         ) from None
     return model
-
-
-def resolve_weights(name: str, weights: str | None) -> str | None:
-    """The local file that `weights` names: None, a path to a file, or a tag of `name`.
-
-    ```python
-    from zoo.pretrained import resolve_weights
-
-    path = resolve_weights("digits_resnet_e", "digits")  # downloaded and verified
-    assert resolve_weights("digits_resnet_e", None) is None
-    ```
-    """
-    if weights is None:
-        return None
-    weights = os.fspath(weights)
-    if os.path.isfile(weights):
-        return weights
-    if _looks_like_path(weights):
-        raise PretrainedError(f"weights {weights}: no such file")
-    return download(name, weights)  # an unknown tag: the error lists the known ones
 
 
 def _looks_like_path(weights: str) -> bool:
@@ -513,9 +483,8 @@ def markdown_table(registry: Mapping[str, Mapping[str, PretrainedConfig]] | None
     ```
     """
     registry = read_registry() if registry is None else registry
-    from quantens.cli import build_parser
+    from quantens.defaults import ARCHITECTURE_DEFAULTS as defaults
 
-    defaults = vars(build_parser().parse_args([]))
     lines = [
         "| model | tag | dataset | bit-widths | other train.py flags | "
         "test accuracy % per member | size |",

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 import quantens
+from quantens import defaults
 from quantens.bits import validate_bit_widths
+from quantens.defaults import INITIAL_LAYERS
 from zoo import register_model
-
-INITIAL_LAYERS = ("imagenet", "thumbnail", "grouped_stem")
 
 
 def _stem(x, filters: int, initial_layers: str, bn_kwargs: dict):
@@ -57,12 +57,12 @@ def resnet_e(
     stage_filters: Sequence[int],
     input_shape=(224, 224, 3),
     num_classes: int = 1000,
-    bit_widths=(32, 8, 4, 2, 1),
+    bit_widths=defaults.BIT_WIDTHS,
     initial_layers: str = "imagenet",
     stem_filters: int | None = None,
-    weight_quantization: str = "dorefa",
-    activation_method: str = "round",
-    clip_threshold: float | None = 1.3,
+    weight_quantization: str = defaults.WEIGHT_QUANTIZATION,
+    activation_method: str = defaults.ACTIVATION_METHOD,
+    clip_threshold: float | None = defaults.CLIP_THRESHOLD,
     fp_weights: bool = False,
     fp_downsample_sc: bool = False,
     pool_downsample_sc: bool = False,

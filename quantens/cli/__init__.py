@@ -1,4 +1,10 @@
-"""The command line of `train.py`: the seed's flags, same names and meanings.
+"""The command line: the seed's flags of `train.py`, same names and meanings, and the entry points.
+
+The command-line layer is the only code that parses flags, prints
+`prog: error: ...` and exits: `quantens.cli.train` (train.py), `quantens.cli.export`
+(`python -m quantens.export`), `quantens.cli.report` (`python -m quantens.report`).
+The library below it raises `quantens.errors.QuantensError`s; `run_main` turns
+them into one line and the exit code.
 
 Users of the MXNet/BMXNet code run their commands unchanged:
 
@@ -17,43 +23,44 @@ is allowed, exit code 2, before anything is written.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
+from collections.abc import Callable
 
+from quantens import defaults
 from quantens.bits import validate_bit_widths
-
-DEFAULT_MODEL = "digits_resnet_e"
-DEFAULT_DATASET = "digits"
-KD_MODES = ("none", "simple", "progressive")
-KD_TEACHER_MODES = ("none", "pretrained_external", "untrained_external")
-OPTIMIZERS = ("radam", "adam", "sgd", "nag")
-LR_MODES = ("cosine", "step", "poly", "constant")
-
-
-# Flags that define the network (and so what a weights file fits).
-ARCHITECTURE_FLAGS = (
-    "model", "bit_widths", "initial_layers", "weight_quantization", "activation_method",
-    "clip_threshold", "fp_downsample_sc", "pool_downsample_sc", "fp_weights", "share_bn",
-    "width",
+from quantens.defaults import (  # noqa: F401  (the CLI's names for them)
+    ARCHITECTURE_FLAGS,
+    DERIVED_KEYS,
+    KD_MODES,
+    KD_TEACHER_MODES,
+    LR_MODES,
+    OPTIMIZERS,
 )
+from quantens.errors import QuantensError, UsageError, one_line
+from quantens.layout import ResultDir
+from quantens.startup import load_tensorflow, quiet_native_logs  # noqa: F401  (re-exported)
+
+DEFAULT_MODEL = defaults.MODEL
+DEFAULT_DATASET = defaults.DATASET
 
 
-# Keys of a run's config.json that train.py derives rather than reads as flags.
-DERIVED_KEYS = ("input_shape", "num_classes")
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage wall) and exit code 2.
 
+    `error_prog` names the program in error lines (default: `prog`).
+    """
 
-class UsageError(Exception):
-    """A flag value that cannot work; the message names the flag."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no usage wall) and exit code 2."""
+    def __init__(self, *args, error_prog: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.error_prog = error_prog or self.prog
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.error_prog}: error: {message} (see --help)\n")
+
+
+_Parser = Parser
 
 
 def _bits_list(value: str) -> int:
@@ -76,20 +83,22 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help="architecture from the zoo")
     g.add_argument(
-        "--initial-layers", default=None, choices=("imagenet", "thumbnail", "grouped_stem"),
+        "--initial-layers", default=None, choices=defaults.INITIAL_LAYERS,
         help="stem of ResNetE models (default: imagenet for 224px inputs, thumbnail "
         "for small images)",
     )
     g.add_argument(
-        "--weight-quantization", default="dorefa", choices=("dorefa", "identity"),
+        "--weight-quantization", default=defaults.WEIGHT_QUANTIZATION,
+        choices=defaults.WEIGHT_QUANTIZATIONS,
         help="weight quantizer below 32 bits (DoReFa; sign at 1 bit)",
     )
     g.add_argument(
-        "--activation-method", default="round", choices=("round", "det_sign"),
+        "--activation-method", default=defaults.ACTIVATION_METHOD,
+        choices=defaults.ACTIVATION_METHODS,
         help="activation quantizer: round to [0,1] levels, or sign",
     )
     g.add_argument(
-        "--clip-threshold", type=float, default=1.3,
+        "--clip-threshold", type=float, default=defaults.CLIP_THRESHOLD,
         help="activation gradients are cancelled where |x| exceeds this",
     )
     g.add_argument("--fp-downsample-sc", action="store_true",
@@ -102,7 +111,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="one BatchNormalization for all members (default: one per member)")
     g.add_argument("--width", type=int, default=None,
                    help="first-stage channels of the small digits model")
-    g.add_argument("--bit-widths", nargs="+", type=_bits_list, default=[32, 8, 4, 2, 1],
+    g.add_argument("--bit-widths", nargs="+", type=_bits_list, default=list(defaults.BIT_WIDTHS),
                    help="the members' bit-widths (1..32)")
     g.add_argument("--target-bits", type=int, default=None,
                    help="member used for predict and the best checkpoint (default: lowest)")
@@ -116,7 +125,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    "image folder for --dataset folder")
     g.add_argument("-j", "--num-workers", type=int, default=None,
                    help="parallel data-loading calls (default: AUTOTUNE)")
-    g.add_argument("--augmentation", default="medium", choices=("low", "medium", "high"),
+    g.add_argument("--augmentation", default="medium", choices=defaults.AUGMENTATIONS,
                    help="strength of training augmentation")
 
     g = p.add_argument_group("training")
@@ -135,9 +144,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    "BN, full-precision shortcuts); quantized kernels get none, as in "
                    "BMXNet (wd_mult 0)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--mode", default="hybrid", choices=("symbolic", "imperative", "hybrid"),
+    g.add_argument("--mode", default="hybrid", choices=defaults.MODES,
                    help="hybrid/symbolic: graph (tf.function); imperative: eager")
-    g.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+    g.add_argument("--dtype", default="float32", choices=defaults.DTYPES,
                    help="compute dtype (float16/bfloat16: mixed precision)")
     g.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     g.add_argument("--test-run", action="store_true",
@@ -156,8 +165,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g.add_argument("--ensemble-teacher", action="store_true",
                    help="a trained ensemble (--teacher-params) teaches member b with "
                    "its own member b")
-    g.add_argument("--kd-temperature", type=float, default=4.0)
-    g.add_argument("--kd-weight", type=float, default=1.0)
+    g.add_argument("--kd-temperature", type=float, default=defaults.KD_TEMPERATURE)
+    g.add_argument("--kd-weight", type=float, default=defaults.KD_WEIGHT)
     g.add_argument("--kd-attention-weight", type=float, default=0.0)
     g.add_argument("--teacher-lr", type=float, default=None, help="default: --lr")
     g.add_argument("--teacher-wd", type=float, default=None, help="default: --wd")
@@ -188,7 +197,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="export every member (SavedModel, TFLite) to <result-path>/export")
 
     g = p.add_argument_group("hyperparameter search")
-    g.add_argument("--tune", default=None, choices=("random", "hyperband", "bayesian"),
+    g.add_argument("--tune", default=None, choices=defaults.TUNERS,
                    help="search lr, wd, optimizer and the KD settings with keras-tuner; "
                    "trials and best.json go to <result-path>/tuning")
     g.add_argument("--max-trials", type=int, default=10, help="trials of the search")
@@ -231,7 +240,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         ) from None
     if args.resume is not None:
         if os.path.isdir(args.resume):  # a result directory: its final weights
-            args.resume = os.path.join(args.resume, "ensemble.weights.h5")
+            args.resume = ResultDir(args.resume).weights
         if not os.path.isfile(args.resume):
             raise UsageError(f"--resume {args.resume}: no such file")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
@@ -245,10 +254,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _validate_distillation(args: argparse.Namespace) -> None:
-    teacher_modes = ("pretrained_external", "untrained_external")
+    teacher_modes = tuple(m for m in KD_TEACHER_MODES if m != "none")
     if args.teacher_params is not None and not os.path.isfile(args.teacher_params):
         if os.path.isdir(args.teacher_params):  # a result directory: its final weights
-            args.teacher_params = os.path.join(args.teacher_params, "ensemble.weights.h5")
+            args.teacher_params = ResultDir(args.teacher_params).weights
         if not os.path.isfile(args.teacher_params):
             raise UsageError(f"--teacher-params {args.teacher_params}: no such file")
     if args.ensemble_teacher:
@@ -318,50 +327,20 @@ def config_dict(args: argparse.Namespace) -> dict:
     return json.loads(json.dumps(vars(args), default=list))
 
 
-def reason(error: BaseException) -> str:
-    """One line that says why `error` happened (TensorFlow puts it last)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    return lines[-1] if lines[0].startswith("in user code") else lines[0]
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Prints `train.py: error: <message>` and exits (no traceback)."""
-    print(f"{os.path.basename(sys.argv[0]) or 'train.py'}: error: {message}", file=sys.stderr)
+def fail(message: str, code: int = 2, prog: str | None = None) -> None:
+    """Prints `prog: error: <message>` and exits (no traceback)."""
+    prog = prog or os.path.basename(sys.argv[0]) or "train.py"
+    print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 
-@contextlib.contextmanager
-def quiet_native_logs():
-    """Hides what TensorFlow's C++ runtime prints to stderr while it starts.
-
-    TensorFlow 2.21 prints absl INFO lines (oneDNN, CUDA drivers, CPU features)
-    that `TF_CPP_MIN_LOG_LEVEL` no longer silences. They are kept in a buffer
-    and shown only if the block fails.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as buffer:
-        os.dup2(buffer.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            buffer.seek(0)
-            sys.stderr.write(buffer.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def load_tensorflow():
-    """Imports TensorFlow, tf-keras and larq quietly and initialises the devices."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with quiet_native_logs():
-        import larq  # noqa: F401
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    return tf
+def run_main(main: Callable[[], int], prog: str) -> int:
+    """Runs an entry point; a `QuantensError` becomes one line `prog: error: ...` and its code."""
+    try:
+        return main()
+    except QuantensError as error:
+        print(f"{prog}: error: {one_line(error, limit=1000)}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -4,8 +4,9 @@
 python -m quantens.export RESULT_DIR
 ```
 
-reads a result directory of `train.py` (`config.json`, `ensemble.weights.h5`)
-and writes `RESULT_DIR/export/`:
+(`quantens.cli.export`) reads a result directory of `train.py` (`config.json`,
+`model.json`, `ensemble.weights.h5`) and writes `RESULT_DIR/export/`; `train.py
+--export` hands its trained ensemble and datasets straight to `export_ensemble`:
 
 ```
 saved_model/         ONE SavedModel: the shared weights once, a serving signature per
@@ -59,6 +60,7 @@ prediction when only its input is rounded to int8
 (`keras_input_rounding_agreement`).
 
 ```python
+import tempfile
 import numpy as np
 import quantens
 from quantens.export import export_ensemble
@@ -67,14 +69,13 @@ from zoo import create_model
 bits = (32, 4, 1)
 ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8, bit_widths=bits), bits)
 x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
-report = export_ensemble(ensemble, "/tmp/quantens_export", val_data=x, calibration_data=x)
+report = export_ensemble(ensemble, tempfile.mkdtemp(), val_data=x, calibration_data=x)
 print(report["members"]["4"]["bytes"])
 ```
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import dataclasses
@@ -82,18 +83,19 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 import quantens  # noqa: F401  (selects tf-keras before TensorFlow loads)
+from quantens.errors import ExportError, ResultDirError, one_line
+from quantens.layout import ResultDir
 
-EXPORT_DIR = "export"
-REPORT_FILE = "export.json"
+EXPORT_DIR = ResultDir.EXPORT
+REPORT_FILE = os.path.basename(ResultDir.EXPORT_REPORT)
 SAVED_MODEL_DIR = "saved_model"
 INT8_BITS = range(2, 9)
 MAX_CALIBRATION_EXAMPLES = 2048
@@ -103,9 +105,6 @@ FLOAT32 = "float32"
 INT8 = "int8"
 LCE = "lce"
 
-
-class ExportError(ValueError):
-    """A result directory or ensemble that cannot be exported; the message says why."""
 
 
 def member_file(bits: int) -> str:
@@ -392,6 +391,15 @@ class MemberGraph:
         return _Step("conv" if is_conv else "dense", layer.name, ins, params)
 
     # ------------------------------------------------------------ emission
+
+    def quantized_conv_inputs(self) -> list[str]:
+        """Names of the tensors that reach a convolution through its quantized activation.
+
+        In the 1-bit member these are the tensors LCE binarizes: their values
+        are compared with the threshold (0.5 for `round`).
+        """
+        return [s.inputs[0] for s in self.steps
+                if s.op == "conv" and s.params["act"] is not None]
 
     def forward(self, x, mode: str = "float", ranges: Mapping[str, tuple] | None = None,
                 taps: dict | None = None):
@@ -944,6 +952,7 @@ def save_serving_model(ensemble, path: str) -> dict:
     (signatures, variable count).
 
     ```python
+    import os, tempfile
     import numpy as np
     import tensorflow as tf
     import quantens
@@ -951,8 +960,9 @@ def save_serving_model(ensemble, path: str) -> dict:
     from zoo import create_model
 
     ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8), (32, 1))
-    save_serving_model(ensemble, "/tmp/quantens_saved_model")
-    loaded = tf.saved_model.load("/tmp/quantens_saved_model")
+    path = os.path.join(tempfile.mkdtemp(), "saved_model")
+    save_serving_model(ensemble, path)
+    loaded = tf.saved_model.load(path)
     logits = loaded.signatures["serving_bits_1"](images=np.zeros((2, 8, 8, 1), "float32"))
     ```
     """
@@ -1122,6 +1132,7 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
     Returns the content of export.json.
 
     ```python
+    import tempfile
     import numpy as np
     import quantens
     from quantens.export import export_ensemble
@@ -1130,7 +1141,7 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
     bits = (32, 8, 1)
     ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8, bit_widths=bits), bits)
     x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
-    report = export_ensemble(ensemble, "/tmp/quantens_export", val_data=x, calibration_data=x)
+    report = export_ensemble(ensemble, tempfile.mkdtemp(), val_data=x, calibration_data=x)
     assert sorted(report["members"]) == ["1", "32", "8"]
     ```
     """
@@ -1204,86 +1215,98 @@ def _replace_dir(tmp: str, out_dir: str) -> None:
 # ---------------------------------------------------------- result directories
 
 
-def read_result_config(result_dir: str, weights: str | None = "ensemble.weights.h5") -> dict:
+def read_result_config(result_dir: str, weights: str | None = ResultDir.WEIGHTS) -> dict:
     """The `config.json` of a result directory, after checking that it can be exported.
 
-    Needs no TensorFlow: raises `FileNotFoundError` / `ExportError` with a
-    one-line message saying what is missing and how to make it. `weights=None`
-    skips the check of the weights file.
+    Needs no TensorFlow: raises `ResultDirError` (a FileNotFoundError) /
+    `ExportError` with a one-line message saying what is missing and how to
+    make it. `weights=None` skips the check of the weights file.
 
     ```python
-    import json, os, tempfile
+    import tempfile
+    from quantens.errors import ResultDirError
     from quantens.export import read_result_config
 
-    run = tempfile.mkdtemp()
     try:
-        read_result_config(run)
-    except FileNotFoundError as error:
+        read_result_config(tempfile.mkdtemp())
+    except ResultDirError as error:
         assert "no config.json" in str(error)
     ```
     """
     if not os.path.isdir(result_dir):
-        raise FileNotFoundError(
+        raise ResultDirError(
             f"{result_dir} is not a directory: pass a result directory of "
             "`python train.py --result-path DIR`"
         )
-    config_path = os.path.join(result_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(
+    run = ResultDir(result_dir)
+    if not os.path.isfile(run.config):
+        raise ResultDirError(
             f"{result_dir} has no config.json: it is not a result directory of "
             "`python train.py --result-path DIR`"
         )
     try:
-        with open(config_path, encoding="utf-8") as f:
+        with open(run.config, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError) as error:
-        raise ExportError(f"{config_path} cannot be read: {_one_line(error)}") from None
+        raise ExportError(f"{run.config} cannot be read: {one_line(error)}") from error
+    if not isinstance(config, dict):
+        raise ExportError(f"{run.config} must hold a JSON object of flags: re-run train.py")
     missing = [k for k in ("model", "bit_widths", "input_shape", "num_classes", "dataset")
                if k not in config]
     if missing:
         raise ExportError(
-            f"{config_path} lacks {', '.join(missing)}: re-run train.py to write a "
+            f"{run.config} lacks {', '.join(missing)}: re-run train.py to write a "
             "complete config.json"
         )
-    if weights is not None and not os.path.isfile(os.path.join(result_dir, weights)):
-        raise FileNotFoundError(
+    if weights is not None and not os.path.isfile(run.path(weights)):
+        raise ResultDirError(
             f"{result_dir} has no {weights}: training writes it when it ends; finish "
             f"(or resume) the run with `python train.py --result-path {result_dir} ...`"
         )
     return config
 
 
-def load_result_ensemble(result_dir: str, weights: str = "ensemble.weights.h5"):
-    """Rebuilds the ensemble of a result directory: `(QuantEnsemble, config)`.
+def load_result_ensemble(result_dir: str, weights: str = ResultDir.WEIGHTS, model=None):
+    """Rebuilds the ensemble of a finished run: `(QuantEnsemble, config)`.
 
-    The weights file must hold exactly the weights of the architecture that
-    `config.json` describes; otherwise `ExportError` says so.
+    The model is rebuilt from the directory's model.json (its Keras config),
+    unless `model` (an untrained model of the run's architecture) is given.
+    The weights file must hold exactly that model's weights; otherwise
+    `ExportError` says so.
 
     ```python
+    import os, tempfile
+    import quantens
     from quantens.export import load_result_ensemble
+    from quantens.layout import ResultDir
+    from quantens.results import save_weights, write_json, write_model
+    from zoo import create_model
 
-    ensemble, config = load_result_ensemble("results/digits_resnet_e_digits")
+    run = ResultDir(tempfile.mkdtemp())
+    model = create_model("digits_resnet_e", width=8, bit_widths=(32, 1))
+    write_json(run.config, {"model": "digits_resnet_e", "bit_widths": [32, 1],
+                            "input_shape": [8, 8, 1], "num_classes": 10, "dataset": "digits"})
+    write_model(model, run.model)
+    save_weights(model, run.weights)
+    ensemble, config = load_result_ensemble(run.root)
+    assert ensemble.bit_widths == (32, 1)
     ```
     """
     config = read_result_config(result_dir, weights)
-    import zoo
     from quantens.ensemble import QuantEnsemble
+    from quantens.results import read_model
 
-    try:
-        model = zoo.create_model_from_flags(config, config["input_shape"],
-                                            config["num_classes"])
-    except (ValueError, TypeError, KeyError) as error:
-        raise ExportError(
-            f"cannot rebuild the model of {result_dir}/config.json: {_one_line(error)}"
-        ) from None
-    weights_path = os.path.join(result_dir, weights)
+    run = ResultDir(result_dir)
+    if model is None:
+        model = read_model(run.model)
+    weights_path = run.path(weights)
     _check_weights_file(model, weights_path, config)
     try:
         model.load_weights(weights_path)
     except Exception as error:  # h5py / Keras raise many kinds; all mean "does not fit"
         raise ExportError(
-            f"{weights_path} does not fit the model of config.json: {_one_line(error)}"
-        ) from None
+            f"{weights_path} does not fit the model of config.json: {one_line(error)}"
+        ) from error
     ensemble = QuantEnsemble(model, config["bit_widths"], config.get("target_bits"))
     return ensemble, config
 
@@ -1303,7 +1326,7 @@ def _check_weights_file(model, path: str, config: dict) -> None:
     try:
         detail = weights_mismatch(model, path)
     except Exception as error:
-        raise ExportError(f"{path} is not a weights file: {_one_line(error)}") from None
+        raise ExportError(f"{path} is not a weights file: {one_line(error)}") from error
     if detail is None:
         return
     raise ExportError(
@@ -1312,56 +1335,82 @@ def _check_weights_file(model, path: str, config: dict) -> None:
     )
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 300 else text[:297] + "..."
+def export_datasets(dataset: str, bit_widths, *, batch_size: int = 256,
+                    data_dir: str | None = None, evaluate: bool = True):
+    """(validation data or None, calibration data or None) of a dataset, for `export_ensemble`.
 
-
-def export_result_dir(result_dir: str, out_dir: str | None = None, *,
-                      weights: str = "ensemble.weights.h5", batch_size: int | None = None,
-                      evaluate: bool = True, max_val_examples: int | None = None,
-                      ensemble=None) -> dict:
-    """Exports a result directory of `train.py` to `RESULT_DIR/export/`.
-
-    Validation data is the dataset's evaluation split, calibration data (int8
-    members) the first examples of its training split, both without
-    augmentation. Returns the content of export.json. `ensemble`: the trained
-    ensemble when it is at hand (train.py at the end of training); otherwise it
-    is rebuilt from config.json and `weights`.
+    Validation data is the dataset's evaluation split; calibration data (only
+    when a member is stored as int8) the first examples of its training split,
+    both without augmentation.
 
     ```python
-    from quantens.export import export_result_dir
+    from quantens.export import export_datasets
 
-    report = export_result_dir("results/digits_resnet_e_digits")
-    print(report["members"]["1"]["fidelity"]["agreement"])
+    val, calibration = export_datasets("digits", (32, 4, 1), batch_size=128)
+    x, y = next(iter(calibration))
+    assert x.shape[1:] == (8, 8, 1)
     ```
     """
-    if ensemble is None:
-        ensemble, config = load_result_ensemble(result_dir, weights)
-    else:
-        config = read_result_config(result_dir, weights=None)
     from quantens import data
 
-    spec = data.resolve(config["dataset"])
-    batch_size = int(batch_size or config.get("batch_size") or 256)
     try:
-        val = (data.load(config["dataset"], spec.eval_split, batch_size,
-                         data_dir=config.get("data_dir")) if evaluate else None)
+        spec = data.resolve(dataset, data_dir)
+        val = data.load(dataset, spec.eval_split, batch_size, data_dir=data_dir) if evaluate else None
         calibration = None
-        if any(member_format(b) == INT8 for b in ensemble.bit_widths):
+        if any(member_format(b) == INT8 for b in bit_widths):
             calibration = data.load(
-                config["dataset"], spec.train_split, batch_size, data_dir=config.get("data_dir"),
+                dataset, spec.train_split, batch_size, data_dir=data_dir,
                 take_batches=max(1, math.ceil(MAX_CALIBRATION_EXAMPLES / batch_size)))
     except Exception as error:  # TFDS raises many kinds; all mean "no data"
         raise ExportError(
-            f"dataset {config['dataset']} cannot be loaded (data_dir "
-            f"{config.get('data_dir')}): {_one_line(error)}"
-        ) from None
+            f"dataset {dataset} cannot be loaded (data_dir {data_dir}): {one_line(error)}"
+        ) from error
+    return val, calibration
+
+
+def export_result_dir(result_dir: str, out_dir: str | None = None, *,
+                      weights: str = ResultDir.WEIGHTS, batch_size: int | None = None,
+                      evaluate: bool = True, max_val_examples: int | None = None,
+                      model=None) -> dict:
+    """Exports a finished run's result directory to `RESULT_DIR/export/`.
+
+    The ensemble is rebuilt by `load_result_ensemble` (from model.json, or
+    from `model`), the data by `export_datasets`. Returns the content of
+    export.json. (Within a run, train.py passes its ensemble to
+    `export_ensemble` instead.)
+
+    ```python
+    import os, tempfile
+    import quantens
+    from quantens.export import export_result_dir
+    from quantens.layout import ResultDir
+    from quantens.results import save_weights, write_json, write_model
+    from zoo import create_model
+
+    run = ResultDir(tempfile.mkdtemp())
+    model = create_model("digits_resnet_e", width=8, bit_widths=(32, 1))
+    write_json(run.config, {"model": "digits_resnet_e", "bit_widths": [32, 1],
+                            "input_shape": [8, 8, 1], "num_classes": 10, "dataset": "digits"})
+    write_model(model, run.model)
+    save_weights(model, run.weights)
+    report = export_result_dir(run.root, max_val_examples=8)
+    assert os.path.isfile(os.path.join(run.export, "member_1.tflite"))
+    ```
+    """
+    ensemble, config = load_result_ensemble(result_dir, weights, model=model)
+    batch_size = int(batch_size or config.get("batch_size") or 256)
+    val, calibration = export_datasets(
+        config["dataset"], ensemble.bit_widths, batch_size=batch_size,
+        data_dir=config.get("data_dir"), evaluate=evaluate,
+    )
+    from quantens import data
+
+    split = data.resolve(config["dataset"], config.get("data_dir")).eval_split
     return export_ensemble(
-        ensemble, out_dir or os.path.join(result_dir, EXPORT_DIR), val_data=val,
+        ensemble, out_dir or ResultDir(result_dir).export, val_data=val,
         calibration_data=calibration, batch_size=batch_size, max_val_examples=max_val_examples,
         extra={"model": config["model"], "dataset": config["dataset"],
-               "split": spec.eval_split if evaluate else None, "weights": weights},
+               "split": split if evaluate else None, "weights": weights},
     )
 
 
@@ -1382,76 +1431,3 @@ def summary_table(report: Mapping[str, Any]) -> str:
             f"{fmt(fid.get('keras_accuracy'), '>9.4f')}"
         )
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------- CLI
-
-
-@contextlib.contextmanager
-def _native_stderr_to(path: str):
-    """Sends fd 2 (TensorFlow's C++ start-up logging) to `path` inside the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "wb") as sink:
-        os.dup2(sink.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="quantens.export",
-        description="Export every member of a trained ensemble on its own: one SavedModel "
-        "(a signature per bit-width) and a TFLite file per member (float32, int8 on the "
-        "member's grid, or Larq Compute Engine for 1 bit), with export.json.",
-    )
-    parser.add_argument("result_dir", help="a result directory of train.py --result-path")
-    parser.add_argument("--weights", default="ensemble.weights.h5",
-                        help="weights file inside RESULT_DIR (e.g. best.weights.h5)")
-    parser.add_argument("--out", default=None, help="export directory (default RESULT_DIR/export)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="batch size for validation (default: the run's)")
-    parser.add_argument("--no-eval", action="store_true",
-                        help="skip the fidelity check on the validation split")
-    parser.add_argument("--eval-examples", type=int, default=None,
-                        help="check fidelity on the first N validation examples (default all)")
-    args = parser.parse_args(None if argv is None else list(argv))
-
-    def fail(error: BaseException) -> int:
-        print(f"quantens.export: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-
-    try:
-        read_result_config(args.result_dir, args.weights)  # before TensorFlow loads
-    except (OSError, ValueError) as error:
-        return fail(error)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryDirectory() as tmp:
-        log = os.path.join(tmp, "stderr.log")
-        try:
-            # TensorFlow's start-up lines would bury a one-line error; they are
-            # shown after a successful load
-            with _native_stderr_to(log):
-                ensemble, _ = load_result_ensemble(args.result_dir, args.weights)
-        except (OSError, ValueError) as error:
-            return fail(error)
-        with open(log, encoding="utf-8", errors="replace") as f:
-            sys.stderr.write(f.read())
-    try:
-        report = export_result_dir(args.result_dir, args.out, weights=args.weights,
-                                   batch_size=args.batch_size, evaluate=not args.no_eval,
-                                   max_val_examples=args.eval_examples, ensemble=ensemble)
-    except (OSError, ValueError) as error:
-        return fail(error)
-    print(summary_table(report))
-    print(f"export in {args.out or os.path.join(args.result_dir, EXPORT_DIR)} "
-          f"({report['export_seconds']:.0f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

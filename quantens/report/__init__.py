@@ -24,14 +24,20 @@ member's batch normalization) at 32 bits. The report says which.
 Every file is written whole or not at all (temporary name, then rename).
 
 ```python
-import subprocess, sys, tempfile
-from quantens.report import write_report
+import tempfile
+from quantens.report import ResultData, write_report
 
-result_dir = tempfile.mkdtemp()
-subprocess.run([sys.executable, "train.py", "--epochs", "1", "--test-run", "--width", "8",
-                "--result-path", result_dir], check=True)
-print(open(write_report(result_dir)).read())
+metrics = {"bit_widths": [32, 1], "target_bits": 1,
+           "val_accuracy": {"32": 0.97, "1": 0.91}, "teacher_val_accuracy": None}
+history = [{"epoch": 1.0, "accuracy_32": 0.8, "accuracy_1": 0.6, "loss": 1.2},
+           {"epoch": 2.0, "accuracy_32": 0.9, "accuracy_1": 0.8, "loss": 0.7}]
+result = ResultData(tempfile.mkdtemp(), metrics, {"model": "digits_resnet_e"}, history)
+print(open(write_report(result)).read())
 ```
+
+`python -m quantens.report RESULT_DIR` (`quantens.cli.report`) does the same
+for a finished run: it reads the files once, and the model for the size
+estimate from `model.json`.
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ import json
 import math
 import numbers
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from quantens.errors import ReportError, ResultDirError, one_line
+from quantens.layout import ResultDir
 
 __all__ = [
     "PLOT_FILES",
@@ -52,18 +60,14 @@ __all__ = [
     "ResultData",
     "estimate_member_bytes",
     "load_result",
-    "main",
     "member_sizes",
+    "parse_history",
     "write_report",
 ]
 
-REPORT_FILE = "report.md"
-PLOT_FILES = {
-    "accuracy": "accuracy_per_bits.png",
-    "size": "accuracy_vs_size.png",
-    "curves": "training_curves.png",
-}
-EXPORT_REPORT = os.path.join("export", "export.json")
+REPORT_FILE = ResultDir.REPORT
+PLOT_FILES = ResultDir.PLOTS
+EXPORT_REPORT = ResultDir.EXPORT_REPORT
 SIZE_FROM_EXPORT = "export"
 SIZE_ESTIMATED = "estimate"
 
@@ -75,12 +79,17 @@ _RERUN = "run `python train.py --result-path {dir}` to (re)create it"
 
 @dataclasses.dataclass(frozen=True)
 class ResultData:
-    """What a report is made of: the files of one result directory, checked."""
+    """What a report is made of: a run's metrics, flags, history and export report.
+
+    `train.py` makes one in memory at the end of a run; `load_result` reads
+    one from a finished run's result directory.
+    """
 
     result_dir: str
     metrics: dict  # metrics.json
     config: dict  # config.json ({} when absent or unreadable)
-    history: list[dict[str, float]]  # history.csv rows as floats ([] when absent)
+    history: list[dict[str, float]]  # history.csv rows (parse_history), [] when absent
+    export: dict | None = None  # export/export.json, None when absent or unreadable
 
 
 def _is_number(value: object) -> bool:
@@ -92,12 +101,12 @@ def _read_json_file(path: str, what: str, result_dir: str) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise ReportError(
             f"{path} is not valid JSON ({error.msg} at line {error.lineno}): the {what} "
             f"was cut short or edited; {_RERUN.format(dir=result_dir)}"
         ) from None
     except UnicodeDecodeError:
-        raise ValueError(
+        raise ReportError(
             f"{path} is not a text file: {_RERUN.format(dir=result_dir)}"
         ) from None
 
@@ -106,58 +115,78 @@ def _check_metrics(metrics: Any, path: str, result_dir: str) -> dict:
     """Validates metrics.json: what the report reads must be there, of the right type."""
     fix = _RERUN.format(dir=result_dir)
     if not isinstance(metrics, dict):
-        raise ValueError(f"{path} must hold a JSON object, not {type(metrics).__name__}; {fix}")
+        raise ReportError(f"{path} must hold a JSON object, not {type(metrics).__name__}; {fix}")
     bit_widths = metrics.get("bit_widths")
     if (
         not isinstance(bit_widths, list)
         or not bit_widths
         or not all(isinstance(b, int) and not isinstance(b, bool) for b in bit_widths)
     ):
-        raise ValueError(f"{path} has no list of integer \"bit_widths\"; {fix}")
+        raise ReportError(f"{path} has no list of integer \"bit_widths\"; {fix}")
     accuracy = metrics.get("val_accuracy")
     if not isinstance(accuracy, dict):
-        raise ValueError(f"{path} has no \"val_accuracy\" object; {fix}")
+        raise ReportError(f"{path} has no \"val_accuracy\" object; {fix}")
     missing = [b for b in bit_widths if not _is_number(accuracy.get(str(b)))]
     if missing:
-        raise ValueError(
+        raise ReportError(
             f"{path} has no numeric \"val_accuracy\" for "
             f"{', '.join(f'{b} bits' for b in missing)}; {fix}"
         )
     target = metrics.get("target_bits")
     if target is not None and target not in bit_widths:
-        raise ValueError(f"{path}: \"target_bits\" {target!r} is not one of the bit-widths; {fix}")
+        raise ReportError(f"{path}: \"target_bits\" {target!r} is not one of the bit-widths; {fix}")
     for key in ("teacher_val_accuracy", "train_seconds"):
         if metrics.get(key) is not None and not _is_number(metrics[key]):
-            raise ValueError(f"{path}: \"{key}\" must be a number or null; {fix}")
+            raise ReportError(f"{path}: \"{key}\" must be a number or null; {fix}")
     return metrics
 
 
+def parse_history(rows) -> list[dict[str, float]]:
+    """History rows (history.csv's strings or a run's floats) as floats, sorted by epoch.
+
+    Empty or non-numeric cells are left out, and rows without an epoch.
+    """
+    parsed_rows = []
+    for row in rows:
+        parsed = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        if "epoch" in parsed:
+            parsed_rows.append(parsed)
+    return sorted(parsed_rows, key=lambda r: r["epoch"])
+
+
 def _read_history(path: str) -> list[dict[str, float]]:
-    """history.csv as rows of floats (empty or unreadable cells left out)."""
+    """history.csv as rows of floats ([] when absent or unreadable)."""
     if not os.path.isfile(path):
         return []
-    rows = []
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                parsed = {}
-                for key, value in row.items():
-                    try:
-                        parsed[key] = float(value)
-                    except (TypeError, ValueError):
-                        continue
-                if "epoch" in parsed:
-                    rows.append(parsed)
+            return parse_history(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
-    return sorted(rows, key=lambda r: r["epoch"])
+
+
+def _read_export(path: str) -> dict | None:
+    """export.json, or None when it is absent or unreadable (sizes are then estimated)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def load_result(result_dir: str) -> ResultData:
     """Reads and checks a result directory; raises one clear error if it cannot be used.
 
-    Only metrics.json is required; config.json and history.csv are read when
-    present (the size estimate and the training curves need them).
+    Only metrics.json is required; config.json, history.csv and
+    export/export.json are read (once each) when present.
 
     ```python
     from quantens.report import load_result
@@ -169,16 +198,19 @@ def load_result(result_dir: str) -> ResultData:
     ```
 
     Raises:
-        FileNotFoundError: the directory or its metrics.json does not exist.
-        ValueError: metrics.json is not valid JSON or lacks what the report needs.
+        ResultDirError (a FileNotFoundError): the directory or its metrics.json
+            does not exist.
+        ReportError (a ValueError): metrics.json is not valid JSON or lacks
+            what the report needs.
     """
     if not os.path.isdir(result_dir):
-        raise FileNotFoundError(
+        raise ResultDirError(
             f"{result_dir} is not a directory: give the --result-path of a train.py run"
         )
-    metrics_path = os.path.join(result_dir, "metrics.json")
+    run = ResultDir(result_dir)
+    metrics_path = run.metrics
     if not os.path.isfile(metrics_path):
-        raise FileNotFoundError(
+        raise ResultDirError(
             f"{result_dir} has no metrics.json: it is not the result directory of a "
             f"finished train.py run; {_RERUN.format(dir=result_dir)}"
         )
@@ -186,18 +218,19 @@ def load_result(result_dir: str) -> ResultData:
         _read_json_file(metrics_path, "metrics", result_dir), metrics_path, result_dir
     )
     config: dict = {}
-    config_path = os.path.join(result_dir, "config.json")
+    config_path = run.config
     if os.path.isfile(config_path):
         try:
             loaded = _read_json_file(config_path, "configuration", result_dir)
             config = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            config = {}  # only needed for the size estimate and the title
+        except ReportError:
+            config = {}  # only needed for the title
     return ResultData(
         result_dir=result_dir,
         metrics=metrics,
         config=config,
-        history=_read_history(os.path.join(result_dir, "history.csv")),
+        history=_read_history(run.history),
+        export=_read_export(run.export_report),
     )
 
 
@@ -262,17 +295,9 @@ def estimate_member_bytes(model, bit_widths: Sequence[int]) -> dict[int, int]:
     return totals
 
 
-def _sizes_from_export(result_dir: str, bit_widths: Sequence[int]) -> dict[int, dict] | None:
-    """Per member {"bytes", "file", ...} from export/export.json, or None if unusable."""
-    path = os.path.join(result_dir, EXPORT_REPORT)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    members = data.get("members") if isinstance(data, dict) else None
+def _sizes_from_export(export: Mapping | None, bit_widths: Sequence[int]) -> dict[int, dict] | None:
+    """Per member {"bytes", "file", ...} of export.json's content, or None if unusable."""
+    members = export.get("members") if isinstance(export, Mapping) else None
     entries: dict[int, dict] = {}
     if isinstance(members, dict):
         items = list(members.items())
@@ -292,50 +317,49 @@ def _sizes_from_export(result_dir: str, bit_widths: Sequence[int]) -> dict[int, 
     return {b: entries[b] for b in bit_widths}
 
 
-def member_sizes(result: ResultData) -> tuple[dict[int, int] | None, str, str]:
+def member_sizes(result: ResultData, model=None) -> tuple[dict[int, int] | None, str, str]:
     """(bytes per member, source, a sentence saying where the sizes come from).
 
-    `source` is `"export"` (the bytes of `export/export.json`'s files) or
-    `"estimate"` (from the parameter count of the model that config.json
-    describes); the bytes are None when neither is possible.
+    `source` is `"export"` (the bytes of the exported files, `result.export`)
+    or `"estimate"` (`estimate_member_bytes` of `model`, or of the model that
+    the result directory's model.json records); the bytes are None when
+    neither is possible.
 
     ```python
-    from quantens.report import load_result, member_sizes
+    from quantens.report import ResultData, member_sizes
 
-    sizes, source, note = member_sizes(load_result("results/digits_resnet_e_digits"))
+    export = {"members": {"32": {"bytes": 40000}, "1": {"bytes": 9000}}}
+    metrics = {"bit_widths": [32, 1], "val_accuracy": {"32": 0.9, "1": 0.8}}
+    sizes, source, note = member_sizes(ResultData("run", metrics, {}, [], export))
+    assert sizes == {32: 40000, 1: 9000} and source == "export"
     ```
     """
-    result_dir = result.result_dir
     bit_widths = [int(b) for b in result.metrics["bit_widths"]]
-    exported = _sizes_from_export(result_dir, bit_widths)
+    exported = _sizes_from_export(result.export, bit_widths)
     if exported is not None:
         return (
             {b: int(e["bytes"]) for b, e in exported.items()},
             SIZE_FROM_EXPORT,
             f"bytes of the exported files in export/, from {EXPORT_REPORT}",
         )
-    config = result.config
     why_not = (
-        f"no usable {EXPORT_REPORT}"
-        if not os.path.isfile(os.path.join(result_dir, EXPORT_REPORT))
+        f"no usable {EXPORT_REPORT}" if result.export is None
         else f"{EXPORT_REPORT} could not be read or lacks members"
     )
-    try:
-        import zoo
+    name = result.config.get("model", "the model")
+    if model is None:
+        from quantens.results import read_model
 
-        model = zoo.create_model_from_flags(
-            {**config, "bit_widths": bit_widths}, config["input_shape"], config["num_classes"]
-        )
-    except Exception as error:  # missing keys, unknown model, bad flags: no estimate
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return None, SIZE_ESTIMATED, (
-            f"unknown: {why_not}, and the model of config.json could not be rebuilt "
-            f"({detail})"
-        )
+        try:
+            model = read_model(ResultDir(result.result_dir).model)
+        except (OSError, ValueError) as error:  # no or a bad model.json: no estimate
+            return None, SIZE_ESTIMATED, (
+                f"unknown: {why_not}, and the model could not be rebuilt ({one_line(error)})"
+            )
     return (
         estimate_member_bytes(model, bit_widths),
         SIZE_ESTIMATED,
-        f"estimated ({why_not}) from the parameter count of {config.get('model', 'the model')}: "
+        f"estimated ({why_not}) from the parameter count of {name}: "
         "quantized kernels at the member's bit-width, all other parameters at 32 bits",
     )
 
@@ -542,24 +566,35 @@ def render_markdown(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(result_dir: str) -> str:
-    """Writes report.md and its PNG plots into `result_dir`; returns report.md's path.
+def write_report(result: ResultData | str, model=None) -> str:
+    """Writes report.md and its PNG plots into the result directory; returns report.md's path.
+
+    Arguments:
+        result: a `ResultData` (what train.py has in memory at the end of a
+            run), or the path of a finished run's result directory
+            (`load_result`).
+        model: the trained model, for the size estimate when nothing was
+            exported (default: rebuilt from the directory's model.json).
 
     ```python
-    from quantens.report import write_report
+    import tempfile
+    from quantens.report import ResultData, write_report
 
-    path = write_report("results/digits_resnet_e_digits")  # a finished train.py run
-    print(open(path).read())
+    metrics = {"bit_widths": [8, 1], "val_accuracy": {"8": 0.95, "1": 0.9}}
+    path = write_report(ResultData(tempfile.mkdtemp(), metrics, {}, []))
+    assert "| 1 | 0.9000 |" in open(path).read()
     ```
 
     Raises:
-        FileNotFoundError: `result_dir` or its metrics.json does not exist.
-        ValueError: metrics.json is not valid JSON or lacks the accuracy per member.
+        ResultDirError: the directory or its metrics.json does not exist.
+        ReportError: metrics.json is not valid JSON or lacks the accuracy per member.
     """
-    result = load_result(result_dir)
+    if not isinstance(result, ResultData):
+        result = load_result(result)
+    result_dir = result.result_dir
     metrics = result.metrics
     bit_widths = [int(b) for b in metrics["bit_widths"]]
-    sizes, source, size_note = member_sizes(result)
+    sizes, source, size_note = member_sizes(result, model)
     plots = {}
     plot_accuracy(metrics, os.path.join(result_dir, PLOT_FILES["accuracy"]))
     plots["accuracy"] = PLOT_FILES["accuracy"]
@@ -574,49 +609,6 @@ def write_report(result_dir: str) -> str:
     from quantens.results import write_text
 
     path = os.path.join(result_dir, REPORT_FILE)
-    exported = _sizes_from_export(result_dir, bit_widths) if source == SIZE_FROM_EXPORT else None
+    exported = _sizes_from_export(result.export, bit_widths) if source == SIZE_FROM_EXPORT else None
     write_text(path, render_markdown(result, sizes, size_note, plots, exported))
     return path
-
-
-# ------------------------------------------------------------------------ CLI
-
-_PROG = "quantens.report"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m quantens.report RESULT_DIR`: bad input is one line and exit code 2."""
-    import argparse
-
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message):
-            self.exit(2, f"{_PROG}: error: {message} (see --help)\n")
-
-    parser = _Parser(
-        prog=f"python -m {_PROG}",
-        description="Write RESULT_DIR/report.md and PNG plots for a train.py result directory.",
-    )
-    parser.add_argument("result_dir", help="the --result-path of a train.py run")
-    args = parser.parse_args(argv)
-
-    def fail(error: BaseException) -> int:
-        print(f"{_PROG}: error: {error}", file=sys.stderr)
-        return 2
-
-    try:
-        load_result(args.result_dir)  # fail before TensorFlow loads
-    except (OSError, ValueError) as error:
-        return fail(error)
-    from quantens.cli import load_tensorflow
-
-    load_tensorflow()  # quietly: the writers and the size estimate use it
-    try:
-        path = write_report(args.result_dir)
-    except (OSError, ValueError) as error:
-        return fail(error)
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`python -m quantens.export RESULT_DIR`: export every member of a finished run.
+
+Bad input is one line `quantens.export: error: ...` and exit code 2. A result
+directory written before model.json existed is rebuilt from its config.json
+flags through the zoo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+
+from quantens.cli import run_main
+from quantens.layout import ResultDir
+from quantens.startup import load_tensorflow
+
+PROG = "quantens.export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export every member of a trained ensemble on its own: one SavedModel "
+        "(a signature per bit-width) and a TFLite file per member (float32, int8 on the "
+        "member's grid, or Larq Compute Engine for 1 bit), with export.json.",
+    )
+    parser.add_argument("result_dir", help="a result directory of train.py --result-path")
+    parser.add_argument("--weights", default=ResultDir.WEIGHTS,
+                        help="weights file inside RESULT_DIR (e.g. best.weights.h5)")
+    parser.add_argument("--out", default=None, help="export directory (default RESULT_DIR/export)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch size for validation (default: the run's)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the fidelity check on the validation split")
+    parser.add_argument("--eval-examples", type=int, default=None,
+                        help="check fidelity on the first N validation examples (default all)")
+    return parser
+
+
+def _legacy_model(config: dict):
+    """The model of a result directory without model.json, from its config.json flags."""
+    import zoo
+    from quantens.errors import ExportError, one_line
+
+    try:
+        return zoo.create_model_from_flags(config, config["input_shape"], config["num_classes"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise ExportError(f"cannot rebuild the model of config.json: {one_line(error)}") from error
+
+
+def _export(args: argparse.Namespace) -> int:
+    from quantens.export import read_result_config
+
+    config = read_result_config(args.result_dir, args.weights)  # before TensorFlow loads
+    load_tensorflow()  # quietly: its start-up lines would bury a one-line error
+    from quantens.export import export_result_dir, summary_table
+
+    run = ResultDir(args.result_dir)
+    model = None if os.path.isfile(run.model) else _legacy_model(config)
+    report = export_result_dir(
+        args.result_dir, args.out, weights=args.weights, batch_size=args.batch_size,
+        evaluate=not args.no_eval, max_val_examples=args.eval_examples, model=model,
+    )
+    print(summary_table(report))
+    print(f"export in {args.out or run.export} ({report['export_seconds']:.0f} s)")
+    return 0
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    return run_main(lambda: _export(args), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

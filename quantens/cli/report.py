@@ -1,0 +1,57 @@
+"""`python -m quantens.report RESULT_DIR`: report.md and plots of a finished run.
+
+Bad input is one line `quantens.report: error: ...` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from quantens.cli import Parser, run_main
+from quantens.layout import ResultDir
+from quantens.startup import load_tensorflow
+
+PROG = "quantens.report"
+
+
+def _legacy_model(result):
+    """The model of a result directory without model.json, from its config.json flags."""
+    config = result.config
+    try:
+        import zoo
+
+        return zoo.create_model_from_flags(
+            {**config, "bit_widths": result.metrics["bit_widths"]},
+            config["input_shape"], config["num_classes"],
+        )
+    except Exception:  # missing keys, unknown model, bad flags: the report says "unknown"
+        return None
+
+
+def _report(result_dir: str) -> int:
+    from quantens.report import load_result
+
+    result = load_result(result_dir)  # fails before TensorFlow loads
+    load_tensorflow()  # quietly: the writers and the size estimate use it
+    from quantens.report import write_report
+
+    model = None
+    if result.export is None and not os.path.isfile(ResultDir(result_dir).model):
+        model = _legacy_model(result)
+    print(write_report(result, model=model))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(
+        prog=f"python -m {PROG}", error_prog=PROG,
+        description="Write RESULT_DIR/report.md and PNG plots for a train.py result directory.",
+    )
+    parser.add_argument("result_dir", help="the --result-path of a train.py run")
+    args = parser.parse_args(argv)
+    return run_main(lambda: _report(args.result_dir), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""`train.py`: parse, build, fit, export, report; the seed's flags and example commands.
+
+With no flags it trains a 5-member ensemble (32 8 4 2 1 bits) of a small
+ResNetE on the embedded `digits` dataset and prints the test accuracy of
+every member. Bad input ends with one line `train.py: error: ...` and exit
+code 2. In one process the trained ensemble and its datasets flow forward to
+the export and the report; nothing is read back from the result directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from quantens import cli  # noqa: E402  (sets TF_USE_LEGACY_KERAS first)
+from quantens.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    QuantensError,
+    TeacherError,
+    UsageError,
+    WeightsError,
+    one_line,
+)
+from quantens.layout import ResultDir  # noqa: E402
+
+
+def accuracy_table(accuracy: dict, bit_widths, teacher: float | None = None) -> str:
+    """The table printed at the end: test accuracy per member (and the teacher)."""
+    lines = ["bits   test accuracy", "----   -------------"]
+    lines += [f"{b:>4}   {accuracy[str(b)]:.4f}" for b in bit_widths]
+    if teacher is not None:
+        lines.append(f"teacher {teacher:.4f}")
+    return "\n".join(lines)
+
+
+def _summarise_members(model, bit_widths) -> None:
+    import larq as lq
+
+    import quantens
+
+    for b in bit_widths:
+        print(f"\n== member {b} bit")
+        with quantens.bits(b):
+            lq.models.summary(model)
+
+
+def _setup(args):
+    """Devices, seeds and dtype; before TensorFlow runs its first operation."""
+    import tensorflow as tf
+
+    from quantens import distribute
+
+    strategy = distribute.strategy_from_flags(args.gpus, args.cpu_replicas)
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(args.seed)
+    if args.dtype != "float32":
+        tf.keras.mixed_precision.set_global_policy(f"mixed_{args.dtype}")
+    return strategy
+
+
+def _steps(dataset, fallback: int) -> int:
+    import tensorflow as tf
+
+    n = int(dataset.cardinality())
+    return n if n > 0 and n != tf.data.INFINITE_CARDINALITY else fallback
+
+
+def _teacher_flags(args) -> dict:
+    """Flags of the ensemble teacher: its run's config.json beside the weights, if any.
+
+    A first stage trained with --fp-weights is rebuilt with full-precision
+    weights; without a config.json the current flags describe it.
+    """
+    import json
+
+    config = ResultDir(os.path.dirname(os.path.abspath(args.teacher_params))).config
+    flags = dict(vars(args))
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            flags.update({k: v for k, v in json.load(f).items() if k in cli.ARCHITECTURE_FLAGS})
+    return flags
+
+
+def _build_distillation(args, spec, steps_per_epoch):
+    """The Distillation of the KD flags (None when there is nothing to distil)."""
+    import zoo
+    from quantens import optimizers, results
+    from quantens.distillation import Distillation
+
+    kd = dict(
+        temperature=args.kd_temperature, weight=args.kd_weight,
+        attention_weight=args.kd_attention_weight,
+    )
+    if args.ensemble_teacher:
+        flags = _teacher_flags(args)
+        if list(flags["bit_widths"]) != list(args.bit_widths):
+            raise UsageError(
+                f"--teacher-params {args.teacher_params}: the teacher ensemble has bit-widths "
+                f"{flags['bit_widths']}, this run {list(args.bit_widths)}; they must match"
+            )
+        teacher = zoo.create_model_from_flags(flags, spec.input_shape, spec.num_classes)
+        try:
+            results.load_weights(teacher, args.teacher_params)
+        except Exception as error:
+            raise WeightsError(
+                f"--teacher-params {args.teacher_params}: cannot load it as a {args.model} "
+                f"ensemble ({one_line(error)})"
+            ) from error
+        return Distillation(args.bit_widths, args.kd_mode, teacher, "ensemble", **kd)
+    if args.kd_teacher_mode == "none":
+        if args.kd_mode == "none":
+            return None
+        return Distillation(args.bit_widths, args.kd_mode, None, "none", **kd)
+    weights = args.teacher_params
+    if weights is None and args.kd_teacher_mode == "pretrained_external":
+        weights = "pretrained"
+    try:
+        teacher = zoo.create_teacher(
+            args.teacher, spec.input_shape, spec.num_classes, weights, spec.mean, spec.std
+        )
+    except TeacherError as error:
+        raise TeacherError(f"--teacher {args.teacher}: {error}") from error
+    teacher_optimizer = None
+    if args.kd_teacher_mode == "untrained_external":
+        schedule = optimizers.make_schedule(
+            args.teacher_lr_mode, args.teacher_lr, args.epochs, steps_per_epoch,
+            lr_steps=args.lr_steps, lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs,
+        )
+        teacher_optimizer = optimizers.make_optimizer(
+            args.teacher_optimizer, schedule, momentum=args.teacher_momentum
+        )
+    return Distillation(
+        args.bit_widths, args.kd_mode, teacher, args.kd_teacher_mode,
+        teacher_optimizer=teacher_optimizer, teacher_weight_decay=args.teacher_wd, **kd,
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Trains as the validated flags `args` say; returns what metrics.json holds.
+
+    Raises a `quantens.errors.QuantensError` (one line, naming the flag) for
+    input that cannot work; `main` turns it into `train.py: error: ...`.
+    """
+    import zoo
+
+    try:
+        zoo.get_builder(args.model)
+    except ValueError as error:
+        raise UsageError(f"--model: {error}") from error
+
+    from quantens import data
+
+    try:
+        spec = data.resolve(args.dataset, args.data_dir)
+    except DataError as error:
+        raise DataError(f"--dataset: {error}") from error
+
+    strategy = _setup(args)
+
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    import quantens
+    from quantens import distribute, optimizers, results
+
+    if not sys.stdout.isatty():
+        tfds.disable_progress_bar()
+    args.input_shape, args.num_classes = list(spec.input_shape), spec.num_classes
+    with strategy.scope():
+        try:
+            model = zoo.create_model_from_flags(vars(args), spec.input_shape, spec.num_classes)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"--model {args.model}: {one_line(error)}") from error
+    if args.dry_run:
+        _summarise_members(model, args.bit_widths)
+        return {}
+    if args.resume:
+        try:
+            results.load_weights(model, args.resume)
+        except Exception as error:  # h5py's OSError, Keras' ValueError on a mismatch
+            raise WeightsError(
+                f"--resume {args.resume}: cannot load these weights into {args.model} "
+                f"({one_line(error)})"
+            ) from error
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = args.batch_size * replicas
+    take = 1 if args.test_run else None
+    started = time.time()
+    epoch_counter = data.EpochCounter()  # the data order of an epoch = f(seed, epoch)
+    try:
+        train_ds = data.load(
+            args.dataset, spec.train_split, global_batch, training=True,
+            data_dir=args.data_dir, num_workers=args.num_workers, shuffle_seed=args.seed,
+            take_batches=take, augmentation=args.augmentation, epoch=epoch_counter.variable,
+        )
+        val_ds = data.load(
+            args.dataset, spec.eval_split, global_batch, training=False,
+            data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
+        )
+    except DataError:
+        raise
+    except Exception as error:  # TFDS raises many kinds; all mean "no data here"
+        raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
+    steps_per_epoch = epoch_counter.steps_per_epoch = _steps(train_ds, fallback=1)
+
+    with strategy.scope():
+        distillation = _build_distillation(args, spec, steps_per_epoch)
+        schedule = optimizers.make_schedule(
+            args.lr_mode, args.lr, args.epochs, steps_per_epoch, lr_steps=args.lr_steps,
+            lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs,
+        )
+        optimizer = optimizers.make_optimizer(args.optimizer, schedule, momentum=args.momentum)
+        ensemble = quantens.QuantEnsemble(
+            model, args.bit_widths, args.target_bits, weight_decay=args.wd
+        )
+        if distillation is not None:
+            ensemble.set_distillation(distillation)
+        ensemble.compile(
+            optimizer=optimizer, run_eagerly=args.mode == "imperative", jit_compile=args.jit
+        )
+
+    # The chief writes the result directory; other workers a private one.
+    chief = distribute.is_chief(strategy)
+    run_dir = ResultDir(args.result_path)
+    out = run_dir if chief else run_dir.worker(strategy.cluster_resolver.task_id)
+    os.makedirs(out.root, exist_ok=True)
+    config = cli.config_dict(args)
+    results.write_json(out.config, config)
+    results.write_model(model, out.model)
+    logger = results.file_logger(args.log or out.log)
+    logger.info("train.py %s", " ".join(sys.argv[1:]))
+
+    history = results.HistoryCSV(out.history)
+    callbacks = [
+        # one backup folder for all workers: Keras keeps the chief's
+        tf.keras.callbacks.BackupAndRestore(run_dir.backup, delete_checkpoint=False),
+        epoch_counter,  # after the backup: it reads the restored step count
+        history,
+        results.BestCheckpoint(
+            out.best_weights, monitor=f"val_accuracy_{args.target_bits}",
+            save=lambda p: results.save_weights(model, p), history_path=out.history,
+        ),
+        results.LogFile(logger, args.log_interval, global_batch),
+    ]
+    ensemble.fit(
+        train_ds, epochs=args.epochs, validation_data=val_ds, callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    results.save_weights(model, out.weights)
+    logs = ensemble.evaluate(val_ds, return_dict=True, verbose=0)
+    accuracy = {str(b): float(logs[f"accuracy_{b}"]) for b in args.bit_widths}
+    teacher = logs.get("teacher_accuracy")
+    metrics = {
+        "bit_widths": list(args.bit_widths),
+        "target_bits": args.target_bits,
+        "val_accuracy": accuracy,
+        "teacher_val_accuracy": None if teacher is None else float(teacher),
+        "train_seconds": round(time.time() - started, 1),
+    }
+    results.write_json(out.metrics, metrics)
+    exported = None
+    if args.export and chief:
+        from quantens import export
+
+        _, calibration = export.export_datasets(
+            args.dataset, args.bit_widths, batch_size=args.batch_size,
+            data_dir=args.data_dir, evaluate=False,
+        )
+        exported = export.export_ensemble(
+            ensemble, run_dir.export, val_data=val_ds, calibration_data=calibration,
+            batch_size=args.batch_size,
+            max_val_examples=args.batch_size if args.test_run else None,
+            extra={"model": args.model, "dataset": args.dataset, "split": spec.eval_split,
+                   "weights": ResultDir.WEIGHTS},
+        )
+        print(export.summary_table(exported))
+    if chief:
+        from quantens import report
+
+        result = report.ResultData(
+            run_dir.root, metrics, config, report.parse_history(history.rows), exported
+        )
+        report.write_report(result, model=model)
+    table = accuracy_table(accuracy, args.bit_widths, metrics["teacher_val_accuracy"])
+    logger.info("test accuracy per member\n%s", table)
+    if chief:
+        print(table)
+        print(f"results in {args.result_path} ({metrics['train_seconds']:.0f} s)")
+    return metrics
+
+
+def _main(args: argparse.Namespace) -> int:
+    cli.load_tensorflow()
+    if args.tune:
+        from quantens import tuning
+
+        tuning.tune(args, run)
+        return 0
+    run(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `train.py` / `quantens-train` entry point: returns the exit code."""
+    args = cli.parse_args(argv)
+    return cli.run_main(lambda: _main(args), os.path.basename(sys.argv[0]) or "train.py")
+
+
+__all__ = ["QuantensError", "accuracy_table", "main", "run"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
