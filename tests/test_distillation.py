@@ -204,6 +204,7 @@ def test_ensemble_teacher_targets_are_its_own_members(batch):
     assert np.abs(expected[1].numpy() - expected[32].numpy()).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_seed_example_2_with_a_local_teacher_file(tmp_path):
     data_dir = tmp_path / "imagenet1k"
     data_dir.mkdir()
@@ -219,6 +220,7 @@ def test_seed_example_2_with_a_local_teacher_file(tmp_path):
     assert "kd_loss" in (tmp_path / "work" / "test_run_2_log").read_text()
 
 
+@pytest.mark.slow
 def test_seed_example_2_offline_without_teacher_params_is_one_clear_error(tmp_path):
     data_dir = tmp_path / "imagenet1k"
     data_dir.mkdir()
@@ -229,6 +231,7 @@ def test_seed_example_2_offline_without_teacher_params_is_one_clear_error(tmp_pa
     assert not result_path.exists()
 
 
+@pytest.mark.slow
 def test_seed_example_3_trains_a_teacher_jointly(tmp_path):
     result, result_path = run_seed_example(3, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -238,6 +241,7 @@ def test_seed_example_3_trains_a_teacher_jointly(tmp_path):
     assert "teacher_accuracy" in header and "kd_loss" in header
 
 
+@pytest.mark.slow
 def test_seed_examples_4_then_5_multi_stage_training(tmp_path):
     first, first_path = run_seed_example(4, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

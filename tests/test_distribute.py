@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_script, tiny_model
 
+pytestmark = pytest.mark.slow  # end-to-end runs; `make test-fast` leaves them out
+
 
 def weights(path, bit_widths=(8, 1)):
     model = tiny_model(bit_widths)

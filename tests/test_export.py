@@ -15,6 +15,8 @@ from conftest import run_script, tiny_model
 import quantens
 from quantens import export
 
+pytestmark = pytest.mark.slow  # end-to-end runs; `make test-fast` leaves them out
+
 BITS = (32, 8, 4, 2, 1)
 EPOCHS = 4
 

@@ -229,6 +229,7 @@ def test_each_shipped_tag_reproduces_its_registered_accuracy_exactly(name, tag, 
     assert measured == dict(config.accuracy)
 
 
+@pytest.mark.slow
 def test_evaluate_command_prints_the_table_and_checks_the_registry(tfds_dir, home, capsys):
     name, tag = smallest_tag()
     config = pretrained.pretrained_config(name, tag)

@@ -7,6 +7,8 @@ import shutil
 import pytest
 from conftest import run_script
 
+pytestmark = pytest.mark.slow  # end-to-end runs; `make test-fast` leaves them out
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BITS = (32, 8, 4, 2, 1)
 

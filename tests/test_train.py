@@ -8,6 +8,8 @@ from conftest import ROOT, run_script, run_seed_example, tiny_model
 
 import quantens
 
+pytestmark = pytest.mark.slow  # end-to-end runs; `make test-fast` leaves them out
+
 # train.py as a user runs it, with a record of what it reads back: every file of the
 # result directory opened for reading (an audit hook sees Python's opens) and every
 # call of Keras' load_weights (h5py opens files in C, out of the hook's sight).
