@@ -21,6 +21,8 @@ import tempfile
 
 import numpy as np
 
+from quantens.layout import ResultDir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ["--width", "4", "--epochs", "30"]
 TEACHER = ["--teacher", "cifar_resnet20_v1", "--kd-teacher-mode", "untrained_external"]
@@ -37,7 +39,7 @@ def run(mode: str, seed: int, work: str, extra: list[str]) -> dict:
                "--result-path", result_path, *extra]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    with open(os.path.join(result_path, "metrics.json")) as f:
+    with open(ResultDir(result_path).metrics) as f:
         return json.load(f)
 
 

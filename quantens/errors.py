@@ -74,6 +74,15 @@ class TuningError(QuantensError, ValueError):
     """A hyperparameter search that cannot start or resume as asked."""
 
 
+class DivergedError(QuantensError, ArithmeticError):
+    """Training whose loss became non-finite or exploded; nothing of the diverged epoch was saved.
+
+    Exit code 3: the input was valid, the run diverged.
+    """
+
+    exit_code = 3
+
+
 class SearchFailed(TuningError):
     """A search whose trials failed (exit code 1: the input was fine, the runs were not)."""
 

@@ -21,12 +21,14 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import time
 from collections.abc import Callable
 
 import h5py
+import numpy as np
 import tensorflow as tf
 
 
@@ -222,10 +224,16 @@ class HistoryCSV(tf.keras.callbacks.Callback):
         _write_rows(self.path, self.rows)
 
 
+def all_finite(model: tf.keras.Model) -> bool:
+    """Whether every weight of `model` is finite (no NaN, no infinity)."""
+    return all(bool(np.all(np.isfinite(w))) for w in model.get_weights())
+
+
 class BestCheckpoint(tf.keras.callbacks.Callback):
     """Saves weights whenever `monitor` improves (higher is better), atomically.
 
-    With `history_path`, a resumed run starts from the best value logged so far
+    Only a finite score of finite weights counts. With `history_path`, a
+    resumed run starts from the best value of the epochs it does not repeat
     (and keeps the existing `best.weights.h5` unless it is beaten).
     """
 
@@ -240,27 +248,147 @@ class BestCheckpoint(tf.keras.callbacks.Callback):
         self.path = path
         self.monitor = monitor
         self.best = -float("inf")
+        self.best_epoch: int | None = None  # 1-based, once known
+        self.best_weights: list | None = None  # in memory when saved by this process
         self._save = save
         self.history_path = history_path
+        self._resumed_from = None
 
-    def on_train_begin(self, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._resumed_from is not None:
+            return
+        self._resumed_from = epoch  # the first epoch of this run (0-based)
         if self.history_path and os.path.exists(self.path):
-            values = [
-                float(row[self.monitor])
+            # rows of epochs this run repeats (written before a kill) do not count
+            rows = [
+                (float(row[self.monitor]), int(row["epoch"]))
                 for row in read_history(self.history_path)
-                if row.get(self.monitor) not in (None, "")
+                if row.get(self.monitor) not in (None, "") and int(row["epoch"]) <= epoch
             ]
-            self.best = max(values, default=-float("inf"))
+            finite = [r for r in rows if math.isfinite(r[0])]
+            if finite:
+                self.best, self.best_epoch = max(finite, key=lambda r: (r[0], -r[1]))
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or not value > self.best:
+        if value is None or not math.isfinite(value) or not value > self.best:
             return
-        self.best = float(value)
+        weights = self.model.get_weights()
+        if not all(np.all(np.isfinite(w)) for w in weights):
+            return  # never a non-finite model as the best one
+        self.best, self.best_epoch, self.best_weights = float(value), epoch + 1, weights
         if self._save:
             self._save(self.path)
         else:
             save_weights(self.model, self.path)
+
+
+class DivergenceGuard(tf.keras.callbacks.Callback):
+    """Stops training at the first non-finite or exploded loss with a `DivergedError`.
+
+    Checks the running losses after every batch and the validation losses at
+    the end of every epoch: a member's cross-entropy above `bound` (default
+    `LOSS_BOUND`, 1,000 nats: a uniform guess over C classes costs ln C, so
+    this is far past any learning model) or a non-finite one stops the run.
+    Raised before the epoch ends, so nothing of it is saved; the callbacks
+    that save (best checkpoint, backup) only ever see finite epochs.
+
+    ```python
+    import numpy as np
+    import tensorflow as tf
+    from quantens.errors import DivergedError
+    from quantens.results import DivergenceGuard
+
+    guard = DivergenceGuard()
+    guard.set_model(tf.keras.Sequential([tf.keras.layers.Dense(1)]))
+    try:
+        guard.on_train_batch_end(3, {"loss": np.nan, "loss_32": 0.5, "loss_1": np.nan})
+    except DivergedError as error:
+        assert "1 bit" in str(error) and error.exit_code == 3
+    ```
+    """
+
+    LOSS_BOUND = 1000.0
+
+    def __init__(self, bound: float = LOSS_BOUND):
+        super().__init__()
+        self.bound = float(bound)
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, logs, where: str, prefix: str = "") -> None:
+        bad = {}
+        for key, value in (logs or {}).items():
+            if not key.startswith(f"{prefix}loss"):
+                continue
+            value = float(value)
+            if not math.isfinite(value) or abs(value) > self.bound:
+                bad[key] = value
+        if not bad:
+            return
+        from quantens.errors import DivergedError
+
+        members = sorted(
+            {k[len(prefix) + 5:] for k in bad if k[len(prefix) + 5:].isdigit()}, key=int,
+            reverse=True,
+        )
+        who = f"members {', '.join(f'{b} bit' for b in members)}" if members else "the ensemble"
+        kind = "non-finite" if any(not math.isfinite(v) for v in bad.values()) else (
+            f"above {self.bound:g}")
+        raise DivergedError(
+            f"training diverged at {where}: the {'validation ' if prefix else ''}loss of {who} "
+            f"is {kind} ({', '.join(f'{k}={v:.4g}' for k, v in sorted(bad.items()))}); nothing "
+            "of this epoch was saved; lower --lr (or raise --warmup-epochs), check "
+            "--kd-temperature and --kd-weight"
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, f"epoch {self.epoch + 1}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"epoch {epoch + 1} (validation)", prefix="val_")
+
+
+class BackupLast(tf.keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that restores first but backs up only when `backup_now` says.
+
+    Listed first (it restores the training state before the other callbacks
+    start), its end-of-epoch backup is made by `after_epoch()`, a callback
+    listed last: the history row, the log line and the best checkpoint of an
+    epoch are written before the backup records the epoch as done, so a kill
+    at any instant repeats at most that epoch, and its row once.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass  # see after_epoch
+
+    def after_epoch(self) -> tf.keras.callbacks.Callback:
+        backup = super()
+
+        class _Backup(tf.keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                backup.on_epoch_end(epoch, logs)
+
+        return _Backup()
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Removes the temporary files `atomic_path` left in `directory` when a run was killed.
+
+    Only its own naming pattern (`.<name>.<random>.tmp<suffix>`); returns the
+    names removed.
+    """
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if name.startswith(".") and ".tmp" in name and os.path.isfile(path):
+            os.remove(path)
+            removed.append(name)
+    return sorted(removed)
 
 
 def file_logger(path: str) -> logging.Logger:

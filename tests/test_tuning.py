@@ -30,6 +30,7 @@ def search(tmp_path_factory, tfds_dir):
     return argv, run_script(argv), result_path
 
 
+@pytest.mark.slow
 def test_random_search_runs_trials_and_writes_best_json(search):
     _, result, result_path = search
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,6 +55,7 @@ def test_random_search_runs_trials_and_writes_best_json(search):
     assert sum(line.startswith(("0", "1")) for line in table.splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_best_json_trains_with_config(search, tmp_path, tfds_dir):
     _, _, result_path = search
     best_path = os.path.join(result_path, "tuning", "best.json")
@@ -66,6 +68,7 @@ def test_best_json_trains_with_config(search, tmp_path, tfds_dir):
         assert config[flag] == best[flag], flag
 
 
+@pytest.mark.slow
 def test_a_second_invocation_resumes_without_redoing_finished_trials(search):
     argv, _, result_path = search
     metrics = [os.path.join(result_path, "tuning", t, "metrics.json")

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import quantens  # noqa: E402,F401  (tf-keras before TensorFlow)
+from quantens.layout import ResultDir  # noqa: E402
 from zoo import pretrained  # noqa: E402
 
 EVAL_BATCH_SIZE = 256
@@ -55,7 +56,7 @@ def evaluate(
     spec = qd.resolve(dataset, data_dir)
     ensemble = quantens.QuantEnsemble(model, bit_widths)
     ensemble.compile()
-    test = qd.load(dataset, spec.eval_split, batch_size, data_dir=data_dir)
+    test = qd.load(dataset, spec.test_split, batch_size, data_dir=data_dir)
     logs = ensemble.evaluate(test, return_dict=True, verbose=0)
     return {int(b): float(logs[f"accuracy_{b}"]) for b in ensemble.bit_widths}
 
@@ -103,7 +104,7 @@ def publish(
     command: str,
     description: str = "",
     data_dir: str | None = None,
-    weights_file: str = "ensemble.weights.h5",
+    weights_file: str = ResultDir.WEIGHTS,
     weights_dir: str | None = None,
 ) -> pretrained.PretrainedConfig:
     """Registers a `train.py` result directory as tag `tag` of model `name`.
@@ -137,7 +138,7 @@ def publish(
 
     weights_dir = weights_dir or pretrained.WEIGHTS_DIR
     registry_path = os.path.join(weights_dir, "pretrained.json")
-    config = read_json(os.path.join(result_dir, "config.json"))
+    config = read_json(ResultDir(result_dir).config)
     if config.get("model") != name:
         raise ValueError(f"{result_dir} trained {config.get('model')!r}, not {name!r}")
     source = os.path.join(result_dir, weights_file)

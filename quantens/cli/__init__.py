@@ -23,7 +23,9 @@ is allowed, exit code 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -41,6 +43,10 @@ from quantens.defaults import (  # noqa: F401  (the CLI's names for them)
 from quantens.errors import QuantensError, UsageError, one_line
 from quantens.layout import ResultDir
 from quantens.startup import load_tensorflow, quiet_native_logs  # noqa: F401  (re-exported)
+
+# Float flags that must be finite numbers (checked before any range).
+FLOAT_FLAGS = ("lr", "lr_factor", "warmup_epochs", "momentum", "wd", "clip_threshold",
+               "kd_temperature", "kd_weight", "kd_attention_weight")
 
 DEFAULT_MODEL = defaults.MODEL
 DEFAULT_DATASET = defaults.DATASET
@@ -125,6 +131,10 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    "image folder for --dataset folder")
     g.add_argument("-j", "--num-workers", type=int, default=None,
                    help="parallel data-loading calls (default: AUTOTUNE)")
+    g.add_argument("--val-split", type=float, default=None, metavar="FRACTION",
+                   help="for datasets without a validation split (mnist, cifar): hold out "
+                   "this seeded fraction of train for validation (default: validate on the "
+                   "test split, as the seed did; the report then says so)")
     g.add_argument("--augmentation", default="medium", choices=defaults.AUGMENTATIONS,
                    help="strength of training augmentation")
 
@@ -223,21 +233,47 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     for flag in ("epochs", "batch_size", "log_interval", "max_trials"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.width is not None and args.width < 1:
+        raise UsageError(f"--width must be at least 1, got {args.width}")
+    if args.num_workers is not None and args.num_workers < 1:
+        raise UsageError("-j/--num-workers must be at least 1")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be an integer from 0 to {2**32 - 1}, got {args.seed}")
+    for flag in FLOAT_FLAGS:  # NaN passes every comparison below: reject it first
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     if args.lr <= 0:
         raise UsageError("--lr must be positive")
     if args.clip_threshold <= 0:
         raise UsageError("--clip-threshold must be positive")
     if args.wd < 0:
         raise UsageError("--wd must not be negative")
+    if not 0 < args.lr_factor <= 1:
+        raise UsageError(f"--lr-factor must be in (0, 1], got {args.lr_factor}")
+    if not 0 <= args.warmup_epochs < args.epochs:
+        raise UsageError(
+            f"--warmup-epochs must be at least 0 and less than --epochs {args.epochs}, "
+            f"got {args.warmup_epochs}"
+        )
+    if not 0 <= args.momentum < 1:
+        raise UsageError(f"--momentum must be in [0, 1), got {args.momentum}")
     try:
         steps = args.lr_steps
         if not isinstance(steps, (list, tuple)):  # a run's config.json stores a list
             steps = str(steps).split(",")
         args.lr_steps = tuple(float(s) for s in steps if str(s).strip())
-    except ValueError:
+    except (TypeError, ValueError):
         raise UsageError(
             f"--lr-steps must be comma-separated epochs, got {args.lr_steps!r}"
         ) from None
+    if not all(math.isfinite(e) and e > 0 for e in args.lr_steps) or any(
+        a >= b for a, b in zip(args.lr_steps, args.lr_steps[1:], strict=False)
+    ):
+        raise UsageError(
+            "--lr-steps must be increasing epochs > 0 such as 30,60,90, got "
+            f"{','.join(f'{e:g}' for e in args.lr_steps)}"
+        )
     if args.resume is not None:
         if os.path.isdir(args.resume):  # a result directory: its final weights
             args.resume = ResultDir(args.resume).weights
@@ -245,12 +281,34 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError(f"--resume {args.resume}: no such file")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
+    if args.val_split is not None and not (math.isfinite(args.val_split)
+                                           and 0 < args.val_split < 1):
+        raise UsageError(f"--val-split must be a fraction between 0 and 1, got {args.val_split}")
     if args.cpu_replicas is not None and args.cpu_replicas < 1:
         raise UsageError("--cpu-replicas must be at least 1")
     _validate_distillation(args)
     if args.result_path is None:
         args.result_path = os.path.join("results", f"{args.model}_{args.dataset}")
+    _check_writable(args.result_path, "--result-path")
+    if args.log is not None:
+        _check_writable(os.path.dirname(os.path.abspath(args.log)), "--log")
     return args
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """A directory that exists and is writable, or can be created where its parent is."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a file, not a directory: choose another path")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{flag} {path}: {existing} is not writable by this user; choose a path you can "
+            "write to"
+        )
 
 
 def _validate_distillation(args: argparse.Namespace) -> None:
@@ -280,6 +338,10 @@ def _validate_distillation(args: argparse.Namespace) -> None:
             "--kd-mode simple needs a teacher: --teacher NAME --kd-teacher-mode "
             "pretrained_external|untrained_external, or --ensemble-teacher"
         )
+    for flag in ("teacher_lr", "teacher_wd", "teacher_momentum"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     if args.kd_temperature <= 0:
         raise UsageError("--kd-temperature must be positive")
     if args.kd_weight < 0 or args.kd_attention_weight < 0:
@@ -303,12 +365,46 @@ def _config_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) ->
         parser.error(f"--config {known.config}: cannot read it as JSON ({error})")
     if not isinstance(values, dict):
         parser.error(f"--config {known.config}: expected a JSON object of flag values")
-    flags = {action.dest for action in parser._actions}
+    actions = {action.dest: action for action in parser._actions}
     values = {k: v for k, v in values.items() if k not in DERIVED_KEYS}
-    unknown = sorted(set(values) - flags)
+    unknown = sorted(set(values) - set(actions))
     if unknown:
         parser.error(f"--config {known.config}: unknown flags {', '.join(unknown)}")
+    for key, value in values.items():
+        problem = _config_value_problem(actions[key], value)
+        if problem:
+            flag = max(actions[key].option_strings, key=len)
+            parser.error(f"--config {known.config}: {key} ({flag}) {problem}, got {value!r}")
     parser.set_defaults(**{k: v for k, v in values.items() if k != "config"})
+
+
+def _config_value_problem(action: argparse.Action, value) -> str | None:
+    """Why a --config value cannot stand for the flag (None when it can), as argparse types it."""
+    def number(v, kind):
+        if kind is int or kind is _bits_list:
+            return None if isinstance(v, int) and not isinstance(v, bool) else "an integer"
+        if kind is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            return None if ok else "a finite number"
+        return None if isinstance(v, str) else "a string"
+
+    if value is None:
+        return None if action.default is None else "must not be null"
+    if isinstance(action, argparse._StoreTrueAction):
+        return None if isinstance(value, bool) else "must be true or false"
+    if action.dest == "lr_steps" and isinstance(value, list):  # config.json stores a list
+        return None if all(number(v, float) is None for v in value) else "must list numbers"
+    if action.nargs in ("+", "*"):
+        if not isinstance(value, list) or not value:
+            return "must be a non-empty list"
+        wanted = {number(v, action.type) for v in value} - {None}
+        return f"must list only {wanted.pop().split(' ', 1)[1]}s" if wanted else None
+    wanted = number(value, action.type)
+    if wanted:
+        return f"must be {wanted}"
+    if action.choices is not None and value not in action.choices:
+        return f"must be one of {', '.join(map(str, action.choices))}"
+    return None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -334,13 +430,30 @@ def fail(message: str, code: int = 2, prog: str | None = None) -> None:
     raise SystemExit(code)
 
 
+EXIT_CODES = {0: "success", 1: "a search whose trials all failed, or a full disk",
+              2: "bad input (flags, data, files)", 3: "training diverged",
+              130: "interrupted (Ctrl-C)"}
+
+
 def run_main(main: Callable[[], int], prog: str) -> int:
-    """Runs an entry point; a `QuantensError` becomes one line `prog: error: ...` and its code."""
+    """Runs an entry point; errors become one line `prog: error: ...` and an exit code.
+
+    A `QuantensError` exits with its `exit_code`; a full disk with 1 and
+    Ctrl-C with 130, each with what to do next (results are written whole,
+    so re-running the same command resumes).
+    """
     try:
         return main()
     except QuantensError as error:
         print(f"{prog}: error: {one_line(error, limit=1000)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        print(f"{prog}: error: no space left on device{where}; free space and re-run the "
+              "same command to resume", file=sys.stderr)
+        return 1

@@ -29,13 +29,29 @@ from quantens.errors import (  # noqa: E402
 from quantens.layout import ResultDir  # noqa: E402
 
 
-def accuracy_table(accuracy: dict, bit_widths, teacher: float | None = None) -> str:
-    """The table printed at the end: test accuracy per member (and the teacher)."""
-    lines = ["bits   test accuracy", "----   -------------"]
-    lines += [f"{b:>4}   {accuracy[str(b)]:.4f}" for b in bit_widths]
+def accuracy_table(accuracy: dict, bit_widths, teacher: float | None = None,
+                   best: dict | None = None, best_epoch: int | None = None) -> str:
+    """The table printed at the end: test accuracy per member of the final weights
+    (and of the best checkpoint, and the teacher's)."""
+    best_label = f"best (epoch {best_epoch})" if best_epoch else "best"
+    lines = ["bits   test accuracy" + (f"   {best_label}" if best else ""),
+             "----   -------------" + (f"   {'-' * len(best_label)}" if best else "")]
+    for b in bit_widths:
+        line = f"{b:>4}   {accuracy[str(b)]:.4f}"
+        if best:
+            line += f"{'':>10}{best[str(b)]:.4f}"
+        lines.append(line)
     if teacher is not None:
         lines.append(f"teacher {teacher:.4f}")
     return "\n".join(lines)
+
+
+def _test_accuracy(ensemble, dataset) -> tuple[dict, float | None]:
+    """(accuracy per member as {"32": ...}, the teacher's or None) on `dataset`."""
+    logs = ensemble.evaluate(dataset, return_dict=True, verbose=0)
+    accuracy = {str(b): float(logs[f"accuracy_{b}"]) for b in ensemble.bit_widths}
+    teacher = logs.get("teacher_accuracy")
+    return accuracy, None if teacher is None else float(teacher)
 
 
 def _summarise_members(model, bit_widths) -> None:
@@ -163,7 +179,6 @@ def run(args: argparse.Namespace) -> dict:
 
     strategy = _setup(args)
 
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     import quantens
@@ -194,14 +209,20 @@ def run(args: argparse.Namespace) -> dict:
     take = 1 if args.test_run else None
     started = time.time()
     epoch_counter = data.EpochCounter()  # the data order of an epoch = f(seed, epoch)
+    # validation chooses (best checkpoint, tuner); test is reported and chooses nothing
+    plan = data.plan_splits(spec, args.val_split)
     try:
         train_ds = data.load(
-            args.dataset, spec.train_split, global_batch, training=True,
+            args.dataset, plan.train, global_batch, training=True,
             data_dir=args.data_dir, num_workers=args.num_workers, shuffle_seed=args.seed,
             take_batches=take, augmentation=args.augmentation, epoch=epoch_counter.variable,
         )
         val_ds = data.load(
-            args.dataset, spec.eval_split, global_batch, training=False,
+            args.dataset, plan.validation, global_batch, training=False,
+            data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
+        )
+        test_ds = val_ds if plan.validation_is_test else data.load(
+            args.dataset, plan.test, global_batch, training=False,
             data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
         )
     except DataError:
@@ -231,6 +252,7 @@ def run(args: argparse.Namespace) -> dict:
     run_dir = ResultDir(args.result_path)
     out = run_dir if chief else run_dir.worker(strategy.cluster_resolver.task_id)
     os.makedirs(out.root, exist_ok=True)
+    results.remove_stale_temporaries(out.root)  # of a killed run: never taken for a result
     config = cli.config_dict(args)
     results.write_json(out.config, config)
     results.write_model(model, out.model)
@@ -238,31 +260,56 @@ def run(args: argparse.Namespace) -> dict:
     logger.info("train.py %s", " ".join(sys.argv[1:]))
 
     history = results.HistoryCSV(out.history)
+    best = results.BestCheckpoint(
+        out.best_weights, monitor=f"val_accuracy_{args.target_bits}",
+        save=lambda p: results.save_weights(model, p), history_path=out.history,
+    )
+    # one backup folder for all workers: Keras keeps the chief's
+    backup = results.BackupLast(run_dir.backup, delete_checkpoint=False)
+    # At the end of an epoch, in this order: the divergence check, the history row,
+    # the log line, the best checkpoint, and last the backup that marks the epoch
+    # done: a kill at any instant repeats at most that epoch, its row once.
     callbacks = [
-        # one backup folder for all workers: Keras keeps the chief's
-        tf.keras.callbacks.BackupAndRestore(run_dir.backup, delete_checkpoint=False),
+        backup,  # first: it restores the training state the others start from
         epoch_counter,  # after the backup: it reads the restored step count
+        results.DivergenceGuard(),
         history,
-        results.BestCheckpoint(
-            out.best_weights, monitor=f"val_accuracy_{args.target_bits}",
-            save=lambda p: results.save_weights(model, p), history_path=out.history,
-        ),
         results.LogFile(logger, args.log_interval, global_batch),
+        best,
+        backup.after_epoch(),
     ]
     ensemble.fit(
         train_ds, epochs=args.epochs, validation_data=val_ds, callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     results.save_weights(model, out.weights)
-    logs = ensemble.evaluate(val_ds, return_dict=True, verbose=0)
-    accuracy = {str(b): float(logs[f"accuracy_{b}"]) for b in args.bit_widths}
-    teacher = logs.get("teacher_accuracy")
+    train_seconds = round(time.time() - started, 1)
+    val_accuracy, teacher = _test_accuracy(ensemble, val_ds)
+    test_accuracy, teacher_test = (
+        (val_accuracy, teacher) if plan.validation_is_test else _test_accuracy(ensemble, test_ds)
+    )
+    best_test = None
+    if best.best_epoch is not None:  # the checkpoint validation chose, on the test split
+        final_weights = ensemble.get_weights()  # BestCheckpoint kept the ensemble's
+        if best.best_weights is not None:
+            ensemble.set_weights(best.best_weights)
+        else:  # chosen by an earlier, resumed process and not beaten since
+            results.load_weights(model, out.best_weights)
+        best_test, _ = _test_accuracy(ensemble, test_ds)
+        ensemble.set_weights(final_weights)
     metrics = {
         "bit_widths": list(args.bit_widths),
         "target_bits": args.target_bits,
-        "val_accuracy": accuracy,
-        "teacher_val_accuracy": None if teacher is None else float(teacher),
-        "train_seconds": round(time.time() - started, 1),
+        "val_accuracy": val_accuracy,
+        "teacher_val_accuracy": teacher,
+        "test_accuracy": test_accuracy,
+        "teacher_test_accuracy": teacher_test,
+        "best_epoch": best.best_epoch,
+        "best_test_accuracy": best_test,
+        "validation_split": str(plan.validation),
+        "test_split": str(plan.test),
+        "validation_is_test": plan.validation_is_test,
+        "train_seconds": train_seconds,
     }
     results.write_json(out.metrics, metrics)
     exported = None
@@ -274,10 +321,10 @@ def run(args: argparse.Namespace) -> dict:
             data_dir=args.data_dir, evaluate=False,
         )
         exported = export.export_ensemble(
-            ensemble, run_dir.export, val_data=val_ds, calibration_data=calibration,
+            ensemble, run_dir.export, val_data=test_ds, calibration_data=calibration,
             batch_size=args.batch_size,
             max_val_examples=args.batch_size if args.test_run else None,
-            extra={"model": args.model, "dataset": args.dataset, "split": spec.eval_split,
+            extra={"model": args.model, "dataset": args.dataset, "split": str(plan.test),
                    "weights": ResultDir.WEIGHTS},
         )
         print(export.summary_table(exported))
@@ -288,10 +335,15 @@ def run(args: argparse.Namespace) -> dict:
             run_dir.root, metrics, config, report.parse_history(history.rows), exported
         )
         report.write_report(result, model=model)
-    table = accuracy_table(accuracy, args.bit_widths, metrics["teacher_val_accuracy"])
-    logger.info("test accuracy per member\n%s", table)
+    table = accuracy_table(test_accuracy, args.bit_widths, teacher_test, best_test,
+                           best.best_epoch)
+    note = (f"test split: {plan.test}; checkpoints chosen on: {plan.validation}"
+            + (" (the test split: pass --val-split to hold out a validation part of train)"
+               if plan.validation_is_test else ""))
+    logger.info("test accuracy per member (%s)\n%s", note, table)
     if chief:
         print(table)
+        print(note)
         print(f"results in {args.result_path} ({metrics['train_seconds']:.0f} s)")
     return metrics
 

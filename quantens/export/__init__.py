@@ -94,8 +94,7 @@ import quantens  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from quantens.errors import ExportError, ResultDirError, one_line
 from quantens.layout import ResultDir
 
-EXPORT_DIR = ResultDir.EXPORT
-REPORT_FILE = os.path.basename(ResultDir.EXPORT_REPORT)
+EXPORT_REPORT_FILE = os.path.basename(ResultDir.EXPORT_REPORT)  # export.json
 SAVED_MODEL_DIR = "saved_model"
 INT8_BITS = range(2, 9)
 MAX_CALIBRATION_EXAMPLES = 2048
@@ -1186,7 +1185,7 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
                                              max_val_examples)
             report["members"][str(b)] = entry
         report["export_seconds"] = round(time.time() - started, 1)
-        write_json(os.path.join(tmp, REPORT_FILE), report)
+        write_json(os.path.join(tmp, EXPORT_REPORT_FILE), report)
         _replace_dir(tmp, out_dir)
     finally:
         if os.path.exists(tmp):
@@ -1339,7 +1338,7 @@ def export_datasets(dataset: str, bit_widths, *, batch_size: int = 256,
                     data_dir: str | None = None, evaluate: bool = True):
     """(validation data or None, calibration data or None) of a dataset, for `export_ensemble`.
 
-    Validation data is the dataset's evaluation split; calibration data (only
+    Validation data (fidelity) is the dataset's test split; calibration data (only
     when a member is stored as int8) the first examples of its training split,
     both without augmentation.
 
@@ -1355,7 +1354,7 @@ def export_datasets(dataset: str, bit_widths, *, batch_size: int = 256,
 
     try:
         spec = data.resolve(dataset, data_dir)
-        val = data.load(dataset, spec.eval_split, batch_size, data_dir=data_dir) if evaluate else None
+        val = data.load(dataset, spec.test_split, batch_size, data_dir=data_dir) if evaluate else None
         calibration = None
         if any(member_format(b) == INT8 for b in bit_widths):
             calibration = data.load(
@@ -1405,7 +1404,7 @@ def export_result_dir(result_dir: str, out_dir: str | None = None, *,
     )
     from quantens import data
 
-    split = data.resolve(config["dataset"], config.get("data_dir")).eval_split
+    split = data.resolve(config["dataset"], config.get("data_dir")).test_split
     return export_ensemble(
         ensemble, out_dir or ResultDir(result_dir).export, val_data=val,
         calibration_data=calibration, batch_size=batch_size, max_val_examples=max_val_examples,

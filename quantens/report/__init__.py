@@ -525,13 +525,30 @@ def render_markdown(
     lines.append(f"- training time: {_fmt_seconds(metrics.get('train_seconds'))}")
     if history:
         lines.append(f"- epochs: {len(history)} (history.csv)")
+    test = metrics.get("test_accuracy") or {}
+    best = metrics.get("best_test_accuracy") or {}
+    if test:
+        lines.append(
+            f"- accuracy: validation on `{metrics.get('validation_split', 'validation')}` "
+            f"(chooses the best checkpoint), test on `{metrics.get('test_split', 'test')}` "
+            "(chooses nothing)"
+            + ("; **validation is the test split** (pass --val-split to hold out part of "
+               "train)" if metrics.get("validation_is_test") else "")
+        )
     lines += ["", "## Validation accuracy and size per member", ""]
+    extra = " test accuracy | best checkpoint's test accuracy |" if test else ""
     lines += [
-        "| bits | accuracy | exact accuracy | size (bytes) | size (KiB) | note |",
-        "|-----:|---------:|:---------------|-------------:|-----------:|:-----|",
+        f"| bits | accuracy | exact accuracy |{extra} size (bytes) | size (KiB) | note |",
+        "|-----:|---------:|:---------------|" + ("---:|---:|" if test else "")
+        + "-------------:|-----------:|:-----|",
     ]
     for b in bit_widths:
         value = metrics["val_accuracy"][str(b)]
+        tests = ""
+        if test:
+            tests = " " + " | ".join(
+                f"{float(t[str(b)]):.4f}" if _is_number((t or {}).get(str(b))) else "-"
+                for t in (test, best)) + " |"
         size = sizes.get(b) if sizes else None
         kib = f"{size / 1024:.1f}" if size is not None else "?"
         notes = []
@@ -545,7 +562,7 @@ def render_markdown(
         if _is_number(tflite_accuracy):
             notes.append(f"TFLite accuracy {tflite_accuracy:.4f}")
         lines.append(
-            f"| {b} | {float(value):.4f} | {value!r} | {_fmt_bytes(size)} | {kib} | "
+            f"| {b} | {float(value):.4f} | {value!r} |{tests} {_fmt_bytes(size)} | {kib} | "
             f"{', '.join(notes)} |"
         )
     if teacher is not None:

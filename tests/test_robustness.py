@@ -1,0 +1,224 @@
+"""Trustworthy runs: what train.py does with bad input, divergence, kills and Ctrl-C.
+
+Each case runs train.py (or a command) as a user would, in a subprocess, with
+the smallest model that shows the behaviour (`--width 4 --test-run`).
+"""
+
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_script
+
+from quantens import cli
+
+
+@pytest.fixture
+def small(tfds_dir):
+    """The smallest run: a 4-channel model, one batch per epoch, this session's TFDS data."""
+    return ["--width", "4", "--test-run", "--data-dir", tfds_dir]
+
+
+def one_line_error(result, code=2, *phrases):
+    assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and ": error: " in lines[0]
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def history_epochs(result_path):
+    with open(os.path.join(result_path, "history.csv")) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+# ------------------------------------------------------------- bad input up front
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--kd-temperature", "nan"], "--kd-temperature must be a finite number"),
+    (["--lr-steps", "60,30"], "--lr-steps must be increasing"),
+    (["--seed", "-1"], "--seed"),
+    (["--width", "0"], "--width must be at least 1"),
+    (["--momentum", "1"], "--momentum"),
+    (["--warmup-epochs", "5", "--epochs", "2"], "--warmup-epochs"),
+])
+def test_bad_flags_are_one_line_and_no_result_directory(tmp_path, argv, phrase):
+    result_path = tmp_path / "result"
+    result = run_script(["train.py", *argv, "--result-path", str(result_path)])
+    one_line_error(result, 2, phrase)
+    assert not result_path.exists()
+
+
+@pytest.mark.parametrize("config, phrase", [
+    ({"lr": None}, "lr (--lr) must not be null"),
+    ({"batch_size": 2.5}, "batch_size (--batch-size) must be an integer"),
+    ({"lr": "fast"}, "lr (--lr) must be a finite number"),
+    ({"bit_widths": [32, "one"]}, "bit_widths (--bit-widths) must list only integers"),
+    ({"optimizer": "adagrad"}, "must be one of radam"),
+    ({"fp_weights": "yes"}, "must be true or false"),
+])
+def test_config_values_are_checked_as_their_flags(tmp_path, config, phrase):
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps(config))
+    result = run_script(["train.py", "--config", str(path), "--result-path", str(tmp_path / "r")])
+    one_line_error(result, 2, phrase)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_result_path_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    one_line_error(run_script(["train.py", "--result-path", str(path)]), 2, "is a file")
+    assert path.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a command as another user (needs root)")
+def test_an_unwritable_result_path_is_refused_before_tensorflow_loads(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o755)
+    os.chmod(tmp_path, 0o755)
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+               sys.executable, "train.py", "--result-path", str(locked / "run")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HOME": str(tmp_path)})
+    one_line_error(result, 2, "not writable")
+    assert not (locked / "run").exists()
+
+
+def test_run_main_turns_a_full_disk_and_ctrl_c_into_one_line(capsys):
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "/results/run/history.csv")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert cli.run_main(full, "train.py") == 1
+    assert capsys.readouterr().err == (
+        "train.py: error: no space left on device while writing /results/run/history.csv; "
+        "free space and re-run the same command to resume\n")
+    assert cli.run_main(interrupted, "train.py") == 130
+    assert "interrupted: re-run the same command to resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- divergence
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_exit_3_and_saves_no_bad_weights(tmp_path, small):
+    import h5py
+
+    result_path = tmp_path / "r"
+    result = run_script(["train.py", *small, "--epochs", "3", "--lr", "1e6",
+                         "--result-path", str(result_path)])
+    line = one_line_error(result, 3, "training diverged at epoch 1", "lower --lr")
+    assert "nothing of this epoch was saved" in line
+    assert not (result_path / "ensemble.weights.h5").exists()
+    assert not (result_path / "metrics.json").exists()
+    best = result_path / "best.weights.h5"
+    if best.exists():  # only from a finite epoch
+        with h5py.File(best) as f:
+            values = []
+            f.visititems(lambda _, o: values.append(o[()]) if isinstance(o, h5py.Dataset)
+                         else None)
+        assert all(np.all(np.isfinite(v)) for v in values)
+
+
+# --------------------------------------------------------- kills at awkward moments
+
+# train.py killed (SIGKILL) right after the history row of epoch KILL_EPOCH is
+# written, before the backup records the epoch: the window of the lost-row bug.
+KILLED_AFTER_HISTORY = """
+import os, signal, sys
+import train
+from quantens import results
+
+write_row = results.HistoryCSV.on_epoch_end
+def killing(self, epoch, logs=None):
+    write_row(self, epoch, logs)
+    if epoch + 1 == int(os.environ["KILL_EPOCH"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+results.HistoryCSV.on_epoch_end = killing
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_kill_between_history_and_backup_repeats_the_epoch_once(tmp_path, small, tfds_dir):
+    script = tmp_path / "killed_train.py"
+    script.write_text(KILLED_AFTER_HISTORY)
+    result_path = str(tmp_path / "r")
+    argv = [*small, "--epochs", "3", "--result-path", result_path]
+    killed = run_script([str(script), *argv], env={"PYTHONPATH": ROOT, "KILL_EPOCH": "2"})
+    assert killed.returncode == -signal.SIGKILL
+    assert history_epochs(result_path) == [1, 2]  # written, but not backed up
+    # a partial best checkpoint of a write that was killed, as atomic_path names it
+    stale = os.path.join(result_path, ".best.weights.h5.k1ll3d.tmp.weights.h5")
+    open(stale, "wb").write(b"\x89HDF partial")
+    resumed = run_script(["train.py", *argv])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert history_epochs(result_path) == [1, 2, 3]  # every epoch exactly once
+    assert not os.path.exists(stale)
+    assert not [n for n in os.listdir(result_path) if ".tmp" in n]
+    # best.weights.h5 holds the epoch of the best row of history.csv
+    with open(os.path.join(result_path, "history.csv")) as f:
+        best_row = max(float(r["val_accuracy_1"]) for r in csv.DictReader(f))
+    assert _val_accuracy_of(result_path, "best.weights.h5") == pytest.approx(best_row, abs=1e-6)
+    assert json.load(open(os.path.join(result_path, "config.json")))["data_dir"] == tfds_dir
+
+
+def _val_accuracy_of(result_path, weights):
+    """val_accuracy of the target member of a weights file, as train.py measures it."""
+    code = (
+        "import sys, json, quantens, quantens.data as qd\n"
+        "from quantens.results import read_model\n"
+        "from quantens.layout import ResultDir\n"
+        "run = ResultDir(sys.argv[1]); config = json.load(open(run.config))\n"
+        "model = read_model(run.model); model.load_weights(run.path(sys.argv[2]))\n"
+        "ensemble = quantens.QuantEnsemble(model, config['bit_widths']); ensemble.compile()\n"
+        "spec = qd.resolve(config['dataset'])\n"
+        "val = qd.load(config['dataset'], spec.eval_split, config['batch_size'],\n"
+        "              data_dir=config['data_dir'], take_batches=1)\n"
+        "logs = ensemble.evaluate(val, return_dict=True, verbose=0)\n"
+        "print(logs[f\"accuracy_{config['target_bits']}\"])\n"
+    )
+    result = run_script(["-c", code, result_path, weights])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_exit_130_and_the_run_resumes(tmp_path, tfds_dir):
+    result_path = str(tmp_path / "r")
+    argv = [sys.executable, "train.py", "--width", "4", "--epochs", "40", "--data-dir",
+            tfds_dir, "--result-path", result_path]
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    history = os.path.join(result_path, "history.csv")
+    deadline = time.time() + 300
+    while not (os.path.exists(history) and len(history_epochs(result_path)) >= 1):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "train.py: interrupted: re-run the same command to resume")
+    assert not os.path.exists(os.path.join(result_path, "ensemble.weights.h5"))
+    done = history_epochs(result_path)
+    resumed = run_script(["train.py", "--width", "4", "--epochs", str(done[-1] + 1),
+                          "--data-dir", tfds_dir, "--result-path", result_path])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert history_epochs(result_path) == list(range(1, done[-1] + 2))
