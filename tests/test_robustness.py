@@ -222,3 +222,95 @@ def test_ctrl_c_is_exit_130_and_the_run_resumes(tmp_path, tfds_dir):
                           "--data-dir", tfds_dir, "--result-path", result_path])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert history_epochs(result_path) == list(range(1, done[-1] + 2))
+
+
+# ------------------------------------------------------------------ image folders
+
+
+def _image(path, size=(12, 10)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size, 3), 128, np.uint8)).save(path)
+
+
+def _folder(root, classes=("cat", "dog"), val_classes=None):
+    for split, names in (("train", classes), ("val", val_classes or classes)):
+        for name in names:
+            _image(root / split / name / "0.png")
+    return root
+
+
+def _bad_folder(tmp_path, case):
+    root = tmp_path / "images"
+    if case == "one class":
+        return _folder(root, classes=("cat",)), "at least 2 classes"
+    if case == "val classes differ":
+        return _folder(root, val_classes=("cat", "cow")), "cow"
+    if case == "empty class":
+        _folder(root)
+        (root / "train" / "bird").mkdir()
+        (root / "val" / "bird").mkdir()
+        return root, "bird"
+    if case == "corrupt image":
+        _folder(root)
+        bad = root / "train" / "dog" / "1.jpg"
+        bad.write_bytes(b"not a jpeg")
+        return root, str(bad)
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["one class", "val classes differ", "empty class",
+                                  "corrupt image"])
+def test_image_folders_are_checked_before_anything_is_written(tmp_path, case):
+    root, phrase = _bad_folder(tmp_path, case)
+    result_path = tmp_path / "r"
+    result = run_script(["train.py", "--dataset", "folder", "--data-dir", str(root),
+                         "--result-path", str(result_path), "--epochs", "1"])
+    one_line_error(result, 2, phrase)
+    assert not result_path.exists()  # no config.json, no train.log
+
+
+@pytest.mark.slow
+def test_the_final_table_is_the_test_accuracy_of_the_saved_weights(tmp_path, small, tfds_dir):
+    result_path = str(tmp_path / "r")
+    result = run_script(["train.py", *small, "--epochs", "2", "--result-path", result_path])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(result_path, "metrics.json")))
+    assert metrics["validation_split"] == "validation" and metrics["test_split"] == "test"
+    assert not metrics["validation_is_test"] and metrics["best_epoch"] in (1, 2)
+    code = (
+        "import sys, json, quantens, quantens.data as qd\n"
+        "from quantens.results import read_model\n"
+        "from quantens.layout import ResultDir\n"
+        "run = ResultDir(sys.argv[1]); config = json.load(open(run.config))\n"
+        "model = read_model(run.model); model.load_weights(run.weights)\n"
+        "ensemble = quantens.QuantEnsemble(model, config['bit_widths']); ensemble.compile()\n"
+        "test = qd.load('digits', 'test', config['batch_size'], data_dir=config['data_dir'],\n"
+        "               take_batches=1)\n"
+        "logs = ensemble.evaluate(test, return_dict=True, verbose=0)\n"
+        "print(json.dumps({str(b): logs[f'accuracy_{b}'] for b in config['bit_widths']}))\n"
+    )
+    evaluated = run_script(["-c", code, result_path])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    measured = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert measured == pytest.approx(metrics["test_accuracy"], abs=1e-7)
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()
+            if line.strip() and line.split()[0] in measured}
+    for b, accuracy in measured.items():
+        assert rows[b][0] == f"{accuracy:.4f}"  # the final weights' column
+        assert rows[b][1] == f"{metrics['best_test_accuracy'][b]:.4f}"
+
+
+@pytest.mark.slow
+def test_val_split_holds_out_part_of_train_for_datasets_without_one(tmp_path):
+    from conftest import run_seed_example
+
+    result, result_path = run_seed_example(
+        4, tmp_path, extra=["--val-split", "0.25", "--bit-widths", "32", "1"],
+        **{"--dataset": "cifar10"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(result_path / "metrics.json"))
+    assert metrics["validation_split"].startswith("train (heldout")
+    assert metrics["test_split"] == "test" and not metrics["validation_is_test"]
+    assert "checkpoints chosen on: train (heldout" in result.stdout
