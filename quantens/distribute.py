@@ -22,11 +22,11 @@ assert strategy.num_replicas_in_sync == 1
 
 from __future__ import annotations
 
-import json
 import os
 
 import tensorflow as tf
 
+from quantens.cluster import read_tf_config  # noqa: E402
 from quantens.errors import DeviceError  # noqa: E402  (re-exported)
 
 
@@ -44,20 +44,14 @@ def parse_gpus(gpus: str | None) -> list[int] | None:
 
 def is_multi_worker() -> bool:
     """True when `TF_CONFIG` describes a cluster of more than one worker."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    cluster = config.get("cluster", {})
-    return sum(len(cluster.get(k, [])) for k in ("chief", "worker")) > 1
+    config = read_tf_config()
+    return config is not None and config.multi_worker
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     """Whether this worker writes the result directory (Keras convention)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not is_multi_worker():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type == "chief" or (
-        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
-    )
+    config = read_tf_config()
+    return config is None or not config.multi_worker or config.is_chief
 
 
 def strategy_from_flags(

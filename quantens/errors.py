@@ -42,6 +42,10 @@ class DeviceError(QuantensError, ValueError):
     """Devices or a distribution strategy that cannot be set up as asked."""
 
 
+class LockedError(QuantensError, RuntimeError):
+    """A result directory that another run (train, export, search) owns right now."""
+
+
 class ResultDirError(QuantensError, FileNotFoundError):
     """A result directory (or a file in it) that is missing or unusable."""
 

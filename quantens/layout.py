@@ -11,6 +11,7 @@ backup/               BackupAndRestore state (resume after a kill)
 report.md, *.png      the report
 export/               member_<b>.tflite, saved_model/, export.json
 tuning/               a hyperparameter search: trials, search.json, best.json
+.lock                 the lock of the run that owns the directory (quantens.locking)
 ```
 
 ```python
@@ -54,6 +55,7 @@ class ResultDir:
     EXPORT_REPORT = os.path.join("export", "export.json")
     TUNING = "tuning"
     WORKERS = ".workers"
+    LOCK = ".lock"
 
     def path(self, name: str) -> str:
         """The path of `name` (a file name of this class, or any relative path) in the directory."""

@@ -317,6 +317,13 @@ def tune(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], dict])
     """
     if args.dry_run:
         raise UsageError("--tune and --dry-run exclude each other")
+    from quantens.locking import ResultDirLock
+
+    with ResultDirLock(args.result_path, "train.py --tune"):  # one search per directory
+        return _search(args, run_fn)
+
+
+def _search(args: argparse.Namespace, run_fn: Callable[[argparse.Namespace], dict]) -> dict:
     tuning_dir = os.path.join(args.result_path, TUNING_DIR)
     os.makedirs(tuning_dir, exist_ok=True)
     _check_resume(args, tuning_dir)

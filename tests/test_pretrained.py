@@ -252,3 +252,17 @@ def test_docs_contain_the_generated_zoo_table(page):
     assert pretrained.markdown_table() in text, (
         f"paste the output of `python -m zoo.pretrained --markdown` into {page}"
     )
+
+
+def test_an_unwritable_cache_loads_a_shipped_tag_with_a_warning(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("QUANTENS_HOME below a file cannot be created, even by root")
+    monkeypatch.setenv("QUANTENS_HOME", str(blocker / "home"))
+    with pytest.warns(UserWarning, match="cannot write the weights cache.*shipped"):
+        model = zoo.create_model("digits_resnet_e", weights="digits")
+    reference = zoo.create_model("digits_resnet_e")
+    reference.load_weights(os.path.join(pretrained.WEIGHTS_DIR,
+                                        pretrained.pretrained_config("digits_resnet_e",
+                                                                     "digits").file))
+    for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
+        assert (a == b).all()

@@ -314,3 +314,108 @@ def test_val_split_holds_out_part_of_train_for_datasets_without_one(tmp_path):
     assert metrics["validation_split"].startswith("train (heldout")
     assert metrics["test_split"] == "test" and not metrics["validation_is_test"]
     assert "checkpoints chosen on: train (heldout" in result.stdout
+
+
+# ------------------------------------------------- one run owns its result directory
+
+
+def _start_train(result_path, tfds_dir, epochs=40):
+    argv = [sys.executable, "train.py", "--width", "4", "--epochs", str(epochs), "--data-dir",
+            tfds_dir, "--result-path", result_path]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def _wait_for_epochs(process, result_path, n=1):
+    deadline = time.time() + 300
+    history = os.path.join(result_path, "history.csv")
+    while not (os.path.exists(history) and len(history_epochs(result_path)) >= n):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_second_run_or_export_on_a_running_directory_exits_2_and_writes_nothing(
+        tmp_path, tfds_dir):
+    result_path = str(tmp_path / "r")
+    first = _start_train(result_path, tfds_dir)
+    try:
+        _wait_for_epochs(first, result_path)
+        config = open(os.path.join(result_path, "config.json")).read()
+        before = {n: os.path.getmtime(os.path.join(result_path, n))
+                  for n in ("config.json", "model.json")}
+        second = run_script(["train.py", "--width", "8", "--epochs", "2", "--data-dir",
+                             tfds_dir, "--result-path", result_path])
+        line = one_line_error(second, 2, f"{result_path} is in use by train.py",
+                              f"pid {first.pid}", "choose another --result-path")
+        assert "host" in line
+        # an export of the running directory is refused too (it has weights of an earlier run)
+        open(os.path.join(result_path, "ensemble.weights.h5"), "wb").close()
+        exported = run_script(["-m", "quantens.export", result_path])
+        one_line_error(exported, 2, "is in use by train.py")
+        os.remove(os.path.join(result_path, "ensemble.weights.h5"))
+        assert open(os.path.join(result_path, "config.json")).read() == config
+        assert before == {n: os.path.getmtime(os.path.join(result_path, n)) for n in before}
+        assert json.loads(config)["width"] == 4
+    finally:
+        first.kill()  # kill -9: the lock dies with the process
+        first.communicate()
+    done = history_epochs(result_path)
+    resumed = run_script(["train.py", "--width", "4", "--epochs", str(done[-1] + 1),
+                          "--data-dir", tfds_dir, "--result-path", result_path])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # no manual step after kill -9
+    assert history_epochs(result_path) == list(range(1, done[-1] + 2))
+    metrics = json.load(open(os.path.join(result_path, "metrics.json")))
+    assert json.load(open(os.path.join(result_path, "config.json")))["width"] == 4
+    assert sorted(metrics["test_accuracy"]) == ["1", "2", "32", "4", "8"]
+
+
+# export killed (SIGKILL) after the SavedModel is written into its temporary folder
+KILLED_EXPORT = """
+import os, signal, sys
+import quantens.export as export
+from quantens.cli.export import main
+
+save = export.save_serving_model
+def killing(ensemble, path):
+    save(ensemble, path)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+export.save_serving_model = killing
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_an_export_killed_midway_leaves_nothing_after_the_next_export(tmp_path, small):
+    result_path = str(tmp_path / "r")
+    trained = run_script(["train.py", *small, "--epochs", "1", "--bit-widths", "32", "1",
+                          "--result-path", result_path])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    script = tmp_path / "killed_export.py"
+    script.write_text(KILLED_EXPORT)
+    killed = run_script([str(script), result_path, "--eval-examples", "8"],
+                        env={"PYTHONPATH": ROOT})
+    assert killed.returncode == -signal.SIGKILL
+    stale = [n for n in os.listdir(result_path) if n.startswith(".export.")]
+    assert stale and os.path.isdir(os.path.join(result_path, stale[0], "saved_model"))
+    again = run_script(["-m", "quantens.export", result_path, "--eval-examples", "8"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [n for n in os.listdir(result_path) if n.startswith(".export.")] == []
+    assert os.path.isfile(os.path.join(result_path, "export", "member_1.tflite"))
+
+
+@pytest.mark.parametrize("tf_config, phrase", [
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     "task index 2 is outside its cluster"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}',
+     "task type 'ps' is not a job"),
+    ('{"task": {"type": "worker", "index": 0}}', "needs a \"cluster\""),
+])
+def test_a_bad_tf_config_is_one_line_and_nothing_is_written(tmp_path, tf_config, phrase):
+    result_path = tmp_path / "r"
+    result = run_script(["train.py", "--result-path", str(result_path)],
+                        env={"TF_CONFIG": tf_config})
+    one_line_error(result, 2, phrase)
+    assert not result_path.exists()

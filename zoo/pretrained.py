@@ -41,6 +41,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
@@ -232,6 +233,24 @@ def sha256sum(path: str) -> str:
     return digest.hexdigest()
 
 
+def _shipped_instead(name: str, tag: str, config: PretrainedConfig, directory: str,
+                     error: OSError) -> str:
+    """The weights file shipped in the package when the cache cannot be written."""
+    shipped = os.path.join(WEIGHTS_DIR, config.file)
+    if os.path.isfile(shipped) and _problem(shipped, config) is None:
+        warnings.warn(
+            f"cannot write the weights cache {directory} ({error.strerror or error}); "
+            f"loading {name} {tag!r} from the file shipped with quantens ({shipped}); set "
+            f"{HOME_ENV} to a writable folder to cache downloads",
+            stacklevel=3,
+        )
+        return shipped
+    raise PretrainedError(
+        f"cannot write the weights cache {directory} ({error.strerror or error}): set "
+        f"{HOME_ENV} to a writable folder"
+    ) from error
+
+
 def _problem(path: str, config: PretrainedConfig) -> str | None:
     """Why the file at `path` is not the tag's file, or None when it is."""
     if not os.path.isfile(path):
@@ -271,9 +290,12 @@ def download(name: str, tag: str) -> str:
             return target
         with contextlib.suppress(FileNotFoundError):  # stale or corrupt: fetch it again
             os.remove(target)
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".download-", dir=directory)
+    except OSError as error:
+        return _shipped_instead(name, tag, config, directory, error)
     url = config.url
-    tmp = tempfile.mkdtemp(prefix=".download-", dir=directory)
     try:
         received = os.path.join(tmp, config.file)
         try:

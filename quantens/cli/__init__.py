@@ -287,6 +287,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     if args.cpu_replicas is not None and args.cpu_replicas < 1:
         raise UsageError("--cpu-replicas must be at least 1")
     _validate_distillation(args)
+    from quantens.cluster import read_tf_config
+
+    read_tf_config()  # a malformed TF_CONFIG is bad input too (DeviceError)
     if args.result_path is None:
         args.result_path = os.path.join("results", f"{args.model}_{args.dataset}")
     _check_writable(args.result_path, "--result-path")
@@ -414,7 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         return validate(args)
-    except UsageError as error:
+    except QuantensError as error:
         parser.error(str(error))
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from quantens.cli import run_main
 from quantens.layout import ResultDir
+from quantens.locking import ResultDirLock
 from quantens.startup import load_tensorflow
 
 PROG = "quantens.export"
@@ -54,15 +55,17 @@ def _export(args: argparse.Namespace) -> int:
     from quantens.export import read_result_config
 
     config = read_result_config(args.result_dir, args.weights)  # before TensorFlow loads
-    load_tensorflow()  # quietly: its start-up lines would bury a one-line error
-    from quantens.export import export_result_dir, summary_table
+    with ResultDirLock(args.result_dir, PROG):  # no export while a run writes the directory
+        load_tensorflow()  # quietly: its start-up lines would bury a one-line error
+        from quantens.export import export_result_dir, summary_table
 
-    run = ResultDir(args.result_dir)
-    model = None if os.path.isfile(run.model) else _legacy_model(config)
-    report = export_result_dir(
-        args.result_dir, args.out, weights=args.weights, batch_size=args.batch_size,
-        evaluate=not args.no_eval, max_val_examples=args.eval_examples, model=model,
-    )
+        run = ResultDir(args.result_dir)
+        model = None if os.path.isfile(run.model) else _legacy_model(config)
+        report = export_result_dir(
+            args.result_dir, args.out, weights=args.weights, batch_size=args.batch_size,
+            evaluate=not args.no_eval, max_val_examples=args.eval_examples, model=model,
+            remove_stale=True,
+        )
     print(summary_table(report))
     print(f"export in {args.out or run.export} ({report['export_seconds']:.0f} s)")
     return 0

@@ -10,6 +10,7 @@ import sys
 
 from quantens.cli import Parser, run_main
 from quantens.layout import ResultDir
+from quantens.locking import ResultDirLock
 from quantens.startup import load_tensorflow
 
 PROG = "quantens.report"
@@ -33,13 +34,14 @@ def _report(result_dir: str) -> int:
     from quantens.report import load_result
 
     result = load_result(result_dir)  # fails before TensorFlow loads
-    load_tensorflow()  # quietly: the writers and the size estimate use it
-    from quantens.report import write_report
+    with ResultDirLock(result_dir, PROG):
+        load_tensorflow()  # quietly: the writers and the size estimate use it
+        from quantens.report import write_report
 
-    model = None
-    if result.export is None and not os.path.isfile(ResultDir(result_dir).model):
-        model = _legacy_model(result)
-    print(write_report(result, model=model))
+        model = None
+        if result.export is None and not os.path.isfile(ResultDir(result_dir).model):
+            model = _legacy_model(result)
+        print(write_report(result, model=model))
     return 0
 
 

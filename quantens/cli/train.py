@@ -161,8 +161,24 @@ def run(args: argparse.Namespace) -> dict:
     """Trains as the validated flags `args` say; returns what metrics.json holds.
 
     Raises a `quantens.errors.QuantensError` (one line, naming the flag) for
-    input that cannot work; `main` turns it into `train.py: error: ...`.
+    input that cannot work; `main` turns it into `train.py: error: ...`. The
+    run owns its result directory (`quantens.locking`) from its first write to
+    its end: the chief the directory, another worker its own subdirectory.
     """
+    if args.dry_run:
+        return _run(args, None)
+    from quantens.cluster import read_tf_config
+    from quantens.locking import ResultDirLock
+
+    cluster = read_tf_config()
+    run_dir = ResultDir(args.result_path)
+    chief = cluster is None or not cluster.multi_worker or cluster.is_chief
+    out = run_dir if chief else run_dir.worker(cluster.task_index)
+    with ResultDirLock(out.root, "train.py"):
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: ResultDir | None) -> dict:
     import zoo
 
     try:
@@ -247,10 +263,9 @@ def run(args: argparse.Namespace) -> dict:
             optimizer=optimizer, run_eagerly=args.mode == "imperative", jit_compile=args.jit
         )
 
-    # The chief writes the result directory; other workers a private one.
+    # The chief writes the result directory; other workers a private one (`run`).
     chief = distribute.is_chief(strategy)
     run_dir = ResultDir(args.result_path)
-    out = run_dir if chief else run_dir.worker(strategy.cluster_resolver.task_id)
     os.makedirs(out.root, exist_ok=True)
     results.remove_stale_temporaries(out.root)  # of a killed run: never taken for a result
     config = cli.config_dict(args)
@@ -323,7 +338,7 @@ def run(args: argparse.Namespace) -> dict:
         exported = export.export_ensemble(
             ensemble, run_dir.export, val_data=test_ds, calibration_data=calibration,
             batch_size=args.batch_size,
-            max_val_examples=args.batch_size if args.test_run else None,
+            max_val_examples=args.batch_size if args.test_run else None, remove_stale=True,
             extra={"model": args.model, "dataset": args.dataset, "split": str(plan.test),
                    "weights": ResultDir.WEIGHTS},
         )

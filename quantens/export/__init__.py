@@ -1113,7 +1113,8 @@ def _weights_report(flatbuffer: bytes, bits: int) -> dict:
 
 def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None, *,
                     batch_size: int = 256, max_val_examples: int | None = None,
-                    extra: Mapping[str, Any] | None = None) -> dict:
+                    extra: Mapping[str, Any] | None = None,
+                    remove_stale: bool = False) -> dict:
     """Writes `out_dir` (SavedModel, member_<b>.tflite, export.json) whole or not at all.
 
     Arguments:
@@ -1127,6 +1128,9 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
         max_val_examples: check fidelity on the first examples only (the
             TFLite files run one example at a time).
         extra: more fields for export.json (e.g. the model name).
+        remove_stale: first remove the temporary folders that killed exports
+            of `out_dir` left beside it (`.export.*.tmp`, `.export.*.old`);
+            only for a caller that owns the directory (`quantens.locking`).
 
     Returns the content of export.json.
 
@@ -1149,6 +1153,8 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
+    if remove_stale:
+        remove_stale_exports(out_dir)
     started = time.time()
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp", dir=parent)
     umask = os.umask(0)
@@ -1191,6 +1197,34 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def remove_stale_exports(out_dir: str) -> list[str]:
+    """Removes what killed exports of `out_dir` left beside it; returns the names removed.
+
+    Only this module's own naming pattern: `.<name>.<random>.tmp` (an export
+    being written) and `.<name>.<random>.old` (a previous export being
+    replaced). Call it only while owning the result directory.
+
+    ```python
+    import os, tempfile
+    from quantens.export import remove_stale_exports
+
+    run = tempfile.mkdtemp()
+    os.makedirs(os.path.join(run, ".export.k1ll3d.tmp", "saved_model"))
+    assert remove_stale_exports(os.path.join(run, "export")) == [".export.k1ll3d.tmp"]
+    ```
+    """
+    out_dir = os.path.abspath(out_dir)
+    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for name in sorted(os.listdir(parent)):
+        if name.startswith(f".{base}.") and name.endswith((".tmp", ".old")):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            removed.append(name)
+    return removed
 
 
 def _replace_dir(tmp: str, out_dir: str) -> None:
@@ -1370,7 +1404,7 @@ def export_datasets(dataset: str, bit_widths, *, batch_size: int = 256,
 def export_result_dir(result_dir: str, out_dir: str | None = None, *,
                       weights: str = ResultDir.WEIGHTS, batch_size: int | None = None,
                       evaluate: bool = True, max_val_examples: int | None = None,
-                      model=None) -> dict:
+                      model=None, remove_stale: bool = False) -> dict:
     """Exports a finished run's result directory to `RESULT_DIR/export/`.
 
     The ensemble is rebuilt by `load_result_ensemble` (from model.json, or
@@ -1410,6 +1444,7 @@ def export_result_dir(result_dir: str, out_dir: str | None = None, *,
         calibration_data=calibration, batch_size=batch_size, max_val_examples=max_val_examples,
         extra={"model": config["model"], "dataset": config["dataset"],
                "split": split if evaluate else None, "weights": weights},
+        remove_stale=remove_stale,
     )
 
 
