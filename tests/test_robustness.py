@@ -419,3 +419,27 @@ def test_a_bad_tf_config_is_one_line_and_nothing_is_written(tmp_path, tf_config,
                         env={"TF_CONFIG": tf_config})
     one_line_error(result, 2, phrase)
     assert not result_path.exists()
+
+
+HOLD_AS_EXPORT = """
+import sys, time
+from quantens.locking import ResultDirLock
+
+with ResultDirLock(sys.argv[1], "quantens.export"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_train_on_a_directory_an_export_holds_exits_2(tmp_path):
+    result_path = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AS_EXPORT, str(result_path)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_script(["train.py", "--result-path", str(result_path)])
+        one_line_error(result, 2, "in use by quantens.export", f"pid {holder.pid}")
+        assert sorted(os.listdir(result_path)) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()

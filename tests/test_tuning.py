@@ -197,3 +197,14 @@ def test_resuming_a_search_with_other_flags_is_a_typed_error(tmp_path):
         tuning.tune(changed, Recorder())
     with pytest.raises(UsageError, match="--dry-run"):
         tuning.tune(make_args(tmp_path, "--tune", "random", "--dry-run"), Recorder())
+
+
+def test_a_search_on_a_directory_another_run_owns_is_refused(tmp_path):
+    from quantens.errors import LockedError
+    from quantens.locking import ResultDirLock
+
+    args = make_args(tmp_path, "--tune", "random", "--max-trials", "1")
+    with ResultDirLock(args.result_path, "train.py"):
+        with pytest.raises(LockedError, match="in use by train.py"):
+            tuning.tune(args, Recorder())
+    assert tuning.tune(args, Recorder())  # free again once the owner is done
