@@ -8,6 +8,7 @@ metrics.json          bit-widths, target bits, accuracy per member
 ensemble.weights.h5   final shared weights;  best.weights.h5 by target bits
 train.log             the log file (unless --log says otherwise)
 backup/               BackupAndRestore state (resume after a kill)
+tensorboard/          TensorBoard logs: per-member metrics, learning rate (train/, validation/)
 report.md, *.png      the report
 export/               member_<b>.tflite, saved_model/, export.json
 tuning/               a hyperparameter search: trials, search.json, best.json
@@ -56,6 +57,7 @@ class ResultDir:
     TUNING = "tuning"
     WORKERS = ".workers"
     LOCK = ".lock"
+    TENSORBOARD = "tensorboard"
 
     def path(self, name: str) -> str:
         """The path of `name` (a file name of this class, or any relative path) in the directory."""

@@ -203,6 +203,11 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="result directory (default: results/<model>_<dataset>)")
     g.add_argument("--log", default=None, help="log file (default: <result-path>/train.log)")
     g.add_argument("--log-interval", type=int, default=50, help="batches between log lines")
+    g.add_argument("--tensorboard-dir", default=None,
+                   help="TensorBoard logs: every per-member metric and the learning rate "
+                   "(default: <result-path>/tensorboard)")
+    g.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard logs")
     g.add_argument("--export", action="store_true",
                    help="export every member (SavedModel, TFLite) to <result-path>/export")
 
