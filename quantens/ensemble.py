@@ -42,6 +42,7 @@ def _quiet_logger(name: str, level: int = logging.ERROR):
         logger.setLevel(before)
 
 
+@tf.keras.utils.register_keras_serializable(package="quantens")
 class QuantEnsemble(tf.keras.Model):
     """A network whose members at several bit-widths share one set of weights.
 
@@ -264,6 +265,81 @@ class QuantEnsemble(tf.keras.Model):
             y, member_logits, total, losses, sample_weight, terms, teacher_outputs
         )
 
+    # ------------------------------------------------------------ serialization
+
+    def get_config(self) -> dict:
+        """The ensemble's config: the wrapped model's and the members'.
+
+        `ensemble.save("run.keras")` and `tf.keras.models.load_model("run.keras")`
+        round-trip it, weights and optimizer state included. Distillation is
+        not part of it: its teacher is a model of its own.
+
+        Raises:
+            NotImplementedError: with distillation set (save `ensemble.model`
+                or the weights, or `set_distillation(None)` first).
+        """
+        if self.distillation is not None:
+            raise NotImplementedError(
+                "a QuantEnsemble with distillation cannot be saved as a whole model (its "
+                "teacher is another model): save the weights (save_weights, or "
+                "ModelCheckpoint(save_weights_only=True)), or call set_distillation(None) first"
+            )
+        return {
+            "name": self.name,
+            "model": tf.keras.saving.serialize_keras_object(self.model),
+            "bit_widths": list(self.bit_widths),
+            "target_bits": self.target_bits,
+            "member_loss_weights": {str(b): w for b, w in self.member_loss_weights.items()},
+            "weight_decay": self.weight_decay,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> QuantEnsemble:
+        from quantens import layers  # noqa: F401  (registers the switchable layers)
+
+        config = dict(config)
+        model = tf.keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects
+        )
+        weights = {int(b): float(w) for b, w in config.pop("member_loss_weights", {}).items()}
+        return cls(model, member_loss_weights=weights, **config)
+
+    def save(self, filepath, overwrite: bool = True, save_format=None, **kwargs) -> None:
+        """Saves the ensemble as a `.keras` file (the only whole-model format it has).
+
+        A SavedModel for serving, with one signature per member, is
+        `quantens.export.save_serving_model(ensemble, path)`; the weights alone
+        are `save_weights(...)`.
+        """
+        path = str(filepath)
+        if save_format not in (None, "keras") or not path.endswith(".keras"):
+            raise ValueError(
+                f"a QuantEnsemble is saved as a .keras file (ensemble.save('run.keras')), not "
+                f"{path!r}: for a SavedModel with a signature per member use "
+                "quantens.export.save_serving_model(ensemble, path); for the weights alone "
+                "save_weights('run.weights.h5')"
+            )
+        super().save(filepath, overwrite=overwrite, save_format=save_format, **kwargs)
+
+    def summary(self, line_length: int | None = None, print_fn=None, **kwargs) -> None:
+        """The members: bit-widths, shared and per-member parameters, bytes as larq counts them.
+
+        `ensemble.model.summary()` shows the layers; `lq.models.summary(ensemble.member(b))`
+        one member in larq's detail.
+        """
+        print_fn = print_fn or print
+        rows = member_table(self)
+        shared = rows[0]["shared_parameters"]
+        print_fn(f'QuantEnsemble "{self.name}" of {self.model.name}: {len(rows)} members '
+                 f"sharing {shared:,} parameters (one kernel per layer)")
+        header = f"{'bits':>5}  {'own BN parameters':>17}  {'size (bytes)':>12}  note"
+        print_fn(header)
+        print_fn("-" * len(header))
+        for row in rows:
+            note = "target" if row["bits"] == self.target_bits else ""
+            print_fn(f"{row['bits']:>5}  {row['own_parameters']:>17,}  {row['bytes']:>12,}  {note}")
+        print_fn("Layers: ensemble.model.summary(); one member: lq.models.summary(ensemble.member(b))")
+
     def predict_step(self, data):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
         return self(x, training=False)
@@ -314,3 +390,44 @@ class QuantEnsemble(tf.keras.Model):
                 fixed.set_weights(layer.get_weights())
         member._name = f"{self.model.name}_{bits}bit"
         return member
+
+
+def member_table(ensemble: QuantEnsemble) -> list[dict]:
+    """Per member: `bits`, `shared_parameters` (all members'), `own_parameters`
+    (its own BN statistics and affine parameters) and `bytes` at inference, as larq
+    counts them: a quantized kernel at the member's bit-width, everything else at
+    32 bits (see `quantens.report.estimate_member_bytes`).
+
+    ```python
+    import quantens
+    from quantens.ensemble import member_table
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8, bit_widths=(32, 1)),
+                                      (32, 1))
+    rows = member_table(ensemble)
+    assert [r["bits"] for r in rows] == [32, 1] and rows[1]["bytes"] < rows[0]["bytes"]
+    ```
+    """
+    from quantens.report import estimate_member_bytes
+
+    sizes = estimate_member_bytes(ensemble.model, ensemble.bit_widths)
+    own = {b: 0 for b in ensemble.bit_widths}
+    shared = 0
+    for variable in ensemble.model.weights:
+        n = int(variable.shape.num_elements() or 0)
+        member = _member_of(variable.name, ensemble.bit_widths)
+        if member is None:
+            shared += n
+        else:
+            own[member] += n
+    return [{"bits": b, "shared_parameters": shared, "own_parameters": own[b],
+             "bytes": sizes[b]} for b in ensemble.bit_widths]
+
+
+def _member_of(name: str, bit_widths) -> int | None:
+    """The member a variable belongs to (switchable BN's `bn_<b>` branch), or None if shared."""
+    for part in name.split("/"):
+        if part.startswith("bn_") and part[3:].isdigit() and int(part[3:]) in bit_widths:
+            return int(part[3:])
+    return None

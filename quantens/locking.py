@@ -38,7 +38,9 @@ class ResultDirLock:
     """A context manager (or `acquire()`/`release()`) that owns `directory`.
 
     Creates the directory if needed; raises `LockedError` (exit code 2) when
-    another process, or another lock object of this one, holds it.
+    another process, or another lock object of this one, holds it. A block
+    that fails before writing anything leaves no directory behind: the lock
+    removes the directory it created when the lock file is all it holds.
     """
 
     def __init__(self, directory: str, command: str | None = None):
@@ -46,8 +48,10 @@ class ResultDirLock:
         self.path = ResultDir(directory).path(ResultDir.LOCK)
         self.command = command or os.path.basename(sys.argv[0]) or "python"
         self._fd: int | None = None
+        self._created = False
 
     def acquire(self) -> ResultDirLock:
+        self._created = not os.path.isdir(self.directory)
         os.makedirs(self.directory, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -69,17 +73,22 @@ class ResultDirLock:
         self._fd = fd
         return self
 
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def release(self, failed: bool = False) -> None:
+        """Unlocks; after a failure, removes the directory if it created it and it holds nothing."""
+        if self._fd is None:
+            return
+        if failed and self._created and os.listdir(self.directory) == [ResultDir.LOCK]:
+            os.remove(self.path)  # still locked: no other run can be using it
+            os.rmdir(self.directory)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
     def __enter__(self) -> ResultDirLock:
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.release(failed=exc_type is not None)
 
 
 def _read_holder(fd: int) -> dict:

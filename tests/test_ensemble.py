@@ -287,3 +287,70 @@ def test_member_leaves_the_larq_logger_as_it_found_it():
             assert logger.level == level
     finally:
         logger.setLevel(before)
+
+
+def test_keras_file_round_trip_evaluates_identically_and_keeps_training(tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    bits = (32, 4, 1)
+    ensemble = quantens.QuantEnsemble(tiny_model(bits), bits, target_bits=4, weight_decay=1e-4,
+                                      member_loss_weights={1: 2.0})
+    ensemble.compile(optimizer="adam")
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32")
+    y = np.arange(32) % 10
+    ensemble.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "run.keras")
+    ensemble.save(path)
+    loaded = tf.keras.models.load_model(path)
+    assert isinstance(loaded, quantens.QuantEnsemble)
+    assert (loaded.bit_widths, loaded.target_bits, loaded.weight_decay) == (bits, 4, 1e-4)
+    assert loaded.member_loss_weights == {32: 1.0, 4: 1.0, 1: 2.0}
+    for b in bits:
+        with quantens.bits(b):
+            np.testing.assert_allclose(loaded.model(x, training=False),
+                                       ensemble.model(x, training=False), atol=1e-6)
+    assert int(loaded.optimizer.iterations) == int(ensemble.optimizer.iterations) == 4
+    before = loaded.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    loaded.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    assert int(loaded.optimizer.iterations) == 16
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True)["loss"] < before
+    # a full-model checkpoint is such a file too
+    checkpoint = str(tmp_path / "checkpoint.keras")
+    ensemble.fit(x, y, epochs=1, verbose=0,
+                 callbacks=[tf.keras.callbacks.ModelCheckpoint(checkpoint)])
+    assert isinstance(tf.keras.models.load_model(checkpoint), quantens.QuantEnsemble)
+
+
+def test_other_whole_model_formats_and_distillation_are_clear_refusals(tmp_path):
+    from quantens.distillation import Distillation
+
+    ensemble = quantens.QuantEnsemble(tiny_model((32, 1)), (32, 1))
+    with pytest.raises(ValueError, match="saved as a .keras file.*save_serving_model"):
+        ensemble.save(str(tmp_path / "saved_model"))
+    with pytest.raises(ValueError, match="saved as a .keras file"):
+        ensemble.save(str(tmp_path / "run.h5"))
+    ensemble.set_distillation(Distillation((32, 1), "progressive", teacher=None))
+    with pytest.raises(NotImplementedError, match="with distillation cannot be saved"):
+        ensemble.save(str(tmp_path / "run.keras"))
+    assert not os.listdir(tmp_path)
+
+
+def test_summary_lists_the_members_and_their_sizes():
+    from quantens.ensemble import member_table
+    from quantens.report import estimate_member_bytes
+
+    bits = (32, 8, 1)
+    ensemble = quantens.QuantEnsemble(tiny_model(bits), bits)
+    lines = []
+    ensemble.summary(print_fn=lines.append)
+    rows = member_table(ensemble)
+    sizes = estimate_member_bytes(ensemble.model, bits)
+    assert [r["bits"] for r in rows] == list(bits)
+    assert all(r["bytes"] == sizes[r["bits"]] for r in rows)
+    # every weight is shared or one member's own: BN statistics and affine per member
+    total = sum(int(v.shape.num_elements()) for v in ensemble.model.weights)
+    assert rows[0]["shared_parameters"] + sum(r["own_parameters"] for r in rows) == total
+    assert len({r["own_parameters"] for r in rows}) == 1 and rows[0]["own_parameters"] > 0
+    assert f"{rows[0]['shared_parameters']:,} parameters" in lines[0]
+    for r in rows:
+        assert any(line.split()[:3] == [str(r["bits"]), f"{r['own_parameters']:,}",
+                                        f"{r['bytes']:,}"] for line in lines)

@@ -198,3 +198,30 @@ def test_modes_dtypes_and_optimizers_run(flags, tfds_dir, tmp_path):
         if f"--{key}" in flags:
             assert config[key] == flags[flags.index(f"--{key}") + 1]
     assert (tmp_path / "r" / "metrics.json").is_file()
+
+
+def _event_tags(directory):
+    import tensorflow as tf
+
+    tags = set()
+    for root, _, files in os.walk(directory):
+        for name in files:
+            if name.startswith("events.out.tfevents"):
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                    tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_tensorboard_logs_every_member_and_the_learning_rate(default_run, tfds_dir, tmp_path):
+    result_path, _ = default_run
+    tags = _event_tags(os.path.join(result_path, "tensorboard"))
+    for b in (32, 8, 4, 2, 1):
+        assert {f"epoch_accuracy_{b}", f"epoch_loss_{b}"} <= tags, sorted(tags)
+    assert "epoch_learning_rate" in tags
+    quiet = tmp_path / "quiet"
+    result = run_script(["train.py", "--epochs", "1", "--test-run", "--width", "4",
+                         "--data-dir", tfds_dir, "--result-path", str(quiet),
+                         "--no-tensorboard"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (quiet / "tensorboard").exists()
+    assert not [n for n in os.listdir(quiet) if "tfevents" in n]
