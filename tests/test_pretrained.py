@@ -266,3 +266,17 @@ def test_an_unwritable_cache_loads_a_shipped_tag_with_a_warning(tmp_path, monkey
                                                                      "digits").file))
     for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
         assert (a == b).all()
+
+
+def test_a_tag_configures_its_own_architecture(tfds_dir):
+    from zoo.evaluate import evaluate
+
+    config = pretrained.pretrained_config("digits_resnet_e", "digits_w8")
+    model = zoo.create_model("digits_resnet_e", weights="digits_w8")  # no width=8 needed
+    assert evaluate(model, config.bit_widths, "digits", tfds_dir) == dict(config.accuracy)
+    same = zoo.create_model("digits_resnet_e", weights="digits_w8", width=8)  # agreeing: fine
+    assert same.count_params() == model.count_params()
+    with pytest.raises(pretrained.PretrainedError, match=r"width=16.*width=8"):
+        zoo.create_model("digits_resnet_e", weights="digits_w8", width=16)
+    with pytest.raises(pretrained.PretrainedError, match=r"bit_widths=\(32, 1\)"):
+        zoo.create_model("digits_resnet_e", weights="digits", bit_widths=(32, 1))

@@ -50,9 +50,51 @@ def create_model(name: str, **kwargs):
     """Builds a registered architecture: `create_model("resnet18_e1", num_classes=10)`.
 
     Keyword arguments go to the builder (`input_shape`, `num_classes`,
-    `bit_widths`, `weights`, quantizer options).
+    `bit_widths`, `weights`, quantizer options). A pretrained tag as `weights`
+    configures its own architecture (input shape, classes, bit-widths, width,
+    quantizers), as in timm; an explicit argument that contradicts the tag is
+    a `PretrainedError` naming both values.
+
+    ```python
+    import zoo
+
+    model = zoo.create_model("digits_resnet_e", weights="digits_w8")  # the tag's width 8
+    try:
+        zoo.create_model("digits_resnet_e", weights="digits_w8", width=16)
+    except zoo.pretrained.PretrainedError as error:
+        assert "width=16" in str(error) and "width=8" in str(error)
+    ```
     """
+    weights = kwargs.get("weights")
+    if isinstance(weights, str) and weights != "pretrained":
+        from zoo import pretrained
+
+        if pretrained.is_tag(name, weights):
+            kwargs = {**_tag_kwargs(name, weights, kwargs), **kwargs}
     return get_builder(name)(**kwargs)
+
+
+def _tag_kwargs(name: str, tag: str, given: dict) -> dict:
+    """The builder arguments of a tag's architecture; conflicts with `given` are an error."""
+    from zoo import pretrained
+
+    config = pretrained.pretrained_config(name, tag)
+    wanted = _builder_kwargs({**config.flags, "model": name}, config.input_shape,
+                             config.num_classes)
+
+    def same(a, b) -> bool:
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return list(a) == list(b)
+        return a == b
+
+    for key, value in given.items():
+        if key in wanted and not same(value, wanted[key]):
+            raise pretrained.PretrainedError(
+                f"create_model({name!r}, weights={tag!r}, {key}={value!r}): the tag's "
+                f"weights are for {key}={wanted[key]!r}; leave {key} out (the tag sets it) "
+                "or build without the tag"
+            )
+    return wanted
 
 
 def register_teacher(builder: Callable) -> Callable:
@@ -175,6 +217,11 @@ def create_model_from_flags(flags: dict, input_shape, num_classes: int):
     model = create_model_from_flags(flags, (8, 8, 1), 10)
     ```
     """
+    return create_model(flags["model"], **_builder_kwargs(flags, input_shape, num_classes))
+
+
+def _builder_kwargs(flags: dict, input_shape, num_classes: int) -> dict:
+    """The builder arguments that `train.py` flags (a config.json) stand for."""
     flags = {**defaults.ARCHITECTURE_DEFAULTS, **flags}
     get = flags.get
     kwargs = dict(
@@ -198,7 +245,7 @@ def create_model_from_flags(flags: dict, input_shape, num_classes: int):
         kwargs["initial_layers"] = "thumbnail"
     if get("width"):
         kwargs["width"] = int(get("width"))
-    return create_model(flags["model"], **kwargs)
+    return kwargs
 
 
 from zoo import resnet, resnet_e  # noqa: E402,F401  (registers the builders)

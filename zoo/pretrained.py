@@ -182,6 +182,11 @@ def list_pretrained(pattern: str = "*") -> list[str]:
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
+def is_tag(name: str, weights: str) -> bool:
+    """Whether `weights` names a registered tag of model `name` (and not a file path)."""
+    return not _looks_like_path(weights) and weights in read_registry().get(name, {})
+
+
 def pretrained_config(name: str, tag: str) -> PretrainedConfig:
     """The registry entry of `tag` of model `name`; an unknown one lists the known tags.
 

@@ -165,36 +165,38 @@ def run(args: argparse.Namespace) -> dict:
     run owns its result directory (`quantens.locking`) from its first write to
     its end: the chief the directory, another worker its own subdirectory.
     """
-    if args.dry_run:
-        return _run(args, None)
+    import zoo
+    from quantens import data
     from quantens.cluster import read_tf_config
     from quantens.locking import ResultDirLock
 
+    # what can be checked without writing: before the lock creates the directory
+    try:
+        zoo.get_builder(args.model)
+    except ValueError as error:
+        raise UsageError(f"--model: {error}") from error
+    try:
+        spec = data.resolve(args.dataset, args.data_dir)
+        plan = data.plan_splits(spec, args.val_split)
+    except DataError as error:
+        raise DataError(f"--dataset: {error}") from error
+    if args.dry_run:
+        return _run(args, None, spec, plan)
     cluster = read_tf_config()
     run_dir = ResultDir(args.result_path)
     chief = cluster is None or not cluster.multi_worker or cluster.is_chief
     out = run_dir if chief else run_dir.worker(cluster.task_index)
     with ResultDirLock(out.root, "train.py"):
-        return _run(args, out)
+        return _run(args, out, spec, plan)
 
 
-def _run(args: argparse.Namespace, out: ResultDir | None) -> dict:
+def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
     import zoo
-
-    try:
-        zoo.get_builder(args.model)
-    except ValueError as error:
-        raise UsageError(f"--model: {error}") from error
-
     from quantens import data
-
-    try:
-        spec = data.resolve(args.dataset, args.data_dir)
-    except DataError as error:
-        raise DataError(f"--dataset: {error}") from error
 
     strategy = _setup(args)
 
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     import quantens
@@ -226,7 +228,6 @@ def _run(args: argparse.Namespace, out: ResultDir | None) -> dict:
     started = time.time()
     epoch_counter = data.EpochCounter()  # the data order of an epoch = f(seed, epoch)
     # validation chooses (best checkpoint, tuner); test is reported and chooses nothing
-    plan = data.plan_splits(spec, args.val_split)
     try:
         train_ds = data.load(
             args.dataset, plan.train, global_batch, training=True,
@@ -293,6 +294,9 @@ def _run(args: argparse.Namespace, out: ResultDir | None) -> dict:
         best,
         backup.after_epoch(),
     ]
+    if chief and not args.no_tensorboard:  # per-member metrics and the learning rate
+        callbacks.insert(-2, tf.keras.callbacks.TensorBoard(
+            args.tensorboard_dir or run_dir.path(ResultDir.TENSORBOARD)))
     ensemble.fit(
         train_ds, epochs=args.epochs, validation_data=val_ds, callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
