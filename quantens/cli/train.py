@@ -20,7 +20,6 @@ from quantens import cli  # noqa: E402  (sets TF_USE_LEGACY_KERAS first)
 from quantens.errors import (  # noqa: E402
     ConfigError,
     DataError,
-    QuantensError,
     TeacherError,
     UsageError,
     WeightsError,
@@ -384,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_main(lambda: _main(args), os.path.basename(sys.argv[0]) or "train.py")
 
 
-__all__ = ["QuantensError", "accuracy_table", "main", "run"]
+__all__ = ["accuracy_table", "main", "run"]
 
 
 if __name__ == "__main__":
