@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 from conftest import ROOT, run_script
@@ -120,3 +121,124 @@ def test_flag_choices_and_the_library_share_one_home():
     # the architecture defaults of train.py are defaults.ARCHITECTURE_DEFAULTS
     parsed = vars(parser.parse_args([]))
     assert {k: parsed[k] for k in defaults.ARCHITECTURE_DEFAULTS} == defaults.ARCHITECTURE_DEFAULTS
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """Option string -> its entry in `--help` (the flag line and the help under it, one line)."""
+    entries, current = {}, []
+    for line in text.splitlines():
+        if line.startswith("  -"):
+            invocation = line.strip().split("  ")[0]
+            current = [w for w in invocation.replace(",", " ").split() if w.startswith("-")]
+            entries.update({flag: " ".join(line.split()) for flag in current})
+        elif current and line.startswith("    ") and line.strip():
+            for flag in current:
+                entries[flag] += " " + " ".join(line.split())
+        else:
+            current = []
+    return entries
+
+
+def test_every_action_has_help_that_states_its_default_once():
+    """A walk over the parser: no flag without help, each default said exactly once."""
+    import argparse
+
+    parser = cli.build_parser("train.py")
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        flag = max(action.option_strings, key=len)
+        assert action.help and action.help.strip(), f"{flag} has no help text"
+        expanded = formatter._expand_help(action)
+        assert len(re.findall(r"\bdefault\b", expanded)) == 1, (flag, expanded)
+        assert "default: None" not in expanded, (flag, expanded)
+        if action.default is not None:  # argparse's own, not a hand-written one
+            assert f"(default: {action.default})" in expanded, (flag, expanded)
+
+
+@pytest.mark.parametrize("flag, default", [
+    ("--epochs", "30"), ("--lr", "0.005"), ("--batch-size", "64"), ("--model", "digits_resnet_e"),
+    ("--lr-steps", "30,60,90"), ("--kd-temperature", "4.0"), ("--clip-threshold", "1.3"),
+    ("--max-trials", "10"), ("--log-interval", "50"), ("--optimizer", "adam"),
+])
+def test_help_prints_each_default_once(flag, default):
+    text = cli.build_parser("train.py").format_help()
+    entries = _help_entries(text)
+    assert " ".join(text.split()).count(f"(default: {default})") == 1, flag
+    assert f"(default: {default})" in entries[flag]
+    assert entries[flag].count("default") == 1, entries[flag]
+
+
+def test_help_ends_with_three_example_commands_that_parse():
+    import shlex
+
+    text = cli.build_parser("train.py").format_help()
+    epilog = text[text.index("examples:"):]
+    commands = [line.strip() for line in epilog.replace("\\\n", " ").splitlines()
+                if line.strip().startswith("python ")]
+    assert len(commands) == 3, epilog
+    default, seed, export = (shlex.split(c) for c in commands)
+    assert default == ["python", "train.py"]
+    assert seed[:2] == ["python", "train.py"] and export[:3] == ["python", "-m", "quantens.export"]
+    assert seed[2:] == shlex.split(EXAMPLES[4])[2:]  # the seed's example 4, verbatim
+    args = cli.build_parser().parse_args(seed[2:])
+    assert args.fp_weights and args.dataset == "cifar100" and args.result_path == "../test_run4/"
+    assert cli.build_parser().parse_args([]).epochs == 30
+    assert " \\\n    --clip-threshold 1.3" in epilog  # as written (RawDescription), not re-wrapped
+
+
+def test_program_name_follows_the_console_script():
+    assert cli.program_name("quantens-train", "train.py", "/venv/bin/quantens-train") == (
+        "quantens-train")
+    assert cli.program_name("quantens-train", "train.py", "quantens-train.exe") == "quantens-train"
+    assert cli.program_name("quantens-train", "train.py", "/repo/train.py") == "train.py"
+    assert cli.program_name("quantens-train", "train.py", "") == "train.py"
+    assert cli.program_name("quantens-export", "quantens.export", "/v/bin/quantens-train") == (
+        "quantens.export")
+    assert set(cli.CONSOLE_SCRIPTS) == {"quantens-train", "quantens-export", "quantens-report",
+                                        "quantens-evaluate"}
+
+
+@pytest.mark.parametrize("argv0, train, export, report", [
+    ("/venv/bin/quantens-train", "quantens-train", "quantens.export", "quantens.report"),
+    ("/venv/bin/quantens-export", "train.py", "quantens-export", "quantens.report"),
+    ("/venv/bin/quantens-report", "train.py", "quantens.export", "quantens-report"),
+    ("train.py", "train.py", "quantens.export", "quantens.report"),
+    ("/repo/quantens/export/__main__.py", "train.py", "quantens.export", "quantens.report"),
+])
+def test_usage_and_error_lines_name_the_program_started(argv0, train, export, report,
+                                                        monkeypatch, capsys):
+    from quantens.cli import export as export_cli
+    from quantens.cli import report as report_cli
+
+    monkeypatch.setattr("sys.argv", [argv0])
+    parser = cli.build_parser()
+    assert parser.prog == train and parser.format_usage().startswith(f"usage: {train} ")
+    installed = train == "quantens-train"
+    assert ("quantens-export RESULT_DIR" in parser.epilog) == installed
+    assert ("python -m quantens.export RESULT_DIR" in parser.epilog) == (not installed)
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(["--epochs", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(f"{train}: error: --epochs")
+
+    assert export_cli.build_parser().prog == export
+    assert export_cli.main(["/nonexistent/run"]) == 2
+    assert capsys.readouterr().err.startswith(f"{export}: error: ")
+
+    assert report_cli.main(["/nonexistent/run"]) == 2
+    assert capsys.readouterr().err.startswith(f"{report}: error: ")
+    with pytest.raises(SystemExit):
+        report_cli.main(["--help"])
+    usage = "quantens-report" if report == "quantens-report" else "python -m quantens.report"
+    assert capsys.readouterr().out.startswith(f"usage: {usage} ")
+
+
+def test_python_forms_keep_their_program_names(tmp_path):
+    help_ = run_script(["train.py", "--help"])
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: train.py ")
+    bad = run_script(["train.py", "--epochs", "0", "--result-path", str(tmp_path / "r")])
+    assert bad.returncode == 2 and bad.stderr.startswith("train.py: error: --epochs"), bad.stderr
+    export = run_script(["-m", "quantens.export", str(tmp_path / "missing")])
+    assert export.returncode == 2 and export.stderr.startswith("quantens.export: error: ")

@@ -170,9 +170,13 @@ def publish(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m zoo.evaluate MODEL TAG`: exit 0 when the measurement matches the registry."""
+    """`python -m zoo.evaluate MODEL TAG` (`quantens-evaluate`): exit 0 when the measurement
+    matches the registry."""
+    # `quantens-evaluate` when started as that console script (setup.py), as the
+    # command line's `quantens.cli.program_name` decides (the zoo does not import it)
+    script = os.path.basename(sys.argv[0]).removesuffix(".exe")
     parser = argparse.ArgumentParser(
-        prog="python -m zoo.evaluate",
+        prog="quantens-evaluate" if script == "quantens-evaluate" else "python -m zoo.evaluate",
         description="Evaluate a pretrained tag per member (or publish a run as a tag).",
     )
     parser.add_argument("model", help="zoo model, e.g. digits_resnet_e")

@@ -3,6 +3,9 @@
 The command-line layer is the only code that parses flags, prints
 `prog: error: ...` and exits: `quantens.cli.train` (train.py), `quantens.cli.export`
 (`python -m quantens.export`), `quantens.cli.report` (`python -m quantens.report`).
+`pip install` puts them on PATH as `quantens-train`, `quantens-export` and
+`quantens-report` (with `quantens-evaluate`, `zoo.evaluate`); started that way
+they name themselves so in usage and error lines (`program_name`).
 The library below it raises `quantens.errors.QuantensError`s; `run_main` turns
 them into one line and the exit code.
 
@@ -27,6 +30,7 @@ import errno
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -76,15 +80,88 @@ def _bits_list(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
 
 
-def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
-    """The argument parser of `train.py` (every flag documented in `--help`)."""
+CONSOLE_SCRIPTS = ("quantens-train", "quantens-export", "quantens-report", "quantens-evaluate")
+"""The commands `pip install` puts on PATH (setup.py's console_scripts)."""
+
+
+def program_name(script: str, default: str, argv0: str | None = None) -> str:
+    """The name of the running command in usage lines and `prog: error: ...` lines.
+
+    `script` (e.g. `quantens-export`) when the process was started as that
+    console script, i.e. `sys.argv[0]`'s basename is `script` (`.exe` and
+    `-script.py` of Windows launchers dropped); otherwise `default`, the
+    name of the `python ...` form (`train.py`, `quantens.export`).
+
+    ```python
+    from quantens.cli import program_name
+
+    assert program_name("quantens-train", "train.py", "/venv/bin/quantens-train") == "quantens-train"
+    assert program_name("quantens-train", "train.py", "train.py") == "train.py"
+    assert program_name("quantens-export", "quantens.export", "/x/quantens/export/__main__.py") == (
+        "quantens.export")
+    ```
+    """
+    name = os.path.basename(sys.argv[0] if argv0 is None else argv0 or "")
+    name = re.sub(r"(-script\.pyw?|\.exe)$", "", name, flags=re.IGNORECASE)
+    return script if name == script else default
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each flag's default once, as `(default: X)`; description and epilog as written.
+
+    A help text that states its default itself (`default: --lr`, `(default:
+    lowest)`, for flags whose argparse default is None) gets no second one.
+    """
+
+    def _get_help_string(self, action):
+        if re.search(r"\bdefault:", action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+_EXAMPLE_4 = (
+    "--model resnet18_e1 --weight-quantization dorefa --activation-method round \\\n"
+    "    --clip-threshold 1.3 --fp-downsample-sc --pool-downsample-sc --dataset cifar100 \\\n"
+    "    --epochs 150 --batch-size 128 --log test_run4 --log-interval 100 --gpus 0 --lr 0.01 \\\n"
+    "    --lr-mode cosine --bit-widths 32 8 4 2 1 --target-bits 1 --optimizer radam \\\n"
+    "    --result_path ../test_run4/ --fp-weights"
+)
+
+
+def _epilog(prog: str) -> str:
+    """Three example commands, in the form the user started (script or `python ...`)."""
+    installed = prog == "quantens-train"
+    train = "quantens-train" if installed else "python train.py"
+    export = "quantens-export" if installed else "python -m quantens.export"
+    return (
+        "examples:\n"
+        "  # the default run: 5 members (32 8 4 2 1 bits) of a small ResNetE on digits\n"
+        f"  {train}\n"
+        "\n"
+        "  # the seed's example 4: first stage of multi-stage training on CIFAR-100\n"
+        f"  {train} {_EXAMPLE_4}\n"
+        "\n"
+        "  # export every member of a finished run (SavedModel, TFLite per member)\n"
+        f"  {export} RESULT_DIR\n"
+    )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of `train.py` (every flag documented in `--help`).
+
+    `prog` defaults to `quantens-train` when started as that console script,
+    else `train.py` (`program_name`).
+    """
+    prog = prog or program_name("quantens-train", "train.py")
     p = _Parser(
         prog=prog,
         description=(
-            "Train an ensemble of quantized networks with shared weights "
-            "(one member per bit-width), optionally with knowledge distillation."
+            "Train an ensemble of quantized networks with shared weights (one member per\n"
+            "bit-width), optionally with knowledge distillation. The flags are those of the\n"
+            "MXNet/BMXNet code: its example commands run unchanged."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_epilog(prog),
+        formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help="architecture from the zoo")
@@ -114,13 +191,15 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g.add_argument("--fp-weights", action="store_true",
                    help="keep every member's weights in full precision")
     g.add_argument("--share-bn", action="store_true",
-                   help="one BatchNormalization for all members (default: one per member)")
+                   help="one BatchNormalization for all members instead of one per member")
     g.add_argument("--width", type=int, default=None,
-                   help="first-stage channels of the small digits model")
+                   help="first-stage channels of the small digits model (default: the "
+                   "model's own, 32 for digits_resnet_e)")
     g.add_argument("--bit-widths", nargs="+", type=_bits_list, default=list(defaults.BIT_WIDTHS),
                    help="the members' bit-widths (1..32)")
     g.add_argument("--target-bits", type=int, default=None,
-                   help="member used for predict and the best checkpoint (default: lowest)")
+                   help="member used for predict and the best checkpoint (default: the "
+                   "lowest of --bit-widths)")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=DEFAULT_DATASET,
@@ -128,7 +207,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    "'imagenet'; 'folder' reads --data-dir/train and --data-dir/val")
     g.add_argument("--data-dir", default=None,
                    help="TFDS data directory (manual_dir for imagenet2012), or the "
-                   "image folder for --dataset folder")
+                   "image folder for --dataset folder (default: TFDS's own, "
+                   "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
     g.add_argument("-j", "--num-workers", type=int, default=None,
                    help="parallel data-loading calls (default: AUTOTUNE)")
     g.add_argument("--val-split", type=float, default=None, metavar="FRACTION",
@@ -139,21 +219,26 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    help="strength of training augmentation")
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--epochs", type=int, default=30, help="number of training epochs")
     g.add_argument("--batch-size", type=int, default=64, help="batch size per device")
-    g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
+                   help="optimizer of the ensemble's weights")
     g.add_argument("--lr", type=float, default=0.005, help="learning rate")
-    g.add_argument("--lr-mode", default="cosine", choices=LR_MODES)
+    g.add_argument("--lr-mode", default="cosine", choices=LR_MODES,
+                   help="learning-rate schedule over the epochs (after the warmup)")
     g.add_argument("--lr-steps", type=str, default="30,60,90",
                    help="epochs at which --lr-mode step multiplies the lr by --lr-factor")
-    g.add_argument("--lr-factor", type=float, default=0.1)
-    g.add_argument("--warmup-epochs", type=float, default=0.0)
+    g.add_argument("--lr-factor", type=float, default=0.1,
+                   help="factor of each --lr-steps step, in (0, 1]")
+    g.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="epochs of linear warmup from 0 to --lr (may be fractional)")
     g.add_argument("--momentum", type=float, default=0.9, help="for sgd and nag")
     g.add_argument("--wd", type=float, default=0.0,
                    help="weight decay of the full-precision weights (stem, classifier, "
                    "BN, full-precision shortcuts); quantized kernels get none, as in "
                    "BMXNet (wd_mult 0)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed (initial weights, data order)")
     g.add_argument("--mode", default="hybrid", choices=defaults.MODES,
                    help="hybrid/symbolic: graph (tf.function); imperative: eager")
     g.add_argument("--dtype", default="float32", choices=defaults.DTYPES,
@@ -164,35 +249,49 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true",
                    help="build the model, summarise each member, exit")
     g.add_argument("--resume", default=None,
-                   help="weights file (.weights.h5) to start from")
+                   help="weights file (.weights.h5) or result directory to start from "
+                   "(default: fresh initialisation)")
 
     g = p.add_argument_group("knowledge distillation")
-    g.add_argument("--teacher", default=None, help="teacher architecture")
-    g.add_argument("--kd-mode", default="none", choices=KD_MODES)
-    g.add_argument("--kd-teacher-mode", default="none", choices=KD_TEACHER_MODES)
+    g.add_argument("--teacher", default=None,
+                   help="teacher architecture (default: no external teacher)")
+    g.add_argument("--kd-mode", default="none", choices=KD_MODES,
+                   help="simple: the teacher teaches every member; progressive: a chain "
+                   "(teacher ->) highest bit-width -> next lower -> ... -> lowest")
+    g.add_argument("--kd-teacher-mode", default="none", choices=KD_TEACHER_MODES,
+                   help="the --teacher's training: pretrained_external (frozen), "
+                   "untrained_external (trained alongside with the --teacher-* settings)")
     g.add_argument("--teacher-params", default=None,
-                   help="weights file of the teacher (or of the teacher ensemble)")
+                   help="weights file of the teacher (or of the teacher ensemble) "
+                   "(default: the zoo's pretrained weights for pretrained_external)")
     g.add_argument("--ensemble-teacher", action="store_true",
                    help="a trained ensemble (--teacher-params) teaches member b with "
                    "its own member b")
-    g.add_argument("--kd-temperature", type=float, default=defaults.KD_TEMPERATURE)
-    g.add_argument("--kd-weight", type=float, default=defaults.KD_WEIGHT)
-    g.add_argument("--kd-attention-weight", type=float, default=0.0)
-    g.add_argument("--teacher-lr", type=float, default=None, help="default: --lr")
-    g.add_argument("--teacher-wd", type=float, default=None, help="default: --wd")
+    g.add_argument("--kd-temperature", type=float, default=defaults.KD_TEMPERATURE,
+                   help="softmax temperature T of the distillation loss")
+    g.add_argument("--kd-weight", type=float, default=defaults.KD_WEIGHT,
+                   help="weight of the distillation loss beside the cross-entropy")
+    g.add_argument("--kd-attention-weight", type=float, default=0.0,
+                   help="weight of attention matching between the stage outputs of each "
+                   "distillation pair (0: off)")
+    g.add_argument("--teacher-lr", type=float, default=None,
+                   help="learning rate of an untrained_external teacher (default: --lr)")
+    g.add_argument("--teacher-wd", type=float, default=None,
+                   help="weight decay of an untrained_external teacher (default: --wd)")
     g.add_argument("--teacher-lr-mode", default=None, choices=LR_MODES,
-                   help="default: --lr-mode")
+                   help="schedule of an untrained_external teacher (default: --lr-mode)")
     g.add_argument("--teacher-optimizer", default=None, choices=OPTIMIZERS,
-                   help="default: --optimizer")
+                   help="optimizer of an untrained_external teacher (default: --optimizer)")
     g.add_argument("--teacher-momentum", type=float, default=None,
-                   help="default: --momentum")
+                   help="momentum of an untrained_external teacher (default: --momentum)")
 
     g = p.add_argument_group("devices")
     g.add_argument("--gpus", default=None,
                    help="comma-separated GPU ids, e.g. 0,1 (MirroredStrategy); '' for the "
-                   "CPU; omit for TensorFlow's default device")
+                   "CPU (default: TensorFlow's choice of device)")
     g.add_argument("--cpu-replicas", type=int, default=None,
-                   help="N logical CPU devices under MirroredStrategy (testing, CPU hosts)")
+                   help="N logical CPU devices under MirroredStrategy (testing, CPU hosts) "
+                   "(default: none)")
     g.add_argument("--sync-bn", action="store_true",
                    help="synchronise BatchNormalization statistics across replicas")
     g.add_argument("--deterministic", action="store_true",
@@ -214,11 +313,11 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     g = p.add_argument_group("hyperparameter search")
     g.add_argument("--tune", default=None, choices=defaults.TUNERS,
                    help="search lr, wd, optimizer and the KD settings with keras-tuner; "
-                   "trials and best.json go to <result-path>/tuning")
+                   "trials and best.json go to <result-path>/tuning (default: no search)")
     g.add_argument("--max-trials", type=int, default=10, help="trials of the search")
     g.add_argument("--config", default=None,
                    help="JSON file of flag values (e.g. tuning/best.json); flags given on "
-                   "the command line win")
+                   "the command line win (default: none)")
     return p
 
 

@@ -1,6 +1,7 @@
-"""`python -m quantens.export RESULT_DIR`: export every member of a finished run.
+"""`python -m quantens.export RESULT_DIR` (`quantens-export`): export every member of a run.
 
-Bad input is one line `quantens.export: error: ...` and exit code 2. A result
+Bad input is one line `quantens.export: error: ...` (`quantens-export: error:
+...` when started as the console script) and exit code 2. A result
 directory written before model.json existed is rebuilt from its config.json
 flags through the zoo.
 """
@@ -12,17 +13,19 @@ import os
 import sys
 from collections.abc import Iterable
 
-from quantens.cli import run_main
+from quantens.cli import program_name, run_main
 from quantens.layout import ResultDir
 from quantens.locking import ResultDirLock
 from quantens.startup import load_tensorflow
 
 PROG = "quantens.export"
+SCRIPT = "quantens-export"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser; `prog` defaults to `quantens-export` as that console script, else PROG."""
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog or program_name(SCRIPT, PROG),
         description="Export every member of a trained ensemble on its own: one SavedModel "
         "(a signature per bit-width) and a TFLite file per member (float32, int8 on the "
         "member's grid, or Larq Compute Engine for 1 bit), with export.json.",
@@ -51,11 +54,11 @@ def _legacy_model(config: dict):
         raise ExportError(f"cannot rebuild the model of config.json: {one_line(error)}") from error
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace, prog: str = PROG) -> int:
     from quantens.export import read_result_config
 
     config = read_result_config(args.result_dir, args.weights)  # before TensorFlow loads
-    with ResultDirLock(args.result_dir, PROG):  # no export while a run writes the directory
+    with ResultDirLock(args.result_dir, prog):  # no export while a run writes the directory
         load_tensorflow()  # quietly: its start-up lines would bury a one-line error
         from quantens.export import export_result_dir, summary_table
 
@@ -72,8 +75,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(None if argv is None else list(argv))
-    return run_main(lambda: _export(args), PROG)
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    return run_main(lambda: _export(args, parser.prog), parser.prog)
 
 
 if __name__ == "__main__":

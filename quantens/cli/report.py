@@ -1,6 +1,7 @@
-"""`python -m quantens.report RESULT_DIR`: report.md and plots of a finished run.
+"""`python -m quantens.report RESULT_DIR` (`quantens-report`): report.md and plots of a run.
 
-Bad input is one line `quantens.report: error: ...` and exit code 2.
+Bad input is one line `quantens.report: error: ...` (`quantens-report: error:
+...` when started as the console script) and exit code 2.
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
-from quantens.cli import Parser, run_main
+from quantens.cli import Parser, program_name, run_main
 from quantens.layout import ResultDir
 from quantens.locking import ResultDirLock
 from quantens.startup import load_tensorflow
 
 PROG = "quantens.report"
+SCRIPT = "quantens-report"
 
 
 def _legacy_model(result):
@@ -30,11 +32,11 @@ def _legacy_model(result):
         return None
 
 
-def _report(result_dir: str) -> int:
+def _report(result_dir: str, prog: str = PROG) -> int:
     from quantens.report import load_result
 
     result = load_result(result_dir)  # fails before TensorFlow loads
-    with ResultDirLock(result_dir, PROG):
+    with ResultDirLock(result_dir, prog):
         load_tensorflow()  # quietly: the writers and the size estimate use it
         from quantens.report import write_report
 
@@ -46,13 +48,14 @@ def _report(result_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = program_name(SCRIPT, PROG)
     parser = Parser(
-        prog=f"python -m {PROG}", error_prog=PROG,
+        prog=SCRIPT if prog == SCRIPT else f"python -m {PROG}", error_prog=prog,
         description="Write RESULT_DIR/report.md and PNG plots for a train.py result directory.",
     )
     parser.add_argument("result_dir", help="the --result-path of a train.py run")
     args = parser.parse_args(argv)
-    return run_main(lambda: _report(args.result_dir), PROG)
+    return run_main(lambda: _report(args.result_dir, prog), prog)
 
 
 if __name__ == "__main__":
