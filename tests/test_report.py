@@ -57,6 +57,11 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
     return rows
 
 
+def size_of(rows: dict[str, list[str]], bits) -> str:
+    """The `size (bytes)` cell of a member's row (the columns before it vary)."""
+    return rows[str(bits)][rows["bits"].index("size (bytes)")]
+
+
 def test_command_writes_report_and_plots(reported):
     path, result = reported
     assert result.stdout.strip().splitlines()[-1] == str(path / "report.md")
@@ -93,6 +98,11 @@ def test_report_numbers_equal_metrics_json(reported):
         cells = rows[str(b)]
         assert cells[1] == f"{value:.4f}"
         assert float(cells[2]) == value  # exact, not rounded
+        header = rows["bits"]
+        assert cells[header.index("test accuracy")] == f"{metrics['test_accuracy'][str(b)]:.4f}"
+        best = metrics["best_test_accuracy"][str(b)]
+        assert cells[header.index("best checkpoint's test accuracy")] == f"{best:.4f}"
+    assert "test on `test` (chooses nothing)" in markdown
     assert f"- target bits: {metrics['target_bits']}\n" in markdown
     assert "- teacher: none" in markdown
     assert f"- training time: {metrics['train_seconds']:.1f} s" in markdown
@@ -108,7 +118,7 @@ def test_estimated_sizes_follow_the_parameter_count(reported):
     path, _ = reported
     markdown = (path / "report.md").read_text()
     assert "Sizes: estimated (no usable export/export.json)" in markdown
-    size = {b: int(table_rows(markdown)[str(b)][3]) for b in BITS}
+    size = {b: int(size_of(table_rows(markdown), b)) for b in BITS}
     model = tiny_model(BITS)
     # every member: each weight once, except the other members' batch normalization
     bn_per_member = sum(
@@ -141,8 +151,8 @@ def test_sizes_come_from_export_json_when_present(run_copy):
     markdown = open(write_report(str(run_copy))).read()
     rows = table_rows(markdown)
     for b in BITS:
-        assert rows[str(b)][3] == str(1000 + b)
-        assert f"member_{b}.tflite" in rows[str(b)][5]
+        assert size_of(rows, b) == str(1000 + b)
+        assert f"member_{b}.tflite" in rows[str(b)][rows["bits"].index("note")]
     assert "Sizes: bytes of the exported files" in markdown
 
 
@@ -153,7 +163,7 @@ def test_unreadable_export_json_falls_back_to_the_estimate(run_copy):
     (run_copy / "export" / "export.json").write_text('{"members": {"32": {"byt')
     markdown = open(write_report(str(run_copy))).read()
     assert "Sizes: estimated (export/export.json could not be read" in markdown
-    assert all(int(table_rows(markdown)[str(b)][3]) > 0 for b in BITS)
+    assert all(int(size_of(table_rows(markdown), b)) > 0 for b in BITS)
 
 
 def test_teacher_accuracy_is_reported_and_drawn(run_copy, reported):
