@@ -91,6 +91,34 @@ def write_model(model: tf.keras.Model, path: str) -> None:
     write_text(path, model.to_json(indent=1) + "\n")
 
 
+def save_run(result_dir: str, model: tf.keras.Model, config: dict) -> None:
+    """Writes what a finished run leaves for the commands: config.json, model.json, weights.
+
+    For a model trained in Python, so that `python -m quantens.export` and
+    `python -m quantens.report` work on it. `config` needs at least `model`
+    (a name), `bit_widths`, `input_shape`, `num_classes` and `dataset`.
+
+    ```python
+    import tempfile
+    import quantens
+    from quantens.results import read_model, save_run
+    from zoo import create_model
+
+    run = tempfile.mkdtemp()
+    save_run(run, create_model("digits_resnet_e", width=8, bit_widths=(32, 1)),
+             {"model": "digits_resnet_e", "bit_widths": [32, 1], "input_shape": [8, 8, 1],
+              "num_classes": 10, "dataset": "digits"})
+    assert read_model(run + "/model.json").count_params() > 0
+    ```
+    """
+    from quantens.layout import ResultDir
+
+    run = ResultDir(result_dir)
+    write_json(run.config, config)
+    write_model(model, run.model)
+    save_weights(model, run.weights)
+
+
 def read_model(path: str) -> tf.keras.Model:
     """The (untrained) model that `write_model` recorded in `path`.
 

@@ -1308,20 +1308,17 @@ def load_result_ensemble(result_dir: str, weights: str = ResultDir.WEIGHTS, mode
     `ExportError` says so.
 
     ```python
-    import os, tempfile
+    import tempfile
     import quantens
     from quantens.export import load_result_ensemble
-    from quantens.layout import ResultDir
-    from quantens.results import save_weights, write_json, write_model
+    from quantens.results import save_run
     from zoo import create_model
 
-    run = ResultDir(tempfile.mkdtemp())
-    model = create_model("digits_resnet_e", width=8, bit_widths=(32, 1))
-    write_json(run.config, {"model": "digits_resnet_e", "bit_widths": [32, 1],
-                            "input_shape": [8, 8, 1], "num_classes": 10, "dataset": "digits"})
-    write_model(model, run.model)
-    save_weights(model, run.weights)
-    ensemble, config = load_result_ensemble(run.root)
+    run = tempfile.mkdtemp()
+    save_run(run, create_model("digits_resnet_e", width=8, bit_widths=(32, 1)),
+             {"model": "digits_resnet_e", "bit_widths": [32, 1], "input_shape": [8, 8, 1],
+              "num_classes": 10, "dataset": "digits"})
+    ensemble, config = load_result_ensemble(run)
     assert ensemble.bit_widths == (32, 1)
     ```
     """
@@ -1416,18 +1413,15 @@ def export_result_dir(result_dir: str, out_dir: str | None = None, *,
     import os, tempfile
     import quantens
     from quantens.export import export_result_dir
-    from quantens.layout import ResultDir
-    from quantens.results import save_weights, write_json, write_model
+    from quantens.results import save_run
     from zoo import create_model
 
-    run = ResultDir(tempfile.mkdtemp())
-    model = create_model("digits_resnet_e", width=8, bit_widths=(32, 1))
-    write_json(run.config, {"model": "digits_resnet_e", "bit_widths": [32, 1],
-                            "input_shape": [8, 8, 1], "num_classes": 10, "dataset": "digits"})
-    write_model(model, run.model)
-    save_weights(model, run.weights)
-    report = export_result_dir(run.root, max_val_examples=8)
-    assert os.path.isfile(os.path.join(run.export, "member_1.tflite"))
+    run = tempfile.mkdtemp()
+    save_run(run, create_model("digits_resnet_e", width=8, bit_widths=(32, 1)),
+             {"model": "digits_resnet_e", "bit_widths": [32, 1], "input_shape": [8, 8, 1],
+              "num_classes": 10, "dataset": "digits"})
+    report = export_result_dir(run, max_val_examples=8)
+    assert os.path.isfile(os.path.join(run, "export", "member_1.tflite"))
     ```
     """
     ensemble, config = load_result_ensemble(result_dir, weights, model=model)
