@@ -58,6 +58,7 @@ _LAZY = {
     "SwitchableBatchNormalization": "quantens.layers",
     "ActivationQuantizer": "quantens.quantizers",
     "WeightQuantizer": "quantens.quantizers",
+    "quantize_model": "quantens.convert",
 }
 
 
@@ -87,5 +88,6 @@ __all__ = [
     "WeightQuantizer",
     "active_bits",
     "bits",
+    "quantize_model",
     "validate_bit_widths",
 ]

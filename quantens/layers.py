@@ -1,7 +1,8 @@
 """Switchable layers: one kernel for every member, per-bit quantizers and BN.
 
-`QuantConv2D` and `QuantDense` subclass larq's layers of the same name and
-hold ONE kernel variable; the kernel and the inputs are quantized to the
+`QuantConv2D`, `QuantDepthwiseConv2D`, `QuantSeparableConv2D` and `QuantDense`
+subclass larq's layers of the same name and hold ONE kernel variable (one of each
+kind for the separable convolution); the kernel and the inputs are quantized to the
 active bit-width (`quantens.bits`) each time the layer is called.
 `SwitchableBatchNormalization` keeps statistics and affine parameters per
 bit-width (as in Any-Precision DNNs and slimmable networks), or one shared set.
@@ -68,20 +69,20 @@ def _as_quantizer(identifier, switchable_cls, methods):
 
 
 class _SwitchableKernelLayer:
-    """Mixin for larq layers whose kernel quantizer follows the active bits."""
+    """Mixin for larq layers whose kernel quantizers follow the active bits.
 
-    def __init__(
-        self,
-        *args,
-        kernel_quantizer="dorefa",
-        input_quantizer="round",
-        **kwargs,
-    ):
+    `_QUANTIZER_KEYS` names the layer's kernel quantizer arguments (each
+    defaulting to `"dorefa"`); `input_quantizer` defaults to `"round"`.
+    """
+
+    _QUANTIZER_KEYS: tuple[str, ...] = ("kernel_quantizer",)
+
+    def __init__(self, *args, input_quantizer="round", **kwargs):
+        for key in self._QUANTIZER_KEYS:
+            kwargs[key] = _as_quantizer(kwargs.get(key, "dorefa"), WeightQuantizer,
+                                        WEIGHT_METHODS)
         super().__init__(
             *args,
-            kernel_quantizer=_as_quantizer(
-                kernel_quantizer, WeightQuantizer, WEIGHT_METHODS
-            ),
             input_quantizer=_as_quantizer(
                 input_quantizer, ActivationQuantizer, ACTIVATION_METHODS
             ),
@@ -106,7 +107,7 @@ class _SwitchableKernelLayer:
     def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
         """A standalone larq layer equal to this one at `bits` (weights not copied)."""
         config = self.get_config()
-        for key in ("kernel_quantizer", "input_quantizer"):
+        for key in (*self._QUANTIZER_KEYS, "input_quantizer"):
             quantizer = getattr(self, key)
             if isinstance(quantizer, _Switchable):
                 quantizer = quantizer.for_bits(bits)
@@ -157,6 +158,59 @@ class QuantDense(_SwitchableKernelLayer, lq.layers.QuantDense):
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
+class QuantDepthwiseConv2D(_SwitchableKernelLayer, lq.layers.QuantDepthwiseConv2D):
+    """larq's `QuantDepthwiseConv2D` with one depthwise kernel shared by every bit-width.
+
+    `depthwise_quantizer` defaults to `"dorefa"` and `input_quantizer` to
+    `"round"` (switchable `WeightQuantizer` / `ActivationQuantizer`); any larq
+    quantizer or None is accepted too and then applies to every member. The
+    bias stays full precision.
+
+    ```python
+    import numpy as np
+    import quantens
+    from quantens.layers import QuantDepthwiseConv2D
+
+    conv = QuantDepthwiseConv2D(3, padding="same", input_quantizer=None)
+    x = np.random.rand(1, 5, 5, 2).astype("float32")
+    with quantens.bits(1):
+        y1 = conv(x)
+    with quantens.bits(32):
+        y32 = conv(x)
+    assert [w.name.split("/")[-1] for w in conv.weights] == ["depthwise_kernel:0", "bias:0"]
+    assert conv.fixed_layer(1).depthwise_quantizer.precision == 1
+    ```
+    """
+
+    _QUANTIZER_KEYS = ("depthwise_quantizer",)
+    _fixed_class = lq.layers.QuantDepthwiseConv2D
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class QuantSeparableConv2D(_SwitchableKernelLayer, lq.layers.QuantSeparableConv2D):
+    """larq's `QuantSeparableConv2D`: one depthwise and one pointwise kernel for every bit-width.
+
+    `depthwise_quantizer` and `pointwise_quantizer` default to `"dorefa"`,
+    `input_quantizer` to `"round"`; the bias stays full precision.
+
+    ```python
+    import numpy as np
+    import quantens
+    from quantens.layers import QuantSeparableConv2D
+
+    conv = QuantSeparableConv2D(4, 3, padding="same", input_quantizer=None)
+    x = np.random.rand(1, 5, 5, 2).astype("float32")
+    with quantens.bits(2):
+        y2 = conv(x)
+    assert len(conv.trainable_weights) == 3  # depthwise kernel, pointwise kernel, bias
+    ```
+    """
+
+    _QUANTIZER_KEYS = ("depthwise_quantizer", "pointwise_quantizer")
+    _fixed_class = lq.layers.QuantSeparableConv2D
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
 class QuantActivation(tf.keras.layers.Layer):
     """An activation quantized to the active bit-width, as a layer.
 
@@ -167,12 +221,29 @@ class QuantActivation(tf.keras.layers.Layer):
     act = quantens.QuantActivation("round", clip_threshold=1.3)
     with quantens.bits(2):
         y = act(np.array([[0.1, 0.5, 2.0]], "float32"))
+
+    # a ReLU6 (`quantens.quantize_model` makes these): relu6 at 32 bits,
+    # 2**k - 1 steps on [0, 6] at k bits
+    relu6 = quantens.QuantActivation(max_value=6.0)
+    x = np.array([[-1.0, 2.5, 8.0]], "float32")
+    np.testing.assert_allclose(relu6(x), [[0.0, 2.5, 6.0]])
+    with quantens.bits(1):
+        np.testing.assert_allclose(relu6(x), [[0.0, 0.0, 6.0]])
     ```
+
+    Arguments:
+        method, clip_threshold, value_range, max_value, bits: those of
+            `quantens.ActivationQuantizer`.
     """
 
-    def __init__(self, method: str = "round", clip_threshold: float | None = CLIP_THRESHOLD, **kwargs):
+    def __init__(self, method: str = "round", clip_threshold: float | None = CLIP_THRESHOLD,
+                 value_range: float | None = None, max_value: float | None = None,
+                 bits: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.quantizer = ActivationQuantizer(method, clip_threshold=clip_threshold)
+        self.quantizer = ActivationQuantizer(
+            method, clip_threshold=clip_threshold, value_range=value_range,
+            max_value=max_value, bits=bits,
+        )
 
     def call(self, inputs):
         return self.quantizer(inputs)
@@ -184,11 +255,16 @@ class QuantActivation(tf.keras.layers.Layer):
         return tf.keras.layers.Activation(self.quantizer.for_bits(bits), name=self.name)
 
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "method": self.quantizer.method,
             "clip_threshold": self.quantizer.clip_threshold,
         }
+        # only when set: configs of today's layers stay as they were
+        for key in ("value_range", "max_value", "bits"):
+            if getattr(self.quantizer, key) is not None:
+                config[key] = getattr(self.quantizer, key)
+        return config
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")

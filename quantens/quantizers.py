@@ -21,6 +21,13 @@ Activation gradients are straight-through where |x| <= `clip_threshold` and
 zero elsewhere (BMXNet's gradient cancelling). Weight method `identity` keeps
 every member's weights in full precision (the seed's `--fp-weights`).
 
+Options for models converted from float ones (`quantens.quantize_model`):
+`ActivationQuantizer(value_range=r, max_value=m)` is a ReLU-like activation
+on [0, r] (`RangeRoundActivation`: 2^k - 1 steps of r / (2^k - 1) at k bits,
+straight-through gradients inside [0, r]; exactly relu, capped at m if given,
+at 32 bits), and `bits=` fixes a `WeightQuantizer`'s or `ActivationQuantizer`'s
+precision for every member.
+
 ```python
 import numpy as np
 import larq as lq
@@ -154,6 +161,78 @@ class FullPrecisionActivation(lq.quantizers.Quantizer):
         return {**super().get_config(), "function": self.function}
 
 
+def _k_bit_round_range(x: tf.Tensor, k_bit: int, value_range: float):
+    """Clips `x` to [0, value_range] and rounds to 2**k_bit levels over it."""
+
+    @tf.custom_gradient
+    def _round(x):
+        levels = 2.0**k_bit - 1.0
+        step = value_range / levels
+        y = tf.round(tf.clip_by_value(x, 0.0, value_range) / step) * step
+
+        def grad(dy):
+            inside = tf.logical_and(x >= 0.0, x <= value_range)
+            return tf.where(inside, dy, tf.zeros_like(dy))
+
+        return y, grad
+
+    return _round(x)
+
+
+def _check_positive(value, what: str) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{what} must be positive (or None), got {value}")
+    return value
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class RangeRoundActivation(lq.quantizers.Quantizer):
+    """A ReLU-like activation on [0, `value_range`]: k-bit levels, or a (capped) relu at 32.
+
+    Below 32 bits it clips to [0, `value_range`] and rounds to `2**k_bit - 1`
+    steps of `value_range / (2**k_bit - 1)`; the gradient is straight-through
+    inside [0, `value_range`] and zero outside. At 32 bits it is exactly
+    `relu`, capped at `max_value` when that is set (`relu6` for 6).
+    The members of `quantens.quantize_model`'s activations use it.
+
+    ```python
+    import numpy as np
+    from quantens.quantizers import RangeRoundActivation
+
+    x = np.array([-1.0, 1.1, 2.9, 7.0], "float32")
+    np.testing.assert_allclose(RangeRoundActivation(2, value_range=6.0)(x), [0, 2, 2, 6])
+    np.testing.assert_allclose(RangeRoundActivation(32, 6.0, max_value=6.0)(x), [0, 1.1, 2.9, 6])
+    np.testing.assert_allclose(RangeRoundActivation(32, 1.0)(x), [0, 1.1, 2.9, 7])  # relu
+    ```
+    """
+
+    def __init__(self, k_bit: int = 2, value_range: float = 1.0,
+                 max_value: float | None = None, **kwargs):
+        self.precision = _check_one(k_bit)
+        self.value_range = _check_positive(value_range, "value_range")
+        if self.value_range is None:
+            raise ValueError("value_range must be positive, got None")
+        self.max_value = _check_positive(max_value, "max_value")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        if self.precision == FULL_PRECISION:
+            y = tf.nn.relu(inputs)
+            return y if self.max_value is None else tf.minimum(y, self.max_value)
+        return _k_bit_round_range(inputs, self.precision, self.value_range)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "k_bit": self.precision,
+            "value_range": self.value_range,
+            "max_value": self.max_value,
+        }
+
+
 class _Switchable(lq.quantizers.Quantizer):
     """Base of quantizers that follow the active bit-width."""
 
@@ -179,6 +258,9 @@ class WeightQuantizer(_Switchable):
     Arguments:
         method: `"dorefa"` (DoReFa for 2..31 bits, sign for 1 bit, identity for
             32) or `"identity"` (full-precision weights for every member).
+        bits: a fixed bit-width: every member then gets the kernel at `bits`
+            (`for_bits` ignores the member's bits). None (the default) follows
+            the member. `quantens.quantize_model`'s `policy` sets it.
 
     ```python
     import numpy as np
@@ -190,15 +272,27 @@ class WeightQuantizer(_Switchable):
         np.testing.assert_allclose(q(w), [-1.0, 1.0, 1.0])
     with quantens.bits(32):
         np.testing.assert_allclose(q(w), w)
+
+    fixed = quantens.WeightQuantizer(bits=32)  # full precision in every member
+    with quantens.bits(1):
+        np.testing.assert_allclose(fixed(w), w)
     ```
     """
 
-    def __init__(self, method: str = "dorefa", **kwargs):
+    def __init__(self, method: str = "dorefa", bits: int | None = None, **kwargs):
         self.method = _check_method(method, WEIGHT_METHODS, "weight quantization")
+        self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
         super().__init__(**kwargs)
+
+    @property
+    def precision(self) -> int:
+        """The bit-width applied now: the fixed `bits`, else the active one."""
+        return self.bits if self.bits is not None else super().precision
 
     def for_bits(self, bits: int) -> lq.quantizers.Quantizer | None:
         bits = _check_one(bits)
+        if self.bits is not None:
+            bits = self.bits  # a fixed precision, whatever the member
         if self.method == "identity" or bits == FULL_PRECISION:
             return None
         if bits == 1:
@@ -207,7 +301,10 @@ class WeightQuantizer(_Switchable):
         return lq.quantizers.DoReFa(k_bit=bits, mode="weights")
 
     def get_config(self):
-        return {**super().get_config(), "method": self.method}
+        config = {**super().get_config(), "method": self.method}
+        if self.bits is not None:
+            config["bits"] = self.bits
+        return config
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
@@ -219,6 +316,14 @@ class ActivationQuantizer(_Switchable):
             (values in [-1, 1], sign at 1 bit; clip at 32 bits).
         clip_threshold: gradients are cancelled where |x| exceeds it (the
             seed's `--clip-threshold`); None passes every gradient.
+        value_range: (`round` only) k-bit members clip to [0, `value_range`]
+            instead of [0, 1] and round to `2**k - 1` steps over it, with
+            straight-through gradients inside that range (`clip_threshold` is
+            then not used); see `RangeRoundActivation`. Defaults to
+            `max_value` when that is set; None (and no `max_value`) is [0, 1].
+        max_value: (`round` only) the 32-bit member's relu is capped at it
+            (6: relu6); None: an uncapped relu.
+        bits: a fixed bit-width for every member (None: follow the member).
 
     ```python
     import numpy as np
@@ -227,11 +332,19 @@ class ActivationQuantizer(_Switchable):
     q = quantens.ActivationQuantizer("round", clip_threshold=1.3)
     with quantens.bits(1):
         np.testing.assert_allclose(q(np.array([-1.0, 0.4, 0.6], "float32")), [0, 0, 1])
+
+    relu6 = quantens.ActivationQuantizer(max_value=6.0)  # ReLU6 at 32 bits, [0, 6] below
+    x = np.array([-1.0, 2.5, 8.0], "float32")
+    np.testing.assert_allclose(relu6(x), [0, 2.5, 6])
+    with quantens.bits(2):
+        np.testing.assert_allclose(relu6(x), [0, 2, 6])
     ```
     """
 
     def __init__(
-        self, method: str = "round", clip_threshold: float | None = CLIP_THRESHOLD, **kwargs
+        self, method: str = "round", clip_threshold: float | None = CLIP_THRESHOLD,
+        value_range: float | None = None, max_value: float | None = None,
+        bits: int | None = None, **kwargs
     ):
         self.method = _check_method(method, ACTIVATION_METHODS, "activation method")
         if clip_threshold is not None and not clip_threshold > 0:
@@ -239,10 +352,29 @@ class ActivationQuantizer(_Switchable):
                 f"clip_threshold must be positive (or None), got {clip_threshold}"
             )
         self.clip_threshold = clip_threshold
+        self.max_value = _check_positive(max_value, "max_value")
+        self.value_range = _check_positive(value_range, "value_range")
+        if self.value_range is None:
+            self.value_range = self.max_value
+        if self.value_range is not None and self.method != "round":
+            raise ValueError(
+                f"value_range and max_value apply to the 'round' activation method, "
+                f"not {self.method!r}"
+            )
+        self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
         super().__init__(**kwargs)
+
+    @property
+    def precision(self) -> int:
+        """The bit-width applied now: the fixed `bits`, else the active one."""
+        return self.bits if self.bits is not None else super().precision
 
     def for_bits(self, bits: int) -> lq.quantizers.Quantizer:
         bits = _check_one(bits)
+        if self.bits is not None:
+            bits = self.bits  # a fixed precision, whatever the member
+        if self.value_range is not None:
+            return RangeRoundActivation(bits, self.value_range, max_value=self.max_value)
         if bits == FULL_PRECISION:
             return FullPrecisionActivation("relu" if self.method == "round" else "clip")
         if self.method == "round":
@@ -252,8 +384,13 @@ class ActivationQuantizer(_Switchable):
         return SymmetricRoundActivation(bits, clip_threshold=self.clip_threshold)
 
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "method": self.method,
             "clip_threshold": self.clip_threshold,
         }
+        # only when set: configs of today's quantizers stay as they were
+        for key in ("value_range", "max_value", "bits"):
+            if getattr(self, key) is not None:
+                config[key] = getattr(self, key)
+        return config
