@@ -525,3 +525,27 @@ def test_defaults_keep_todays_configs():
     assert not {"bits", "value_range", "max_value"} & set(quantens.QuantActivation().get_config())
     with pytest.raises(ValueError, match="apply to the 'round' activation method"):
         quantens.ActivationQuantizer("det_sign", max_value=6.0)
+
+
+def test_exporting_a_converted_model_is_one_clear_error_for_now(tmp_path):
+    """Export does not take converted depthwise/ranged layers yet; it says which, in one line."""
+    import quantens.export as export
+    from quantens.errors import ExportError
+
+    inputs = tf.keras.Input((12, 12, 3))
+    x = tf.keras.layers.Conv2D(4, 3, name="stem")(inputs)
+    x = tf.keras.layers.ReLU(6.0, name="stem_relu6")(x)
+    x = tf.keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    scaled = tf.keras.layers.Dense(3, name="logits")(x) * 0.5
+    bits = (32, 2)
+    data = np.random.default_rng(0).random((4, 12, 12, 3)).astype("float32")
+    for outputs, phrase in ((tf.keras.layers.Dense(3, name="head")(x), "RangeRoundActivation"),
+                            (scaled, r"tf\.math\.multiply \(TFOpLambda\)")):
+        converted = quantens.quantize_model(tf.keras.Model(inputs, outputs), bits)
+        ensemble = quantens.QuantEnsemble(converted, bits)
+        with pytest.raises(ExportError, match=phrase) as info:
+            export.export_ensemble(ensemble, str(tmp_path / "export"), val_data=data,
+                                   calibration_data=data)
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "export").exists()

@@ -97,6 +97,8 @@ from quantens.layout import ResultDir
 EXPORT_REPORT_FILE = os.path.basename(ResultDir.EXPORT_REPORT)  # export.json
 SAVED_MODEL_DIR = "saved_model"
 INT8_BITS = range(2, 9)
+SUPPORTED_LAYERS = ("Conv2D, Dense (larq's too), BatchNormalization, Add, Activation, pooling, "
+                    "Flatten")
 MAX_CALIBRATION_EXAMPLES = 2048
 DIFFERING_LOGIT_DIFF = 1e-4  # fidelity: an example "differs" beyond this |logit difference|
 
@@ -212,7 +214,10 @@ def _act_of(quantizer) -> _Act | None:
         return _Act("sign", 1)
     if callable(quantizer) and getattr(quantizer, "__name__", "") in ("relu", "linear"):
         return None if quantizer.__name__ == "linear" else _Act("relu")
-    raise ExportError(f"cannot export the activation quantizer {quantizer!r}")
+    raise ExportError(
+        f"cannot export the activation quantizer {type(quantizer).__name__}: supported are "
+        "the round, det_sign and full-precision relu/clip activations"
+    )
 
 
 def _weight_grid(layer, kernel: np.ndarray) -> int | None:
@@ -271,7 +276,13 @@ class MemberGraph:
             nodes = entry.get("inbound_nodes") or []
             if len(nodes) > 1:
                 raise ExportError(f"layer {entry['name']} is called more than once")
-            names = [t[0] for t in nodes[0]] if nodes else []
+            try:
+                names = [t[0] for t in nodes[0]] if nodes else []
+            except (TypeError, IndexError, KeyError):  # TF-op layers keep another format
+                raise ExportError(
+                    f"cannot export layer {entry['name']} ({entry.get('class_name')}); "
+                    f"supported: {SUPPORTED_LAYERS}"
+                ) from None
             inputs_of[entry["name"]] = names
             for name in names:
                 consumers[name].append(entry["name"])
@@ -338,8 +349,7 @@ class MemberGraph:
             else:
                 raise ExportError(
                     f"cannot export layer {name} ({type(layer).__name__}); supported: "
-                    "Conv2D, Dense (larq's too), BatchNormalization, Add, Activation, "
-                    "pooling, Flatten"
+                    f"{SUPPORTED_LAYERS}"
                 )
         self.output = source(self.output)
 
