@@ -105,7 +105,7 @@ def test_default_run_writes_the_result_directory(default_run):
         assert metrics["val_accuracy"][str(b)] == pytest.approx(
             float(rows[-1][f"val_accuracy_{b}"]), abs=1e-6
         )
-        assert f"{b:>4}   {metrics['val_accuracy'][str(b)]:.4f}" in stdout
+        assert f"{b:>4}   {metrics['test_accuracy'][str(b)]:.4f}" in stdout  # the table
     # no temporary files left behind
     assert not [n for n in os.listdir(result_path) if ".tmp" in n]
     # --export: one file per member and the report
