@@ -199,31 +199,6 @@ def _val_accuracy_of(result_path, weights):
     return float(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-def test_ctrl_c_is_exit_130_and_the_run_resumes(tmp_path, tfds_dir):
-    result_path = str(tmp_path / "r")
-    argv = [sys.executable, "train.py", "--width", "4", "--epochs", "40", "--data-dir",
-            tfds_dir, "--result-path", result_path]
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    history = os.path.join(result_path, "history.csv")
-    deadline = time.time() + 300
-    while not (os.path.exists(history) and len(history_epochs(result_path)) >= 1):
-        assert process.poll() is None and time.time() < deadline, process.communicate()
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == (
-        "train.py: interrupted: re-run the same command to resume")
-    assert not os.path.exists(os.path.join(result_path, "ensemble.weights.h5"))
-    done = history_epochs(result_path)
-    resumed = run_script(["train.py", "--width", "4", "--epochs", str(done[-1] + 1),
-                          "--data-dir", tfds_dir, "--result-path", result_path])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert history_epochs(result_path) == list(range(1, done[-1] + 2))
-
-
 # ------------------------------------------------------------------ image folders
 
 
@@ -335,8 +310,12 @@ def _wait_for_epochs(process, result_path, n=1):
 
 
 @pytest.mark.slow
-def test_a_second_run_or_export_on_a_running_directory_exits_2_and_writes_nothing(
+def test_a_second_run_or_export_on_a_running_directory_exits_2_and_ctrl_c_resumes(
         tmp_path, tfds_dir):
+    """One run owns the directory; Ctrl-C ends it with exit 130 and the same command resumes.
+
+    (kill -9 releases the lock as well: test_kill_between_history_and_backup_...)
+    """
     result_path = str(tmp_path / "r")
     first = _start_train(result_path, tfds_dir)
     try:
@@ -357,13 +336,21 @@ def test_a_second_run_or_export_on_a_running_directory_exits_2_and_writes_nothin
         assert open(os.path.join(result_path, "config.json")).read() == config
         assert before == {n: os.path.getmtime(os.path.join(result_path, n)) for n in before}
         assert json.loads(config)["width"] == 4
+        # Ctrl-C: one line, exit 130, no final weights; the lock goes with the process
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=120)
+        assert first.returncode == 130, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1] == (
+            "train.py: interrupted: re-run the same command to resume")
+        assert not os.path.exists(os.path.join(result_path, "ensemble.weights.h5"))
     finally:
-        first.kill()  # kill -9: the lock dies with the process
-        first.communicate()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
     done = history_epochs(result_path)
     resumed = run_script(["train.py", "--width", "4", "--epochs", str(done[-1] + 1),
                           "--data-dir", tfds_dir, "--result-path", result_path])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]  # no manual step after kill -9
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # no manual step
     assert history_epochs(result_path) == list(range(1, done[-1] + 2))
     metrics = json.load(open(os.path.join(result_path, "metrics.json")))
     assert json.load(open(os.path.join(result_path, "config.json")))["width"] == 4
