@@ -97,9 +97,15 @@ def test_collector_skips_text_blocks():
     assert _blocks(doc) == ["x = 1\n"]
 
 
-@pytest.mark.parametrize(
-    "example_id,source", EXAMPLES, ids=[example_id for example_id, _ in EXAMPLES]
-)
+# examples that train or convert to TFLite: the full suite runs them, `make test-fast` not
+SLOW_EXAMPLES = ("quantens/tuning.py::tune[", "quantens/export/__init__.py::")
+
+
+@pytest.mark.parametrize("example_id,source", [
+    pytest.param(example_id, source, id=example_id,
+                 marks=[pytest.mark.slow] if example_id.startswith(SLOW_EXAMPLES) else [])
+    for example_id, source in EXAMPLES
+])
 def test_docstring_example(example_id, source, monkeypatch, tmp_path, tfds_dir):
     from tensorflow_datasets.core import constants
 
