@@ -37,9 +37,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="batch size for validation (default: the run's)")
     parser.add_argument("--no-eval", action="store_true",
-                        help="skip the fidelity check on the validation split")
+                        help="skip the fidelity check on the test split")
     parser.add_argument("--eval-examples", type=int, default=None,
-                        help="check fidelity on the first N validation examples (default all)")
+                        help="check fidelity on the first N test examples (default all)")
     return parser
 
 

@@ -19,7 +19,7 @@ member_<b>.tflite    one flatbuffer per member:
                                           k-bit grid (float32 input and output)
                        1 bit              Larq Compute Engine: bitpacked binary
                                           convolutions (LceBconv2d)
-export.json          per member: file, bytes, op histogram, and on the validation split
+export.json          per member: file, bytes, op histogram, and on the test split
                      top-1 agreement with the Keras member, max |logit difference|,
                      accuracy of the TFLite file
 ```
