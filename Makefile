@@ -19,13 +19,14 @@ $(STAMP): setup.py constraints.txt
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-# everything (CI): well under 15 minutes on 2 cores
+# everything (CI): well under 15 minutes on 2 cores; two workers, one test file each at a time
+# (module fixtures train once per file)
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # the fast lane while you work: unit tests, no end-to-end runs of train.py (a few minutes)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

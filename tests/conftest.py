@@ -89,21 +89,11 @@ def run_seed_example(n, tmp_path, extra=(), **replace):
 
 
 _DOCSTRING_EXAMPLE = "test_docstrings.py::test_docstring_example["
-_DOCSTRING_EXAMPLES_COLLECTED = pytest.StashKey[int]()
-
-
-def pytest_collection_finish(session):
-    """Counts the docstring examples (tests/test_docstrings.py) this session runs."""
-    session.config.stash[_DOCSTRING_EXAMPLES_COLLECTED] = sum(
-        _DOCSTRING_EXAMPLE in item.nodeid for item in session.items
-    )
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    """Prints `docstring examples: N collected, P passed[, F failed]`."""
-    collected = config.stash.get(_DOCSTRING_EXAMPLES_COLLECTED, 0)
-    if not collected:
-        return
+    """Prints `docstring examples: N run, P passed[, F failed]` (also under pytest-xdist,
+    where only the workers collect: counted from the reports)."""
     outcomes = {}  # nodeid -> passed / failed / skipped (a failure in any phase wins)
     for reports in terminalreporter.stats.values():
         for report in reports:
@@ -116,7 +106,9 @@ def pytest_terminal_summary(terminalreporter, config):
                 outcomes[nodeid] = "skipped"
             elif report.passed and report.when == "call" and nodeid not in outcomes:
                 outcomes[nodeid] = "passed"
+    if not outcomes:
+        return
     counts = {o: list(outcomes.values()).count(o) for o in ("passed", "failed", "skipped")}
-    line = f"docstring examples: {collected} collected, {counts['passed']} passed"
+    line = f"docstring examples: {len(outcomes)} run, {counts['passed']} passed"
     line += "".join(f", {counts[o]} {o}" for o in ("failed", "skipped") if counts[o])
     terminalreporter.write_line(line)
