@@ -252,11 +252,6 @@ class HistoryCSV(tf.keras.callbacks.Callback):
         _write_rows(self.path, self.rows)
 
 
-def all_finite(model: tf.keras.Model) -> bool:
-    """Whether every weight of `model` is finite (no NaN, no infinity)."""
-    return all(bool(np.all(np.isfinite(w))) for w in model.get_weights())
-
-
 class BestCheckpoint(tf.keras.callbacks.Callback):
     """Saves weights whenever `monitor` improves (higher is better), atomically.
 

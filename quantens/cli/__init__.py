@@ -537,11 +537,6 @@ def fail(message: str, code: int = 2, prog: str | None = None) -> None:
     raise SystemExit(code)
 
 
-EXIT_CODES = {0: "success", 1: "a search whose trials all failed, or a full disk",
-              2: "bad input (flags, data, files)", 3: "training diverged",
-              130: "interrupted (Ctrl-C)"}
-
-
 def run_main(main: Callable[[], int], prog: str) -> int:
     """Runs an entry point; errors become one line `prog: error: ...` and an exit code.
 
