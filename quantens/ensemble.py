@@ -324,8 +324,9 @@ class QuantEnsemble(tf.keras.Model):
     def summary(self, line_length: int | None = None, print_fn=None, **kwargs) -> None:
         """The members: bit-widths, shared and per-member parameters, bytes as larq counts them.
 
-        `ensemble.model.summary()` shows the layers; `lq.models.summary(ensemble.member(b))`
-        one member in larq's detail.
+        `ensemble.model.summary()` shows the layers; larq's summary describes the
+        member in scope: `with quantens.bits(b): lq.models.summary(ensemble)` (outside a
+        scope, the 32-bit member), as does `lq.models.summary(ensemble.member(b))`.
         """
         print_fn = print_fn or print
         rows = member_table(self)
@@ -338,7 +339,8 @@ class QuantEnsemble(tf.keras.Model):
         for row in rows:
             note = "target" if row["bits"] == self.target_bits else ""
             print_fn(f"{row['bits']:>5}  {row['own_parameters']:>17,}  {row['bytes']:>12,}  {note}")
-        print_fn("Layers: ensemble.model.summary(); one member: lq.models.summary(ensemble.member(b))")
+        print_fn("Layers: ensemble.model.summary(); member b in larq's detail: "
+                 "with quantens.bits(b): lq.models.summary(ensemble)")
 
     def predict_step(self, data):
         x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)

@@ -354,3 +354,23 @@ def test_summary_lists_the_members_and_their_sizes():
     for r in rows:
         assert any(line.split()[:3] == [str(r["bits"]), f"{r['own_parameters']:,}",
                                         f"{r['bytes']:,}"] for line in lines)
+
+
+def test_larq_summary_of_the_ensemble_describes_the_member_in_scope():
+    import larq as lq
+
+    bits = (32, 4, 1)
+    ensemble = quantens.QuantEnsemble(tiny_model(bits, width=4), bits)
+    quantized = sum(layer.kernel.shape.num_elements() for layer in ensemble.model.layers
+                    if isinstance(getattr(layer, "kernel_quantizer", None),
+                                  quantens.WeightQuantizer))
+    for b in bits:
+        lines = []
+        with quantens.bits(b):
+            lq.models.summary(ensemble, print_fn=lines.append)
+        header, total = (line for line in lines[0].splitlines()
+                         if "Layer" in line or "Total" in line)
+        if b == 32:
+            assert "# 32-bit" in header and "-bit" not in header.replace("32-bit", "")
+        else:
+            assert f"# {b}-bit" in header and total.strip("| ").split()[1] == str(quantized)
