@@ -24,8 +24,9 @@ import contextlib
 import threading
 from collections.abc import Iterable, Iterator
 
+from quantens.defaults import FULL_PRECISION
+
 MIN_BITS = 1
-from quantens.defaults import FULL_PRECISION  # noqa: E402  (re-exported)
 
 _scope = threading.local()
 

@@ -33,6 +33,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from quantens.errors import DataError, one_line
+
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_FRACTION = 0.8
 DIGITS_VALIDATION_SEED = 1
@@ -188,7 +190,6 @@ ALIASES = {"imagenet": "imagenet2012", "cifar-10": "cifar10", "cifar-100": "cifa
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
-from quantens.errors import DataError, one_line  # noqa: E402  (DataError re-exported)
 
 # ----------------------------------------------------------------------- splits
 

@@ -26,8 +26,8 @@ import os
 
 import tensorflow as tf
 
-from quantens.cluster import read_tf_config  # noqa: E402
-from quantens.errors import DeviceError  # noqa: E402  (re-exported)
+from quantens.cluster import read_tf_config
+from quantens.errors import DeviceError  # re-exported: quantens.distribute.DeviceError
 
 
 def parse_gpus(gpus: str | None) -> list[int] | None:

@@ -44,6 +44,8 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 
+from quantens.errors import DownloadError, PretrainedError, one_line  # re-exported
+
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 REGISTRY_PATH = os.path.join(WEIGHTS_DIR, "pretrained.json")
 HOME_ENV = "QUANTENS_HOME"
@@ -53,8 +55,6 @@ DEFAULT_HOME = os.path.join("~", ".keras", "quantens")
 # Layer-config keys that do not change what the weights compute.
 _IGNORED_CONFIG_KEYS = ("name", "trainable", "dtype", "synchronized", "momentum")
 
-
-from quantens.errors import DownloadError, PretrainedError, one_line  # noqa: E402  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)

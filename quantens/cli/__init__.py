@@ -537,6 +537,23 @@ def fail(message: str, code: int = 2, prog: str | None = None) -> None:
     raise SystemExit(code)
 
 
+def legacy_model(config: dict, bit_widths=None):
+    """The model of a result directory written before model.json, from its config.json flags.
+
+    Raises `ConfigError` when the flags cannot be rebuilt (the zoo lives above
+    the library, so only the command line does this).
+    """
+    from quantens.errors import ConfigError
+
+    try:
+        import zoo
+
+        flags = config if bit_widths is None else {**config, "bit_widths": bit_widths}
+        return zoo.create_model_from_flags(flags, config["input_shape"], config["num_classes"])
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"cannot rebuild the model of config.json: {one_line(error)}") from error
+
+
 def run_main(main: Callable[[], int], prog: str) -> int:
     """Runs an entry point; errors become one line `prog: error: ...` and an exit code.
 

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from quantens.cli import program_name, run_main
+from quantens.cli import legacy_model, program_name, run_main
 from quantens.layout import ResultDir
 from quantens.locking import ResultDirLock
 from quantens.startup import load_tensorflow
@@ -43,17 +43,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _legacy_model(config: dict):
-    """The model of a result directory without model.json, from its config.json flags."""
-    import zoo
-    from quantens.errors import ExportError, one_line
-
-    try:
-        return zoo.create_model_from_flags(config, config["input_shape"], config["num_classes"])
-    except (ValueError, TypeError, KeyError) as error:
-        raise ExportError(f"cannot rebuild the model of config.json: {one_line(error)}") from error
-
-
 def _export(args: argparse.Namespace, prog: str = PROG) -> int:
     from quantens.export import read_result_config
 
@@ -63,7 +52,7 @@ def _export(args: argparse.Namespace, prog: str = PROG) -> int:
         from quantens.export import export_result_dir, summary_table
 
         run = ResultDir(args.result_dir)
-        model = None if os.path.isfile(run.model) else _legacy_model(config)
+        model = None if os.path.isfile(run.model) else legacy_model(config)
         report = export_result_dir(
             args.result_dir, args.out, weights=args.weights, batch_size=args.batch_size,
             evaluate=not args.no_eval, max_val_examples=args.eval_examples, model=model,

@@ -9,27 +9,14 @@ from __future__ import annotations
 import os
 import sys
 
-from quantens.cli import Parser, program_name, run_main
+from quantens.cli import Parser, legacy_model, program_name, run_main
+from quantens.errors import ConfigError
 from quantens.layout import ResultDir
 from quantens.locking import ResultDirLock
 from quantens.startup import load_tensorflow
 
 PROG = "quantens.report"
 SCRIPT = "quantens-report"
-
-
-def _legacy_model(result):
-    """The model of a result directory without model.json, from its config.json flags."""
-    config = result.config
-    try:
-        import zoo
-
-        return zoo.create_model_from_flags(
-            {**config, "bit_widths": result.metrics["bit_widths"]},
-            config["input_shape"], config["num_classes"],
-        )
-    except Exception:  # missing keys, unknown model, bad flags: the report says "unknown"
-        return None
 
 
 def _report(result_dir: str, prog: str = PROG) -> int:
@@ -42,7 +29,10 @@ def _report(result_dir: str, prog: str = PROG) -> int:
 
         model = None
         if result.export is None and not os.path.isfile(ResultDir(result_dir).model):
-            model = _legacy_model(result)
+            try:
+                model = legacy_model(result.config, result.metrics["bit_widths"])
+            except ConfigError:
+                model = None  # the report then says the sizes are unknown
         print(write_report(result, model=model))
     return 0
 
