@@ -109,12 +109,14 @@ QUANTIZER_OPTIONS = {
     "weight_quantization": "dorefa",
     "relu_range": 1.0,
     "share_bn": False,
+    "sync_bn": False,
 }
 """`quantize_model`'s `**quantizer_options` and their defaults:
 
 - `weight_quantization`: `dorefa` or `identity` (full-precision weights in every member);
 - `relu_range`: the k-bit range [0, relu_range] of an unbounded relu;
-- `share_bn`: one BN for all members instead of one per member.
+- `share_bn`: one BN for all members instead of one per member;
+- `sync_bn`: BN statistics synchronised across replicas (`synchronized=True`).
 """
 
 Policy = Mapping[str, "int | None"] | Callable[[tf.keras.layers.Layer], "int | None"] | None
@@ -370,6 +372,7 @@ class _Builder:
         self.weight_method = options["weight_quantization"]
         self.relu_range = options["relu_range"]
         self.share_bn = options["share_bn"]
+        self.sync_bn = options["sync_bn"]
 
     def run(self, model, inputs, training=None) -> list:
         values = {str(id(x)): _Reuse(y) for x, y in zip(model.inputs, inputs, strict=True)}
@@ -425,6 +428,8 @@ class _Builder:
                 config[key] = WeightQuantizer(self.weight_method, bits=bits)
             return cls.from_config({**config, "input_quantizer": None}), after
         if kind == _BN:
+            if self.sync_bn:  # not in a BatchNormalization's get_config: set it here
+                config["synchronized"] = True
             return SwitchableBatchNormalization(self.bit_widths, shared=self.share_bn,
                                                 **config), None
         if kind == _ACT:
@@ -453,6 +458,7 @@ def _check_options(options: dict) -> dict:
         raise ValueError(f"relu_range must be a positive number, got {relu_range!r}")
     options["relu_range"] = float(relu_range)
     options["share_bn"] = bool(options["share_bn"])
+    options["sync_bn"] = bool(options["sync_bn"])
     return options
 
 
@@ -493,7 +499,8 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
             computes what `model` computes.
         **quantizer_options: `weight_quantization` (`"dorefa"` or
             `"identity"`), `relu_range` (the k-bit range [0, relu_range] of an
-            unbounded relu, default 1.0), `share_bn` (one BN for all members).
+            unbounded relu, default 1.0), `share_bn` (one BN for all members),
+            `sync_bn` (BN statistics synchronised across replicas).
 
     Raises:
         ValueError: for a subclassed model, a layer called more than once, a
