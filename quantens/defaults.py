@@ -13,6 +13,8 @@ assert "progressive" in defaults.KD_MODES
 
 from __future__ import annotations
 
+import os
+
 # ------------------------------------------------------------------ members
 BIT_WIDTHS = (32, 8, 4, 2, 1)
 """The members of the seed's examples: full precision down to binary."""
@@ -32,10 +34,35 @@ CLIP_THRESHOLD = 1.3
 MODEL = "digits_resnet_e"
 INITIAL_LAYERS = ("imagenet", "thumbnail", "grouped_stem")
 
+KERAS_MODEL_PREFIX = "keras:"
+"""`--model keras:NAME`: the `tf.keras.applications` network NAME, converted by `quantize_model`."""
+
+MODEL_FILE_SUFFIXES = (".keras", ".h5")
+"""`--model PATH`: a user's saved float Keras model (a whole model, `model.save(PATH)`)."""
+
+
+def is_model_file(model: str) -> bool:
+    """Whether a `--model` value is the path of a saved model (not a zoo or `keras:` name).
+
+    A path: it ends in `.keras` or `.h5`, or it has a directory part.
+
+    ```python
+    from quantens.defaults import is_model_file
+
+    assert is_model_file("my_cnn.keras") and is_model_file("models/cnn.h5")
+    assert not is_model_file("mobilenet_v2") and not is_model_file("keras:MobileNetV2")
+    ```
+    """
+    model = str(model)
+    if model.startswith(KERAS_MODEL_PREFIX):
+        return False
+    return model.lower().endswith(MODEL_FILE_SUFFIXES) or "/" in model or os.sep in model
+
+
 ARCHITECTURE_FLAGS = (
     "model", "bit_widths", "initial_layers", "weight_quantization", "activation_method",
     "clip_threshold", "fp_downsample_sc", "pool_downsample_sc", "fp_weights", "share_bn",
-    "width",
+    "width", "alpha",
 )
 """The train.py flags that define the network (and so what a weights file fits)."""
 
@@ -43,7 +70,7 @@ ARCHITECTURE_DEFAULTS = {
     "model": MODEL, "bit_widths": list(BIT_WIDTHS), "initial_layers": None,
     "weight_quantization": WEIGHT_QUANTIZATION, "activation_method": ACTIVATION_METHOD,
     "clip_threshold": CLIP_THRESHOLD, "fp_downsample_sc": False, "pool_downsample_sc": False,
-    "fp_weights": False, "share_bn": False, "width": None,
+    "fp_weights": False, "share_bn": False, "width": None, "alpha": None,
 }
 """The value of each architecture flag when it is not given (train.py's defaults)."""
 

@@ -30,6 +30,21 @@ def test_validation_sorts_bits_and_defaults_target_to_the_lowest(tmp_path):
     assert args.lr_steps == (30.0, 60.0, 90.0)
 
 
+def test_model_forms_get_sane_default_result_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for model, dataset, expected in [
+        ("mobilenet_v2", "cifar10", "mobilenet_v2_cifar10"),
+        ("keras:EfficientNetB0", "cifar10", "keras_EfficientNetB0_cifar10"),
+        ("models/my cnn.keras", "digits", "my_cnn_digits"),
+        ("float.h5", "mnist", "float_mnist"),
+    ]:
+        args = cli.parse_args(["--model", model, "--dataset", dataset])
+        assert args.result_path == os.path.join("results", expected)
+    # a saved model's path is recorded absolute: config.json rebuilds it from anywhere
+    args = cli.parse_args(["--model", "models/my cnn.keras"])
+    assert args.model == str(tmp_path / "models" / "my cnn.keras")
+
+
 def test_help_documents_every_flag_of_the_seed():
     text = cli.build_parser().format_help()
     for n in EXAMPLES:
@@ -44,6 +59,9 @@ BAD = [
     (["--bit-widths", "4", "4"], "--bit-widths"),
     (["--bit-widths", "8", "2", "--target-bits", "4"], "--target-bits"),
     (["--model", "resnet99"], "--model"),
+    (["--model", "keras:NoSuchNet"], "--model"),
+    (["--model", "missing/float.keras"], "--model"),
+    (["--model", "mobilenet_v2", "--alpha", "0"], "--alpha"),
     (["--dataset", "imagenet1k"], "--dataset"),
     (["--data-dir", "/nonexistent/imagenet"], "--data-dir"),
     (["--optimizer", "adagrad"], "--optimizer"),

@@ -11,8 +11,9 @@ def count(model, kind):
 
 
 def test_registry_lists_and_rejects_names():
-    assert {"resnet18_e1", "resnet34_e1", "digits_resnet_e"} <= set(zoo.list_models())
-    assert zoo.list_models("resnet*") == ["resnet18_e1", "resnet34_e1"]
+    assert {"resnet18_e1", "resnet34_e1", "digits_resnet_e", "mobilenet_v2",
+            "resnet50"} <= set(zoo.list_models())
+    assert zoo.list_models("resnet*") == ["resnet18_e1", "resnet34_e1", "resnet50"]
     with pytest.raises(ValueError, match="unknown model 'resnet99'.*resnet18_e1"):
         zoo.create_model("resnet99")
 

@@ -39,18 +39,46 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_builder(name: str) -> Callable:
-    if name not in _MODELS:
+    """The builder of a model name: a registered one, `keras:NAME` or a saved model's path.
+
+    `keras:NAME` converts the `tf.keras.applications` network NAME, a path
+    (`.keras`/`.h5`) a user's saved float model (`zoo.applications`).
+
+    Raises:
+        ValueError: an unknown name; for `keras:NAME` and paths a `ConfigError`
+            saying what is wrong with the name or the file.
+
+    ```python
+    import zoo
+
+    build = zoo.get_builder("keras:ResNet50")
+    try:
+        zoo.get_builder("missing/model.keras")
+    except ValueError as error:
+        assert "no such file" in str(error)
+    ```
+    """
+    if name in _MODELS:
+        return _MODELS[name]
+    builder = applications.builder_for(name)
+    if builder is None:
         raise ValueError(
-            f"unknown model {name!r}: choose one of {', '.join(list_models())}"
+            f"unknown model {name!r}: choose one of {', '.join(list_models())}, "
+            f"{defaults.KERAS_MODEL_PREFIX}NAME (a tf.keras.applications network, e.g. "
+            f"{defaults.KERAS_MODEL_PREFIX}MobileNetV2) or the path of a saved float Keras "
+            f"model ({', '.join(defaults.MODEL_FILE_SUFFIXES)})"
         )
-    return _MODELS[name]
+    return builder
 
 
 def create_model(name: str, **kwargs):
     """Builds a registered architecture: `create_model("resnet18_e1", num_classes=10)`.
 
-    Keyword arguments go to the builder (`input_shape`, `num_classes`,
-    `bit_widths`, `weights`, quantizer options). A pretrained tag as `weights`
+    `name` is a registered architecture (`list_models()`), `keras:NAME` (a
+    converted `tf.keras.applications` network) or the path of a saved float
+    Keras model (`zoo.applications`). Keyword arguments go to the builder
+    (`input_shape`, `num_classes`, `bit_widths`, `weights`, quantizer
+    options). A pretrained tag as `weights`
     configures its own architecture (input shape, classes, bit-widths, width,
     quantizers), as in timm; an explicit argument that contradicts the tag is
     a `PretrainedError` naming both values.
@@ -241,14 +269,21 @@ def _builder_kwargs(flags: dict, input_shape, num_classes: int) -> dict:
             kwargs[flag] = True
     if get("initial_layers"):
         kwargs["initial_layers"] = get("initial_layers")
-    elif kwargs["input_shape"][0] < 64:
-        kwargs["initial_layers"] = "thumbnail"
+    elif kwargs["input_shape"][0] < 64 and not _is_converted(get("model")):
+        kwargs["initial_layers"] = "thumbnail"  # ResNetE's stem for small images
     if get("width"):
         kwargs["width"] = int(get("width"))
+    if get("alpha") is not None:
+        kwargs["alpha"] = float(get("alpha"))
     return kwargs
 
 
-from zoo import resnet, resnet_e  # noqa: E402,F401  (registers the builders)
+def _is_converted(name: str) -> bool:
+    """A converted float network keeps its own stem (no automatic `initial_layers`)."""
+    return applications.is_converted(name)
+
+
+from zoo import applications, resnet, resnet_e  # noqa: E402,F401  (registers the builders)
 
 _PRETRAINED = ("create_pretrained", "list_pretrained", "load_pretrained", "pretrained_config")
 

@@ -50,7 +50,7 @@ from quantens.startup import load_tensorflow, quiet_native_logs  # noqa: F401  (
 
 # Float flags that must be finite numbers (checked before any range).
 FLOAT_FLAGS = ("lr", "lr_factor", "warmup_epochs", "momentum", "wd", "clip_threshold",
-               "kd_temperature", "kd_weight", "kd_attention_weight")
+               "kd_temperature", "kd_weight", "kd_attention_weight", "alpha")
 
 DEFAULT_MODEL = defaults.MODEL
 DEFAULT_DATASET = defaults.DATASET
@@ -164,7 +164,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help="architecture from the zoo")
+    g.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help="architecture: a zoo name (digits_resnet_e, resnet18_e1, resnet34_e1, "
+        "mobilenet_v2, resnet50), keras:NAME (any tf.keras.applications network, e.g. "
+        "keras:EfficientNetB0, converted by quantens.quantize_model), or the path of your "
+        "saved float Keras model (.keras/.h5, model.save(PATH); a final softmax is removed)",
+    )
     g.add_argument(
         "--initial-layers", default=None, choices=defaults.INITIAL_LAYERS,
         help="stem of ResNetE models (default: imagenet for 224px inputs, thumbnail "
@@ -195,6 +201,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, default=None,
                    help="first-stage channels of the small digits model (default: the "
                    "model's own, 32 for digits_resnet_e)")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="width multiplier of mobilenet_v2 and keras:MobileNet* models, e.g. "
+                   "0.35 (default: the model's own, 1.0)")
     g.add_argument("--bit-widths", nargs="+", type=_bits_list, default=list(defaults.BIT_WIDTHS),
                    help="the members' bit-widths (1..32)")
     g.add_argument("--target-bits", type=int, default=None,
@@ -347,6 +356,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, flag)
         if value is not None and not math.isfinite(value):
             raise UsageError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
+    if args.alpha is not None and args.alpha <= 0:
+        raise UsageError(f"--alpha must be positive, got {args.alpha}")
+    if defaults.is_model_file(args.model):  # config.json rebuilds it from any directory
+        args.model = os.path.abspath(os.path.expanduser(args.model))
     if args.lr <= 0:
         raise UsageError("--lr must be positive")
     if args.clip_threshold <= 0:
@@ -395,11 +408,38 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
     read_tf_config()  # a malformed TF_CONFIG is bad input too (DeviceError)
     if args.result_path is None:
-        args.result_path = os.path.join("results", f"{args.model}_{args.dataset}")
+        args.result_path = default_result_path(args.model, args.dataset)
     _check_writable(args.result_path, "--result-path")
     if args.log is not None:
         _check_writable(os.path.dirname(os.path.abspath(args.log)), "--log")
     return args
+
+
+def default_result_path(model: str, dataset: str) -> str:
+    """`results/<model>_<dataset>`, with a file name for every form of `--model`.
+
+    `keras:NAME` becomes `keras_NAME`, a saved model's path its file name
+    without the suffix; characters other than letters, digits, `.`, `_`, `-`
+    become `_`.
+
+    ```python
+    from quantens.cli import default_result_path
+
+    assert default_result_path("mobilenet_v2", "cifar10") == "results/mobilenet_v2_cifar10"
+    assert default_result_path("keras:MobileNetV2", "cifar10") == (
+        "results/keras_MobileNetV2_cifar10")
+    assert default_result_path("/home/me/my cnn.keras", "digits") == "results/my_cnn_digits"
+    ```
+    """
+    name = str(model)
+    if defaults.is_model_file(name):
+        name = os.path.basename(name.rstrip("/" + os.sep))
+        stem, suffix = os.path.splitext(name)
+        name = stem if suffix.lower() in defaults.MODEL_FILE_SUFFIXES else name
+    elif name.startswith(defaults.KERAS_MODEL_PREFIX):
+        name = "keras_" + name[len(defaults.KERAS_MODEL_PREFIX):]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}_{dataset}").strip("._") or "run"
+    return os.path.join("results", slug)
 
 
 def _check_writable(path: str, flag: str) -> None:

@@ -156,6 +156,34 @@ def _build_distillation(args, spec, steps_per_epoch):
     )
 
 
+def _create_model(args, spec):
+    """The model of the flags; the zoo's notes (a saved model's softmax removed) printed."""
+    import warnings
+
+    import zoo
+    from zoo.applications import SoftmaxRemovedWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SoftmaxRemovedWarning)
+        try:
+            model = zoo.create_model_from_flags(vars(args), spec.input_shape, spec.num_classes)
+        except (TypeError, ValueError) as error:
+            message = one_line(error)
+            if message.startswith(f"{args.model}: "):  # the zoo names the model itself
+                message = message[len(args.model) + 2:]
+            raise ConfigError(f"--model {args.model}: {message}") from error
+    for warning in caught:
+        if issubclass(warning.category, SoftmaxRemovedWarning):
+            message = str(warning.message)
+            if message.startswith(f"{args.model}: "):
+                message = message[len(args.model) + 2:]
+            print(f"note: --model {args.model}: {message}")
+        else:  # everything else as Python would have shown it
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
+    return model
+
+
 def run(args: argparse.Namespace) -> dict:
     """Trains as the validated flags `args` say; returns what metrics.json holds.
 
@@ -190,7 +218,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
-    import zoo
     from quantens import data
 
     strategy = _setup(args)
@@ -205,10 +232,7 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
         tfds.disable_progress_bar()
     args.input_shape, args.num_classes = list(spec.input_shape), spec.num_classes
     with strategy.scope():
-        try:
-            model = zoo.create_model_from_flags(vars(args), spec.input_shape, spec.num_classes)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"--model {args.model}: {one_line(error)}") from error
+        model = _create_model(args, spec)
     if args.dry_run:
         _summarise_members(model, args.bit_widths)
         return {}
