@@ -26,10 +26,17 @@ original activation (relu, or relu capped at `max_value`: relu6); at k bits it
 clips to [0, range] and rounds to 2^k - 1 steps of range / (2^k - 1), with
 straight-through gradients inside [0, range]:
 
-- ReLU6 and `ReLU(max_value=m)`: range m (6 for ReLU6);
 - an unbounded relu: range `relu_range` (a quantizer option, default 1.0: the
   [0, 1] of quantens' `round` activations, as in ResNetE); the 32-bit member
-  keeps the unbounded relu.
+  keeps the unbounded relu;
+- ReLU6 and `ReLU(max_value=m)`: range min(m, `relu_range`), so [0, 1] by
+  default; the 32-bit member keeps the cap m. Pass `relu_range=6.0` for the
+  grid [0, 6] of a ReLU6. (The default is not 6 because a 1-bit member then
+  thresholds at 3, about three standard deviations above the BN output before
+  it: almost every activation is 0, whole channels are constant in a batch,
+  and BN's backward pass multiplies the gradient by up to 1/sqrt(epsilon) per
+  layer. A MobileNetV2 (alpha 0.35, 32x32) ensemble with a 1-bit member had a
+  NaN loss in its first epoch with [0, 6], and trained with [0, 1] and [0, 3].)
 
 A fused activation (`Conv2D(..., activation="relu")`) becomes its own
 `QuantActivation` named `<layer>_relu` (or `_relu6`) after the layer. Other
@@ -114,7 +121,8 @@ QUANTIZER_OPTIONS = {
 """`quantize_model`'s `**quantizer_options` and their defaults:
 
 - `weight_quantization`: `dorefa` or `identity` (full-precision weights in every member);
-- `relu_range`: the k-bit range [0, relu_range] of an unbounded relu;
+- `relu_range`: the k-bit range [0, relu_range] of a relu (of a capped relu
+  such as ReLU6: [0, min(cap, relu_range)]);
 - `share_bn`: one BN for all members instead of one per member;
 - `sync_bn`: BN statistics synchronised across replicas (`synchronized=True`).
 """
@@ -409,7 +417,8 @@ class _Builder:
 
     def activation(self, name: str, cap: float | None, dtype) -> QuantActivation:
         return QuantActivation(
-            "round", value_range=cap if cap is not None else self.relu_range, max_value=cap,
+            "round", max_value=cap,
+            value_range=self.relu_range if cap is None else min(cap, self.relu_range),
             bits=self.fixed_bits.get(name), name=name, dtype=dtype,
         )
 
@@ -498,8 +507,8 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
             bits is quantized in the 32-bit member too, which then no longer
             computes what `model` computes.
         **quantizer_options: `weight_quantization` (`"dorefa"` or
-            `"identity"`), `relu_range` (the k-bit range [0, relu_range] of an
-            unbounded relu, default 1.0), `share_bn` (one BN for all members),
+            `"identity"`), `relu_range` (the k-bit range [0, relu_range] of a
+            relu, [0, min(cap, relu_range)] of a capped one; default 1.0), `share_bn` (one BN for all members),
             `sync_bn` (BN statistics synchronised across replicas).
 
     Raises:
