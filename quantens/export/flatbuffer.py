@@ -1,0 +1,96 @@
+"""Reading TFLite flatbuffers: operators, int8 weights, input quantization."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+
+def _flatbuffer_model(flatbuffer: bytes):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+
+
+def _op_name(model, code_index: int) -> str:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    code = model.operatorCodes[code_index]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        custom = code.customCode
+        return custom.decode() if isinstance(custom, bytes) else str(custom)
+    for name, value in vars(schema.BuiltinOperator).items():
+        if value == builtin:
+            return name
+    return f"BUILTIN_{builtin}"
+
+
+def op_counts(flatbuffer: bytes) -> dict[str, int]:
+    """How often each operator occurs in a TFLite flatbuffer (custom ops by name).
+
+    ```python
+    import numpy as np
+    import quantens
+    from quantens.export import convert_member, op_counts
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8), (32, 1))
+    assert op_counts(convert_member(ensemble, 1))["LceBconv2d"] == 6
+    ```
+    """
+    model = _flatbuffer_model(flatbuffer)
+    counts: collections.Counter = collections.Counter()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            counts[_op_name(model, op.opcodeIndex)] += 1
+    return dict(sorted(counts.items()))
+
+
+def int8_conv_weights(flatbuffer: bytes) -> list[dict]:
+    """The int8 weights of every CONV_2D and DEPTHWISE_CONV_2D op, with its input's quantization.
+
+    Each item: `op`, `weights` (int8, as TFLite stores them: output channels
+    first for CONV_2D, last for DEPTHWISE_CONV_2D), `input_scale`,
+    `input_zero_point`. A conv whose input has scale r/n and zero point -128
+    reads a k-bit activation grid on [0, r] (n = 2^k - 1).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = _flatbuffer_model(flatbuffer)
+    found = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            name = _op_name(model, op.opcodeIndex)
+            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+                continue
+            tensor = subgraph.tensors[op.inputs[1]]
+            data = model.buffers[tensor.buffer].data
+            if tensor.type != schema.TensorType.INT8 or data is None:
+                continue
+            q = subgraph.tensors[op.inputs[0]].quantization
+            found.append({
+                "op": name,
+                "weights": np.asarray(data, np.uint8).view(np.int8).reshape(tensor.shape),
+                "input_scale": float(q.scale[0]) if q is not None and q.scale is not None
+                else None,
+                "input_zero_point": int(q.zeroPoint[0]) if q is not None
+                and q.zeroPoint is not None else None,
+            })
+    return found
+
+
+def input_quantization(flatbuffer: bytes) -> tuple[float, int] | None:
+    """(scale, zero point) the model input is rounded to, when its first op quantizes it."""
+    model = _flatbuffer_model(flatbuffer)
+    graph = model.subgraphs[0]
+    source = graph.inputs[0]
+    for op in graph.operators:
+        if _op_name(model, op.opcodeIndex) == "QUANTIZE" and op.inputs[0] == source:
+            q = graph.tensors[op.outputs[0]].quantization
+            return float(q.scale[0]), int(q.zeroPoint[0])
+    tensor = graph.tensors[source]
+    if tensor.quantization is not None and tensor.quantization.scale is not None:
+        return float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
+    return None

@@ -1,0 +1,139 @@
+"""Full-integer int8 files of 2..8-bit members, on the member's own grid.
+
+BN is folded into the convolution before it; a DoReFa kernel takes values
+(2i - n)/n with n = 2^k - 1, so the folded kernel of output channel c is
+(2i - n) * (A_c / n) for BN's multiplier A_c, stored as the odd integers 2i - n
+with per-channel scale |A_c| / n (exact for k <= 7; at 8 bits |2i - n| can
+reach 255 > 127, and channels that need it fall back to a max-abs scale).
+Depthwise kernels are stored the same way, per channel of their output. A
+k-bit `round` activation on [0, r] (r = 1 in ResNetE, 6 for a converted ReLU6)
+takes the values i * r / n: an int8 tensor of scale r / n and zero point -128,
+produced by a requantization (which rounds to the grid and saturates at 0)
+and a MINIMUM with r. Every other tensor (input, stem, BN and residual sums,
+linear bottlenecks, pooled features, logits) is int8 with a range calibrated
+on training data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+from quantens.export.flatbuffer import int8_conv_weights
+from quantens.export.graph import Act, MemberGraph, Step, _tf
+
+
+def round_to_grid(x, act: Act):
+    """clip(x, 0, r) rounded to the grid i * r / n as int8 (scale r/n, zero point -128)."""
+    tf = _tf()
+    r, n = float(act.value_range), float(act.levels)
+    if act.levels > 255:  # more levels than int8 holds: a calibrated-free 8-bit range
+        return tf.quantization.fake_quant_with_min_max_args(
+            tf.clip_by_value(x, 0.0, r), min=0.0, max=r, num_bits=8)
+    # requantize onto scale r/n, zero point -128 (rounds, saturates at 0), then
+    # MINIMUM with r: exactly clip(x, 0, r) rounded to the grid i * r / n
+    return tf.quantization.fake_quant_with_min_max_args(
+        tf.minimum(x, r), min=0.0, max=255.0 * r / n, num_bits=8)
+
+
+def fake_quant_weights(kernel: np.ndarray, grid: int | None, mult: np.ndarray,
+                       per_channel: bool, depthwise: bool = False):
+    """Int8 weights of a folded kernel; on the grid with scale |mult|/n where |2i - n| <= 127.
+
+    `kernel` is the folded kernel (quantized kernel * mult); per-channel
+    scales run over its output channels (for a depthwise kernel (h, w, c, m):
+    the c * m channels TFLite stores last).
+    """
+    tf = _tf()
+    shape = kernel.shape
+    if depthwise:  # per channel of the output: (h, w, 1, c * m), as TFLite stores it
+        kernel = kernel.reshape(shape[0], shape[1], 1, shape[2] * shape[3])
+    axes = tuple(range(kernel.ndim - 1))
+    absmax = np.abs(kernel).max(axis=axes)
+    scale = absmax / 127.0
+    if grid is not None:
+        ints = np.abs(np.rint(kernel / np.where(mult == 0, 1.0, mult) * grid)).max(axis=axes)
+        exact = (ints <= 127) & (mult != 0)
+        scale = np.where(exact, np.abs(mult) / grid, scale)
+    if not per_channel:
+        scale = np.full_like(scale, scale.max())
+    bound = (127.0 * np.maximum(scale, 1e-12)).astype(np.float32)
+    weights = tf.constant(kernel.astype(np.float32))
+    if per_channel:
+        weights = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            weights, -bound, bound, num_bits=8, narrow_range=True)
+    else:
+        weights = tf.quantization.fake_quant_with_min_max_vars(
+            weights, -float(bound[0]), float(bound[0]), num_bits=8, narrow_range=True)
+    return tf.reshape(weights, shape) if depthwise else weights
+
+
+def fake_quant_kernel(step: Step, per_channel: bool):
+    """The int8 weights of a conv / depthwise / dense step, BN folded in."""
+    p = step.params
+    depthwise = step.op == "depthwise"
+    mult = p["mult"]
+    if depthwise:
+        h, w, c, m = p["kernel"].shape
+        folded = p["kernel"] * mult.reshape(1, 1, c, m)
+    else:
+        folded = p["kernel"] * mult
+    return fake_quant_weights(folded, p["grid"], mult, per_channel, depthwise=depthwise)
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        yield
+
+
+def int8_flatbuffer(graph: MemberGraph, ranges) -> bytes:
+    """The int8 file of `graph` with calibrated `ranges` (see `graph.calibrate`)."""
+    tf = _tf()
+    fn = tf.function(lambda x: graph.forward(x, "int8", ranges=ranges), autograph=False,
+                     input_signature=[tf.TensorSpec((1, *graph.input_shape), tf.float32,
+                                                    "images")])
+    holder = tf.Module()
+    holder.fn = fn
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [fn.get_concrete_function()], holder)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with _quiet_warnings():
+        return converter.convert()
+
+
+def weights_report(flatbuffer: bytes, bits: int, grid_scales=None) -> dict:
+    """How the quantized convolutions of an int8 file sit on the member's grid.
+
+    A conv (or depthwise conv) reads the member's k-bit grid when its input
+    has zero point -128 and the scale of one of the member's k-bit activations
+    (`grid_scales`, value_range / n; default 1/n).
+    """
+    n = 2**bits - 1
+    scales = sorted(grid_scales) if grid_scales else [1 / n]
+    convs = int8_conv_weights(flatbuffer)
+    grid = [c for c in convs if c["input_zero_point"] == -128
+            and c["input_scale"] is not None
+            and any(math.isclose(c["input_scale"], s, rel_tol=1e-6) for s in scales)]
+
+    def rows(c):
+        w = c["weights"]
+        if c["op"] == "DEPTHWISE_CONV_2D":  # (1, h, w, channels): channels last
+            return list(w.reshape(-1, w.shape[-1]).T)
+        return list(w.reshape(w.shape[0], -1))
+
+    grid_rows = [r for c in grid for r in rows(c)]
+    return {
+        "conv_ops": len(convs),
+        "grid_conv_ops": len(grid),  # their input is a k-bit grid i * r / n
+        "grid_conv_channels": len(grid_rows),
+        "max_levels_per_channel": max((len(np.unique(r)) for r in grid_rows), default=0),
+        # weights exactly the grid's odd integers 2i - n (always for k <= 7)
+        "channels_exactly_on_grid": sum(
+            bool(np.all(np.abs(r) <= n) and np.all(r % 2 == 1)) for r in grid_rows),
+    }

@@ -1,0 +1,82 @@
+"""ONE SavedModel of every member: the shared weights once, a signature per member."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from quantens.export.graph import _tf
+
+
+def save_serving_model(ensemble, path: str) -> dict:
+    """Writes ONE SavedModel of all members: shared weights once, a signature each.
+
+    Signatures `serving_bits_<b>` run member b (input `images`, output
+    `logits`); `serving_default` runs the target member. Returns a summary
+    (signatures, variable count).
+
+    ```python
+    import os, tempfile
+    import numpy as np
+    import tensorflow as tf
+    import quantens
+    from quantens.export import save_serving_model
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8), (32, 1))
+    path = os.path.join(tempfile.mkdtemp(), "saved_model")
+    save_serving_model(ensemble, path)
+    loaded = tf.saved_model.load(path)
+    logits = loaded.signatures["serving_bits_1"](images=np.zeros((2, 8, 8, 1), "float32"))
+    ```
+    """
+    tf = _tf()
+    from quantens.bits import bits as bits_scope
+
+    model = ensemble.model
+    input_shape = tuple(model.input_shape[1:])
+    spec = tf.TensorSpec((None, *input_shape), tf.float32, "images")
+    variables = _distinct_variables(model)
+
+    def serving(b: int):
+        @tf.function(input_signature=[spec])
+        def serve(images):
+            # the scope is read while tracing: each function is member b
+            with bits_scope(b):
+                return {"logits": model(images, training=False)}
+
+        return serve
+
+    module = tf.Module()
+    module.shared_variables = variables  # each shared weight once
+    signatures = {}
+    for b in ensemble.bit_widths:
+        fn = serving(b)
+        setattr(module, f"bits_{b}", fn)
+        signatures[f"serving_bits_{b}"] = fn.get_concrete_function()
+    signatures["serving_default"] = signatures[f"serving_bits_{ensemble.target_bits}"]
+    tf.saved_model.save(module, path, signatures=signatures)
+    return {
+        "path": os.path.basename(path),
+        "signatures": {name: (ensemble.target_bits if name == "serving_default"
+                              else int(name.rsplit("_", 1)[1])) for name in signatures},
+        "variables": len(variables),
+        "parameters": int(sum(np.prod(v.shape) for v in variables)),
+        "bytes": _tree_bytes(path),
+    }
+
+
+def _distinct_variables(model) -> list:
+    seen, result = set(), []
+    for v in model.weights:
+        v = getattr(v, "latent_variable", v)
+        if id(v) not in seen:
+            seen.add(id(v))
+            result.append(v)
+    return result
+
+
+def _tree_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)

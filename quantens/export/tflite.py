@@ -1,0 +1,137 @@
+"""One TFLite flatbuffer per member: float32, int8 on the member's grid, or LCE.
+
+`member_format(bits)` is the form a member is meant to have; `convert`
+returns the form it got, and why when that differs (a 1-bit member that LCE
+cannot binarize, `det_sign` members without an int8 form).
+"""
+
+from __future__ import annotations
+
+from quantens.errors import ExportError, one_line
+from quantens.export.graph import MemberGraph, _tf, calibrate
+
+INT8_BITS = range(2, 9)
+FLOAT32 = "float32"
+INT8 = "int8"
+LCE = "lce"
+
+
+def member_file(bits: int) -> str:
+    """The file name of member `bits` inside `export/`.
+
+    ```python
+    from quantens.export import member_file
+
+    assert member_file(4) == "member_4.tflite"
+    ```
+    """
+    return f"member_{int(bits)}.tflite"
+
+
+def member_format(bits: int) -> str:
+    """The TFLite form a member is meant to have: `"float32"`, `"int8"` or `"lce"`.
+
+    (With `det_sign` activations, whose grid (2i - n)/n has no int8 form with
+    zero point, 2..8-bit members are float32 files; a 1-bit member with no
+    convolution LCE can binarize is an int8 (or float32) file: `convert` and
+    export.json's `format_reason` say so.)
+
+    ```python
+    from quantens.export import member_format
+
+    assert [member_format(b) for b in (32, 16, 8, 2, 1)] == [
+        "float32", "float32", "int8", "int8", "lce"]
+    ```
+    """
+    if bits == 1:
+        return LCE
+    if bits in INT8_BITS:
+        return INT8
+    return FLOAT32
+
+
+def float_flatbuffer(member) -> bytes:
+    """The float32 file of a Keras member (the TFLite converter, quantizers inlined)."""
+    tf = _tf()
+    input_shape = tuple(member.input_shape[1:])
+    fn = tf.function(lambda x: member(x, training=False), autograph=False,
+                     input_signature=[tf.TensorSpec((1, *input_shape), tf.float32, "images")])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [fn.get_concrete_function()], member)
+    return converter.convert()
+
+
+def _int8_or_float(graph: MemberGraph, member, calibration_data) -> tuple[bytes, str]:
+    from quantens.export.int8 import int8_flatbuffer
+
+    round_only = all(s.params.get("act") is None or s.params["act"].kind != "sign"
+                     for s in graph.steps)
+    if calibration_data is not None and round_only and not graph.has_symmetric_activations():
+        return int8_flatbuffer(graph, calibrate(graph, calibration_data)), INT8
+    return float_flatbuffer(member), FLOAT32
+
+
+def _grid(graph: MemberGraph, fmt: str) -> dict:
+    return {"grid_scales": sorted(graph.grid_scales())} if fmt == INT8 else {}
+
+
+def convert(member, bits: int, calibration_data=None) -> tuple[bytes, str, dict]:
+    """(flatbuffer, format, details) of a Keras member (`QuantEnsemble.member(bits)`).
+
+    `details` holds, for the 1-bit member, `lce` (`MemberGraph.lce_plan`),
+    `format_reason` where the format is not `member_format(bits)`, and for
+    int8 files `grid_scales` (the scales of the member's k-bit activations).
+    """
+    fmt = member_format(bits)
+    if fmt == FLOAT32:
+        return float_flatbuffer(member), FLOAT32, {}
+    graph = MemberGraph(member, bits)
+    if fmt == LCE:
+        from quantens.export.lce import lce_flatbuffer
+
+        plan = graph.lce_plan()
+        details: dict = {"lce": {"binary_convs": plan["binary"], "float_layers": plan["float"]}}
+        if plan["binary"]:
+            try:
+                return lce_flatbuffer(graph), LCE, details
+            except ExportError:
+                raise
+            except Exception as error:  # the LCE converter raises many kinds
+                reason = f"the LCE converter failed: {one_line(error)}"
+        else:
+            reason = ("no convolution with +-1 weights reads a 1-bit activation: LCE has "
+                      "nothing to binarize")
+        flatbuffer, got = _int8_or_float(graph, member, calibration_data)
+        return flatbuffer, got, {**details, "format_reason": reason, **_grid(graph, got)}
+    if graph.has_symmetric_activations():
+        return float_flatbuffer(member), FLOAT32, {
+            "format_reason": "det_sign's grid (2i - n)/n has no int8 form with one rounding"}
+    if calibration_data is None:
+        raise ExportError(
+            f"the {bits}-bit member is exported as int8 and needs calibration_data "
+            "(inputs from the training split)"
+        )
+    from quantens.export.int8 import int8_flatbuffer
+
+    return (int8_flatbuffer(graph, calibrate(graph, calibration_data)), INT8,
+            _grid(graph, INT8))
+
+
+def convert_member(ensemble, bits: int, calibration_data=None) -> bytes:
+    """The TFLite flatbuffer of member `bits` (see `member_format`).
+
+    int8 members (2..8 bits) need `calibration_data` (inputs from the training
+    split) for the ranges of their full-precision tensors. With `det_sign`
+    activations, 2..8-bit members are float32 files.
+
+    ```python
+    import quantens
+    from quantens.export import convert_member
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8), (32, 1))
+    flatbuffer = convert_member(ensemble, 1)
+    assert b"LceBconv2d" in flatbuffer
+    ```
+    """
+    return convert(ensemble.member(bits), bits, calibration_data)[0]
