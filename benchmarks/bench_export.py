@@ -85,12 +85,12 @@ def bench_model(name: str, ensemble, x: np.ndarray, repeats: int, threads=(1, 2)
     example = x[:1]
     for b in ensemble.bit_widths:
         start = time.perf_counter()
-        flatbuffer = export.convert_member(ensemble, b, calibration_data=x)
+        flatbuffer, fmt, _ = export.convert(ensemble.member(b), b, calibration_data=x)
         convert_s = time.perf_counter() - start
         print(f"  {name}: {b:>2} bits converted in {convert_s:.1f} s", file=sys.stderr)
         rows.append({
             "bits": b,
-            "format": "lce" if b == 1 else ("int8" if b in export.INT8_BITS else "float32"),
+            "format": fmt,
             "bytes": len(flatbuffer),
             "convert_seconds": round(convert_s, 2),
         })

@@ -321,6 +321,15 @@ def test_train_py_trains_and_resumes_a_saved_float_model(tmp_path, tfds_dir):
     second = _train(tmp_path, [*argv, "--epochs", "2"])  # the same command resumes
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Epoch 2/2" in second.stdout and "Epoch 1/2" not in second.stdout
+    # the finished run exports like a zoo model's: every member, the 1-bit one in LCE
+    exported = run_script(["-m", "quantens.export", str(result_path)], cwd=str(tmp_path),
+                          env={"PYTHONPATH": ROOT})
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    report = json.loads((result_path / "export" / "export.json").read_text())
+    assert {b: m["format"] for b, m in report["members"].items()} == {
+        "32": "float32", "4": "int8", "1": "lce"}
+    assert report["members"]["1"]["lce"]["binary_convs"] == ["conv"]  # reads stem_relu
+    assert report["members"]["32"]["fidelity"]["agreement"] == 1.0
 
 
 def test_train_py_refuses_a_saved_model_of_another_shape_in_one_line(tmp_path, tfds_dir):

@@ -238,3 +238,31 @@ def test_what_export_cannot_take_is_one_clear_error(tmp_path):
                                        calibration_data=data)
             assert not (tmp_path / "export").exists()
         assert "\n" not in str(info.value)
+
+
+def test_layers_the_policy_fixes_keep_their_precision_in_every_file(tmp_path):
+    """policy={"c2": 8}: c2's kernel is 8-bit in the 2-bit member's int8 file (up to
+    255 levels per channel, not 4) and in the 1-bit member, which then has no +-1
+    conv reading a 1-bit activation: c1 does, and it is binarized; c2 is not."""
+    inputs = tf.keras.Input((8, 8, 2))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = L.ReLU(name="stem_relu")(x)
+    x = L.Conv2D(8, 3, padding="same", name="c1")(x)
+    x = L.BatchNormalization(name="c1_bn")(x)
+    x = L.ReLU(name="c1_relu")(x)
+    x = L.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    bits = (32, 2, 1)
+    model = tf.keras.Model(inputs, L.Dense(3, name="logits")(x))
+    policy = {"stem": 32, "logits": 32, "c2": 8}
+    ensemble = quantens.QuantEnsemble(quantens.quantize_model(model, bits, policy=policy), bits)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 2)).astype("float32")
+    report = export.export_ensemble(ensemble, str(tmp_path / "export"), val_data=x,
+                                    calibration_data=x)
+    with open(tmp_path / "export" / export.member_file(2), "rb") as f:
+        convs = export.int8_conv_weights(f.read())
+    levels = [max(len(np.unique(row)) for row in c["weights"].reshape(8, -1)) for c in convs]
+    assert levels[1] <= 4 < levels[2]  # c1 on the 2-bit grid, c2 on the 8-bit one
+    assert report["members"]["1"]["lce"]["binary_convs"] == ["c1"]
+    assert "c2" not in report["members"]["1"]["lce"]["float_layers"]  # not +-1 at all
+    assert report["members"]["1"]["fidelity"]["max_abs_logit_diff"] < FLOAT_LOGIT_BOUND
