@@ -305,6 +305,21 @@ def test_converted_model_trains_with_progressive_distillation():
     assert members[1] < 0.8 * members[0], members
 
 
+def test_attention_matching_uses_the_converted_models_residual_outputs():
+    """The hand-built CNN's Add is a stage output: attention matching has a loss."""
+    from quantens.distillation import stage_outputs
+
+    converted = quantize_model(build("handmade"), (32, 2))
+    assert [t._keras_history.layer.name for t in stage_outputs(converted)] == ["add"]
+    x, y = colour_classes()
+    ensemble = quantens.QuantEnsemble(converted, (32, 2))
+    ensemble.set_distillation(Distillation((32, 2), "progressive", teacher=None,
+                                           attention_weight=1.0))
+    ensemble.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+    history = ensemble.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history
+    assert history["attention_loss"][0] > 0 and np.isfinite(history["loss"]).all()
+
+
 MIRRORED = textwrap.dedent(
     """
     import json
