@@ -13,7 +13,12 @@ them alike; ratios are against the float32 (32-bit) member.
 python benchmarks/bench_export.py                      # digits model, 1 and 2 threads
 python benchmarks/bench_export.py --resnet18           # + resnet18_e1 at 224x224x3
 python benchmarks/bench_export.py --result-dir DIR     # a trained result directory
+python benchmarks/bench_export.py --weight-quantization narrow --bit-widths 32 8 4 3 2 1 \
+    --threads 1 --no-xnnpack                           # packed INT4 vs int8, XNNPACK on/off
 ```
+
+Members whose filters are packed as INT4 are timed next to their int8 twin
+(rows `packed` and `int8`).
 
 Models: `digits_resnet_e` (width 32, the zoo's default, 8x8x1, trained weights
 with `--result-dir`, random otherwise) and, with `--resnet18`,
@@ -44,7 +49,7 @@ from quantens import export  # noqa: E402
 BITS = (32, 8, 4, 2, 1)
 
 
-def _digits(result_dir: str | None):
+def _digits(result_dir: str | None, weight_quantization: str = "dorefa", bits=BITS):
     import quantens.data as qd
     import zoo
 
@@ -52,19 +57,20 @@ def _digits(result_dir: str | None):
         ensemble, config = export.load_result_ensemble(result_dir)
         data_dir = config.get("data_dir")
     else:
-        model = zoo.create_model("digits_resnet_e", bit_widths=BITS)
-        ensemble, data_dir = quantens.QuantEnsemble(model, BITS), None
+        model = zoo.create_model("digits_resnet_e", bit_widths=bits,
+                                 weight_quantization=weight_quantization)
+        ensemble, data_dir = quantens.QuantEnsemble(model, bits), None
     x, _ = next(iter(qd.load("digits", "train", 512, data_dir=data_dir)))
     return ensemble, x.numpy()
 
 
-def _resnet18():
+def _resnet18(weight_quantization: str = "dorefa", bits=BITS):
     import zoo
 
     model = zoo.create_model("resnet18_e1", input_shape=(224, 224, 3), num_classes=1000,
-                             bit_widths=BITS)
+                             bit_widths=bits, weight_quantization=weight_quantization)
     x = np.random.default_rng(0).normal(size=(8, 224, 224, 3)).astype(np.float32)
-    return quantens.QuantEnsemble(model, BITS), x
+    return quantens.QuantEnsemble(model, bits), x
 
 
 def _timed_call(runner, example) -> float:
@@ -74,59 +80,77 @@ def _timed_call(runner, example) -> float:
 
 
 def bench_model(name: str, ensemble, x: np.ndarray, repeats: int, threads=(1, 2),
-                lce_indirect_bgemm: bool = True, rounds: int = 5) -> dict:
+                lce_indirect_bgemm: bool = True, rounds: int = 5,
+                xnnpack=(True,)) -> dict:
     """Converts every member, then times them all in `rounds` rotating rounds.
 
-    Each round times `repeats / rounds` calls of every (member, threads) pair
-    in turn, so load from other processes hits all alike; latency is the median
+    An int8 member whose filters were packed as INT4 is timed twice: the
+    packed file (`variant` "packed") and its int8 twin ("int8"). `xnnpack`
+    lists the interpreter settings to time: True (the default XNNPACK
+    delegate) and/or False (TFLite's builtin kernels only). Each round times
+    `repeats / rounds` calls of every (member, variant, threads, xnnpack) in
+    turn, so load from other processes hits all alike; latency is the median
     over all calls.
     """
     rows, runners = [], {}
     example = x[:1]
     for b in ensemble.bit_widths:
         start = time.perf_counter()
-        flatbuffer, fmt, _ = export.convert(ensemble.member(b), b, calibration_data=x)
+        member = ensemble.member(b)
+        flatbuffer, fmt, details = export.convert(member, b, calibration_data=x)
         convert_s = time.perf_counter() - start
         print(f"  {name}: {b:>2} bits converted in {convert_s:.1f} s", file=sys.stderr)
-        rows.append({
-            "bits": b,
-            "format": fmt,
-            "bytes": len(flatbuffer),
-            "convert_seconds": round(convert_s, 2),
-        })
-        for t in threads:
-            runner = export.TFLiteRunner(flatbuffer, num_threads=t,
-                                         lce_indirect_bgemm=lce_indirect_bgemm)
-            for _ in range(3):  # warm-up
-                runner.run_one(example)
-            runners[b, t] = runner
+        variants = {"file": flatbuffer}
+        storage = details.get("weights_storage") or {}
+        if storage.get("int4_tensors"):
+            variants = {"packed": flatbuffer,
+                        "int8": export.convert(member, b, x, pack_int4=False)[0]}
+        for variant, data in variants.items():
+            rows.append({
+                "bits": b, "format": fmt, "variant": variant, "bytes": len(data),
+                "int4_tensors": storage.get("int4_tensors", 0) if variant != "int8" else 0,
+                "convert_seconds": round(convert_s, 2),
+            })
+            for t in threads:
+                for delegate in xnnpack:
+                    runner = export.TFLiteRunner(data, num_threads=t, use_xnnpack=delegate,
+                                                 lce_indirect_bgemm=lce_indirect_bgemm)
+                    for _ in range(3):  # warm-up
+                        runner.run_one(example)
+                    runners[b, variant, t, delegate] = runner
     times: dict[tuple, list[float]] = {key: [] for key in runners}
     keys = list(runners)
     per_round = max(1, repeats // rounds)
     for r in range(rounds):
         for key in keys[r % len(keys):] + keys[: r % len(keys)]:
             times[key] += [_timed_call(runners[key], example) for _ in range(per_round)]
+    settings = [(t, d) for t in threads for d in xnnpack]
+
+    def label(t, d):
+        return f"{t}" if xnnpack == (True,) else f"{t}{'' if d else ' no-xnnpack'}"
+
     for row in rows:
-        row["latency_ms"] = {str(t): round(1e3 * statistics.median(times[row["bits"], t]), 4)
-                             for t in threads}
+        row["latency_ms"] = {label(t, d): round(
+            1e3 * statistics.median(times[row["bits"], row["variant"], t, d]), 4)
+            for t, d in settings}
     base = next(r for r in rows if r["bits"] == max(ensemble.bit_widths))
     for row in rows:
         row["size_ratio"] = round(row["bytes"] / base["bytes"], 4)
-        row["latency_ratio"] = {t: round(v / base["latency_ms"][t], 3)
-                                for t, v in row["latency_ms"].items()}
+        row["latency_ratio"] = {k: round(v / base["latency_ms"][k], 3)
+                                for k, v in row["latency_ms"].items()}
     return {"model": name, "input_shape": list(x.shape[1:]), "calls_per_member": per_round * rounds,
             "members": rows}
 
 
 def table(result: dict) -> str:
-    threads = list(result["members"][0]["latency_ms"])
-    head = "bits  format        bytes  size/fp32  " + "  ".join(
-        f"{t} thr ms  /fp32" for t in threads)
+    settings = list(result["members"][0]["latency_ms"])
+    head = "bits  format  variant         bytes  size/fp32  " + "  ".join(
+        f"{t} thr ms  /fp32" for t in settings)
     lines = [f"{result['model']} {tuple(result['input_shape'])}", head, "-" * len(head)]
     for r in result["members"]:
         cells = "  ".join(
-            f"{r['latency_ms'][t]:>8.3f}  {r['latency_ratio'][t]:>5.2f}" for t in threads)
-        lines.append(f"{r['bits']:>4}  {r['format']:<7}  {r['bytes']:>11}  "
+            f"{r['latency_ms'][t]:>8.3f}  {r['latency_ratio'][t]:>5.2f}" for t in settings)
+        lines.append(f"{r['bits']:>4}  {r['format']:<7} {r['variant']:<7}  {r['bytes']:>11}  "
                      f"{r['size_ratio']:>9.3f}  {cells}")
     return "\n".join(lines)
 
@@ -143,6 +167,14 @@ def main(argv=None) -> int:
                         help="interpreter thread counts")
     parser.add_argument("--lce-default-kernel", action="store_true",
                         help="run the 1-bit files with LCE's default binary kernel")
+    parser.add_argument("--no-xnnpack", action="store_true",
+                        help="also time every file with TFLite's builtin kernels only "
+                        "(XNNPACK off): packed INT4 filters run there")
+    parser.add_argument("--weight-quantization", default="dorefa",
+                        choices=("dorefa", "narrow"),
+                        help="weight grid of the digits ensemble built here (not with "
+                        "--result-dir)")
+    parser.add_argument("--bit-widths", type=int, nargs="+", default=list(BITS))
     parser.add_argument("--out", default=os.path.join("benchmarks", "results",
                                                       "bench_export.json"),
                         help="JSON output path (results/ is not committed)")
@@ -151,16 +183,19 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     results = []
-    ensemble, x = _digits(args.result_dir)
+    ensemble, x = _digits(args.result_dir, args.weight_quantization, tuple(args.bit_widths))
     indirect = not args.lce_default_kernel
+    xnnpack = (True, False) if args.no_xnnpack else (True,)
     results.append(bench_model("digits_resnet_e", ensemble, x, args.repeats,
-                               tuple(args.threads), lce_indirect_bgemm=indirect))
+                               tuple(args.threads), lce_indirect_bgemm=indirect,
+                               xnnpack=xnnpack))
     print(table(results[-1]) + "\n")
     if args.resnet18:
         start = time.perf_counter()
-        ensemble, x = _resnet18()
+        ensemble, x = _resnet18(args.weight_quantization, tuple(args.bit_widths))
         results.append(bench_model("resnet18_e1", ensemble, x, max(5, args.repeats // 10),
-                                   tuple(args.threads), lce_indirect_bgemm=indirect))
+                                   tuple(args.threads), lce_indirect_bgemm=indirect,
+                                   xnnpack=xnnpack))
         results[-1]["total_seconds"] = round(time.perf_counter() - start, 1)
         print(table(results[-1]))
         print(f"(resnet18_e1: {results[-1]['total_seconds']:.0f} s for conversion and "

@@ -23,7 +23,7 @@ FULL_PRECISION = 32
 """The bit-width at which weights and activations are not quantized (and the highest one)."""
 
 # --------------------------------------------------------------- quantizers
-WEIGHT_QUANTIZATIONS = ("dorefa", "identity")
+WEIGHT_QUANTIZATIONS = ("dorefa", "identity", "narrow")
 WEIGHT_QUANTIZATION = "dorefa"
 ACTIVATION_METHODS = ("round", "det_sign")
 ACTIVATION_METHOD = "round"

@@ -19,7 +19,12 @@ Rules (those of BMXNet, the code base quantens replaces):
 
 Activation gradients are straight-through where |x| <= `clip_threshold` and
 zero elsewhere (BMXNet's gradient cancelling). Weight method `identity` keeps
-every member's weights in full precision (the seed's `--fp-weights`).
+every member's weights in full precision (the seed's `--fp-weights`); weight
+method `narrow` (`NarrowRangeWeights`) quantizes 2..31-bit members to the
+symmetric narrow-range grid TFLite stores exactly (2^(k-1) - 1 levels each
+side of zero, a max-abs scale per output channel), so that 2..4-bit members
+deploy as packed INT4 and 5..8-bit ones as int8 without a rounding of their
+own; 1 bit is sign, as with `dorefa`.
 
 Options for models converted from float ones (`quantens.quantize_model`):
 `ActivationQuantizer(value_range=r, max_value=m)` is a ReLU-like activation
@@ -47,9 +52,9 @@ import larq as lq
 import tensorflow as tf
 
 from quantens.bits import FULL_PRECISION, _check_one, active_bits
-from quantens.defaults import CLIP_THRESHOLD
+from quantens.defaults import CLIP_THRESHOLD, WEIGHT_QUANTIZATIONS
 
-WEIGHT_METHODS = ("dorefa", "identity")
+WEIGHT_METHODS = WEIGHT_QUANTIZATIONS  # dorefa, identity, narrow
 ACTIVATION_METHODS = ("round", "det_sign")
 
 
@@ -233,6 +238,59 @@ class RangeRoundActivation(lq.quantizers.Quantizer):
         }
 
 
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class NarrowRangeWeights(lq.quantizers.Quantizer):
+    """Weights on the symmetric narrow-range k-bit grid: what TFLite stores exactly.
+
+    q = s * round(w / s) with s = max|w| / (2^(k-1) - 1) per output channel
+    (the kernel's last axis: one scale per depthwise multiplier): the integers
+    -(2^(k-1) - 1) ... 2^(k-1) - 1, zero included, times s. Those are TFLite's
+    symmetric (zero point 0) narrow-range weights: 2..4 bits fit INT4, 5..8 bits
+    int8, exactly. The gradient is straight-through (every w lies inside the
+    range by construction of s); s itself is not trained.
+
+    ```python
+    import numpy as np
+    from quantens.quantizers import NarrowRangeWeights
+
+    w = np.array([[-0.9, 0.2], [0.1, -0.4], [0.6, 0.05]], "float32")  # 2 output channels
+    q = NarrowRangeWeights(2)(w).numpy()  # levels {-1, 0, 1} * s per channel
+    np.testing.assert_allclose(q[:, 0], [-0.9, 0.0, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(q[:, 1], [0.0, -0.4, 0.0], rtol=1e-6)
+    ```
+    """
+
+    precision = None
+
+    def __init__(self, k_bit: int = 4, **kwargs):
+        self.precision = _check_one(k_bit)
+        if self.precision < 2:
+            raise ValueError(
+                "the narrow-range grid needs 2 or more bits (1 bit is sign: SteSign)"
+            )
+        super().__init__(**kwargs)
+
+    @property
+    def levels(self) -> int:
+        """m = 2^(k-1) - 1: the largest integer of the grid."""
+        return 2 ** (self.precision - 1) - 1
+
+    def scale(self, inputs) -> tf.Tensor:
+        """s per output channel (shape 1, ..., 1, channels)."""
+        axes = list(range(len(inputs.shape) - 1))
+        absmax = tf.reduce_max(tf.abs(inputs), axis=axes, keepdims=True)
+        return tf.where(absmax > 0, absmax / float(self.levels), tf.ones_like(absmax))
+
+    def call(self, inputs):
+        inputs = tf.convert_to_tensor(inputs)
+        s = tf.stop_gradient(self.scale(inputs))
+        quantized = tf.round(inputs / s) * s
+        return inputs + tf.stop_gradient(quantized - inputs)  # straight-through
+
+    def get_config(self):
+        return {**super().get_config(), "k_bit": self.precision}
+
+
 class _Switchable(lq.quantizers.Quantizer):
     """Base of quantizers that follow the active bit-width."""
 
@@ -257,7 +315,9 @@ class WeightQuantizer(_Switchable):
 
     Arguments:
         method: `"dorefa"` (DoReFa for 2..31 bits, sign for 1 bit, identity for
-            32) or `"identity"` (full-precision weights for every member).
+            32), `"narrow"` (`NarrowRangeWeights` for 2..31 bits, sign for 1 bit,
+            identity for 32) or `"identity"` (full-precision weights for every
+            member).
         bits: a fixed bit-width: every member then gets the kernel at `bits`
             (`for_bits` ignores the member's bits). None (the default) follows
             the member. `quantens.quantize_model`'s `policy` sets it.
@@ -298,6 +358,8 @@ class WeightQuantizer(_Switchable):
         if bits == 1:
             # sign with a plain straight-through gradient, as BMXNet's det_sign.
             return lq.quantizers.SteSign(clip_value=None)
+        if self.method == "narrow":
+            return NarrowRangeWeights(bits)
         return lq.quantizers.DoReFa(k_bit=bits, mode="weights")
 
     def get_config(self):

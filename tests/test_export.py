@@ -170,6 +170,30 @@ def test_file_size_falls_from_32_to_8_to_1_bits(exported):
     print("bytes per member:", sizes)
     assert sizes[32] > sizes[8] > sizes[1]
     assert sizes[8] < sizes[32] / 2
+    # DoReFa's 2-bit grid (odd integers -3 ... 3) is stored as packed INT4; 4 bits
+    # (up to +-15) and 8 bits stay int8
+    assert sizes[2] <= 0.6 * sizes[8] and sizes[4] == sizes[8]
+    storage = {b: report["members"][str(b)]["weights_storage"] for b in (8, 4, 2)}
+    assert storage[2]["int4_tensors"] == 6 and storage[4]["int4_tensors"] == 0
+    assert "INT4 holds -8 ... 7" in " ".join(storage[4]["int8_reasons"].values())
+
+
+def test_packed_2_bit_file_equals_its_int8_twin_on_the_test_split(exported, trained,
+                                                                   digits_arrays):
+    """Same integers and scales, two per byte: identical outputs with the builtin
+    kernels; the INT4 filters read back hold at most 4 levels per channel."""
+    ensemble, export_dir, _ = exported
+    x_train, _, x_test, _ = digits_arrays
+    packed = _read(os.path.join(export_dir, "member_2.tflite"))
+    twin = export.convert_member(ensemble, 2, x_train, pack_int4=False)
+    np.testing.assert_array_equal(export.TFLiteRunner(packed, use_xnnpack=False)(x_test),
+                                  export.TFLiteRunner(twin, use_xnnpack=False)(x_test))
+    int4 = [c for c in export.int8_conv_weights(packed) if c["storage"] == "int4"]
+    assert len(int4) == 6
+    for conv in int4:
+        rows = conv["weights"].reshape(conv["weights"].shape[0], -1)
+        assert max(len(np.unique(r)) for r in rows) <= 4
+        assert np.all(np.abs(rows) <= 3) and np.all(rows % 2 == 1)
 
 
 def test_saved_model_has_a_signature_per_member_over_shared_weights(exported, digits_arrays):

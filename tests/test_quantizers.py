@@ -7,6 +7,7 @@ import quantens
 from quantens.quantizers import (
     ActivationQuantizer,
     FullPrecisionActivation,
+    NarrowRangeWeights,
     RoundActivation,
     SymmetricRoundActivation,
     WeightQuantizer,
@@ -116,6 +117,8 @@ def test_switchable_quantizers_follow_the_scope_and_report_precision():
     "quantizer",
     [
         WeightQuantizer("identity"),
+        WeightQuantizer("narrow"),
+        NarrowRangeWeights(3),
         ActivationQuantizer("det_sign", clip_threshold=0.7),
         RoundActivation(3, clip_threshold=None),
         SymmetricRoundActivation(2),
@@ -133,9 +136,38 @@ def test_quantizer_config_round_trip(quantizer):
 
 
 def test_unknown_methods_are_named_in_the_error():
-    with pytest.raises(ValueError, match="choose one of dorefa, identity"):
+    with pytest.raises(ValueError, match="choose one of dorefa, identity, narrow"):
         WeightQuantizer("xnor")
     with pytest.raises(ValueError, match="choose one of round, det_sign"):
         ActivationQuantizer("tanh")
     with pytest.raises(ValueError, match="positive"):
         ActivationQuantizer(clip_threshold=0)
+
+
+@pytest.mark.parametrize("k", range(2, 9))
+def test_narrow_weights_lie_on_the_symmetric_narrow_grid_per_output_channel(k, rng):
+    """q = s * round(w / s), s = max|w| / (2^(k-1) - 1) per output channel: the integers
+    -(2^(k-1)-1) ... 2^(k-1)-1 (zero included), the channel's max at the top."""
+    w = (rng.normal(size=(3, 3, 4, 5)) * np.arange(1, 6)).astype("float32")
+    m = 2 ** (k - 1) - 1
+    q = NarrowRangeWeights(k)(w).numpy()
+    s = np.abs(w).reshape(-1, 5).max(axis=0) / m
+    ints = q / s
+    np.testing.assert_allclose(ints, np.round(ints), atol=1e-4)
+    np.testing.assert_allclose(q, np.round(w / s) * s, rtol=1e-6, atol=1e-7)
+    assert np.abs(np.round(ints)).max() == m
+    assert len(np.unique(np.round(ints[..., 0]))) <= 2 * m + 1
+    with quantens.bits(k):
+        np.testing.assert_array_equal(WeightQuantizer("narrow")(w), q)
+
+
+def test_narrow_weights_gradient_is_straight_through_and_1_bit_is_sign(rng):
+    w = rng.normal(size=(4, 3)).astype("float32")
+    _, grad = value_and_grad(WeightQuantizer("narrow"), w, 2)
+    np.testing.assert_array_equal(grad, np.ones_like(w))
+    signs, _ = value_and_grad(WeightQuantizer("narrow"), w, 1)
+    np.testing.assert_array_equal(signs, np.where(w >= 0, 1.0, -1.0))
+    full, _ = value_and_grad(WeightQuantizer("narrow"), w, 32)
+    np.testing.assert_array_equal(full, w)
+    with pytest.raises(ValueError, match="2 or more bits"):
+        NarrowRangeWeights(1)

@@ -179,7 +179,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument(
         "--weight-quantization", default=defaults.WEIGHT_QUANTIZATION,
         choices=defaults.WEIGHT_QUANTIZATIONS,
-        help="weight quantizer below 32 bits (DoReFa; sign at 1 bit)",
+        help="weight quantizer below 32 bits: dorefa (sign at 1 bit), narrow (the "
+        "symmetric narrow-range grid TFLite stores exactly: 2-4 bits as packed INT4), "
+        "identity (full precision)",
     )
     g.add_argument(
         "--activation-method", default=defaults.ACTIVATION_METHOD,

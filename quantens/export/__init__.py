@@ -16,7 +16,8 @@ member_<b>.tflite    one flatbuffer per member:
                        32 and 9..31 bits  float32, the quantizers inlined
                        2..8 bits          full-integer int8; the quantized convolutions'
                                           weights and inputs lie on the member's own
-                                          k-bit grid (float32 input and output)
+                                          k-bit grid (float32 input and output); filters
+                                          whose integers fit -8..7 stored as packed INT4
                        1 bit              Larq Compute Engine: bitpacked binary
                                           convolutions (LceBconv2d)
 export.json          per member: file, bytes, op histogram, and on the test split
@@ -31,7 +32,8 @@ The modules, one idea each: `graph` (a member as a list of steps, BN folded
 into the convolution before it, emitted as float / int8 / LCE ops), `int8`
 (full-integer files on the member's grid), `lce` (the 1-bit member's binary
 convolutions), `tflite` (which format a member gets), `saved_model`,
-`runtime` (running files), `flatbuffer` (reading them), `fidelity` and
+`int4` (packed 4-bit filters), `runtime` (running files), `flatbuffer`
+(reading them), `fidelity` and
 `result_dir` (a finished run's directory). Members of zoo models and of
 `quantens.quantize_model` conversions (depthwise and separable convolutions,
 ReLU6 on its k-bit grid, layers without weights, TF ops) are exported alike;
@@ -42,7 +44,12 @@ DoReFa kernel takes values (2i - n)/n with n = 2^k - 1, so the BN-folded
 kernel of output channel c is (2i - n) * (A_c / n), stored as the odd
 integers 2i - n with per-channel scale |A_c| / n; a k-bit activation on
 [0, r] is an int8 tensor of scale r/n and zero point -128. Every other tensor
-is int8 with a range calibrated on training data.
+is int8 with a range calibrated on training data. Filters whose integers all
+lie in -8 ... 7 (DoReFa at 2-3 bits, the `narrow` weight grid at 2-4 bits) are
+stored as packed INT4, two per byte (see `quantens.export.int4`): the same
+integers and scales, checked to give identical outputs with TFLite's builtin
+kernels; export.json's `weights_storage` counts INT4 and int8 filters and says
+why each int8 one is int8.
 
 The 1-bit member (see `quantens.export.lce`): a convolution with +-1 weights
 that reads a 1-bit activation x in {0, r} is rewritten exactly into the +-1

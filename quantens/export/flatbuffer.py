@@ -51,7 +51,8 @@ def op_counts(flatbuffer: bytes) -> dict[str, int]:
 def int8_conv_weights(flatbuffer: bytes) -> list[dict]:
     """The int8 weights of every CONV_2D and DEPTHWISE_CONV_2D op, with its input's quantization.
 
-    Each item: `op`, `weights` (int8, as TFLite stores them: output channels
+    Each item: `op`, `storage` (`int8`, or `int4`: packed, unpacked here),
+    `weights` (as int8, in TFLite's layout: output channels
     first for CONV_2D, last for DEPTHWISE_CONV_2D), `input_scale`,
     `input_zero_point`. A conv whose input has scale r/n and zero point -128
     reads a k-bit activation grid on [0, r] (n = 2^k - 1).
@@ -67,12 +68,20 @@ def int8_conv_weights(flatbuffer: bytes) -> list[dict]:
                 continue
             tensor = subgraph.tensors[op.inputs[1]]
             data = model.buffers[tensor.buffer].data
-            if tensor.type != schema.TensorType.INT8 or data is None:
+            if tensor.type not in (schema.TensorType.INT8, schema.TensorType.INT4) \
+                    or data is None:
                 continue
+            raw = np.asarray(data, np.uint8)
+            if tensor.type == schema.TensorType.INT4:  # two per byte, low nibble first
+                nibbles = np.stack([raw & 0xF, raw >> 4], axis=-1).reshape(-1).astype(np.int8)
+                values = np.where(nibbles > 7, nibbles - 16, nibbles)[:int(np.prod(tensor.shape))]
+            else:
+                values = raw.view(np.int8)
             q = subgraph.tensors[op.inputs[0]].quantization
             found.append({
                 "op": name,
-                "weights": np.asarray(data, np.uint8).view(np.int8).reshape(tensor.shape),
+                "storage": "int4" if tensor.type == schema.TensorType.INT4 else "int8",
+                "weights": values.astype(np.int8).reshape(tensor.shape),
                 "input_scale": float(q.scale[0]) if q is not None and q.scale is not None
                 else None,
                 "input_zero_point": int(q.zeroPoint[0]) if q is not None

@@ -137,7 +137,7 @@ def act_of(quantizer) -> Act | None:
 
 
 def weight_grid(quantizer, kernel: np.ndarray) -> int | None:
-    """n = 2^k - 1 when the quantized kernel lies on the symmetric k-bit grid (2i - n)/n."""
+    """n = 2^k - 1 when the quantized kernel lies on DoReFa's k-bit grid (2i - n)/n (1: sign)."""
     import larq as lq
 
     if isinstance(quantizer, lq.quantizers.DoReFa):
@@ -150,6 +150,33 @@ def weight_grid(quantizer, kernel: np.ndarray) -> int | None:
     if np.abs(ints - kernel * n).max(initial=0.0) > 1e-3 or np.any((ints + n) % 2):
         return None
     return n
+
+
+def weight_unit(quantizer, latent: np.ndarray, kernel: np.ndarray, depthwise: bool):
+    """Per output channel (TFLite's order), u such that the quantized kernel is integers * u.
+
+    DoReFa: 1/n; sign: 1; the narrow-range grid: its scale s. None when the
+    kernel is not on such a grid (full precision).
+    """
+    from quantens.quantizers import NarrowRangeWeights
+
+    channels = kernel.shape[2] * kernel.shape[3] if depthwise else kernel.shape[-1]
+    n = weight_grid(quantizer, kernel)
+    if n is not None:
+        return np.full(channels, 1.0 / n)
+    if not isinstance(quantizer, NarrowRangeWeights):
+        return None
+    scale = np.asarray(quantizer.scale(latent.astype(np.float32)), np.float64)
+    unit = np.broadcast_to(scale, (1,) * (kernel.ndim - 1) + (kernel.shape[-1],))
+    if depthwise:  # one scale per multiplier, shared by the input channels
+        unit = np.broadcast_to(unit.reshape(1, -1), kernel.shape[2:])
+    unit = np.asarray(unit, np.float64).reshape(-1)
+    shaped = unit.reshape(kernel.shape[2:]) if depthwise else unit
+    ints = kernel / shaped
+    if np.abs(ints - np.rint(ints)).max(initial=0.0) > 1e-3 or \
+            np.abs(np.rint(ints)).max(initial=0.0) > quantizer.levels:
+        return None
+    return unit
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -176,14 +203,15 @@ def _network_nodes(model) -> list:
             if not node.is_input]
 
 
-def _kernel(layer, attribute: str, quantizer_attribute: str):
-    """(quantized kernel as float64, its grid n or None) of a (larq) layer."""
+def _kernel(layer, attribute: str, quantizer_attribute: str, depthwise: bool = False) -> dict:
+    """The quantized kernel (float64) of a (larq) layer, its DoReFa grid n and unit."""
     variable = getattr(layer, attribute)
     latent = np.asarray(getattr(variable, "latent_variable", variable).numpy(), np.float64)
     quantizer = getattr(layer, quantizer_attribute, None)
     kernel = (np.asarray(quantizer(latent.astype(np.float32)), np.float64)
               if quantizer is not None else latent)
-    return kernel, weight_grid(quantizer, kernel)
+    return {"kernel": kernel, "grid": weight_grid(quantizer, kernel),
+            "unit": weight_unit(quantizer, latent, kernel, depthwise)}
 
 
 def _unsupported(name: str, layer) -> ExportError:
@@ -354,12 +382,12 @@ class MemberGraph:
     def _linear_step(self, layer, ins, op: str) -> Step:
         attribute, quantizer = (("depthwise_kernel", "depthwise_quantizer") if op == "depthwise"
                                 else ("kernel", "kernel_quantizer"))
-        kernel, grid = _kernel(layer, attribute, quantizer)
+        params = _kernel(layer, attribute, quantizer, depthwise=op == "depthwise")
+        kernel = params["kernel"]
         channels = (kernel.shape[2] * kernel.shape[3]) if op == "depthwise" else kernel.shape[-1]
         add = (np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias
                else np.zeros(channels))
-        params = {"kernel": kernel, "grid": grid, "act": act_of(
-            getattr(layer, "input_quantizer", None))}
+        params["act"] = act_of(getattr(layer, "input_quantizer", None))
         return self._finish_linear(layer, ins, op, params, np.ones(channels), add)
 
     def _separable_step(self, layer, ins) -> Step:
@@ -369,19 +397,19 @@ class MemberGraph:
         tf = _tf()
         if type(layer) not in (tf.keras.layers.SeparableConv2D, lq.layers.QuantSeparableConv2D):
             raise _unsupported(layer.name, layer)
-        depthwise, dgrid = _kernel(layer, "depthwise_kernel", "depthwise_quantizer")
-        pointwise, pgrid = _kernel(layer, "pointwise_kernel", "pointwise_quantizer")
-        channels = depthwise.shape[2] * depthwise.shape[3]
+        depthwise = _kernel(layer, "depthwise_kernel", "depthwise_quantizer", depthwise=True)
+        pointwise = _kernel(layer, "pointwise_kernel", "pointwise_quantizer")
+        channels = depthwise["kernel"].shape[2] * depthwise["kernel"].shape[3]
         first = Step("depthwise", f"{layer.name}/depthwise", ins, {
-            "kernel": depthwise, "grid": dgrid, "mult": np.ones(channels),
+            **depthwise, "mult": np.ones(channels),
             "add": np.zeros(channels), "relu": False, "post": None,
             "act": act_of(getattr(layer, "input_quantizer", None)),
             **self._conv_geometry(layer),
         })
         self.steps.append(first)
-        out = pointwise.shape[-1]
+        out = pointwise["kernel"].shape[-1]
         add = np.asarray(layer.bias.numpy(), np.float64) if layer.use_bias else np.zeros(out)
-        params = {"kernel": pointwise, "grid": pgrid, "act": None,
+        params = {**pointwise, "act": None,
                   "strides": (1, 1), "dilations": (1, 1), "padding": "VALID", "pad_value": 0.0}
         return self._finish_linear(layer, [first.name], "conv", params, np.ones(out), add,
                                    geometry=False)

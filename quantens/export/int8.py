@@ -5,7 +5,9 @@ BN is folded into the convolution before it; a DoReFa kernel takes values
 (2i - n) * (A_c / n) for BN's multiplier A_c, stored as the odd integers 2i - n
 with per-channel scale |A_c| / n (exact for k <= 7; at 8 bits |2i - n| can
 reach 255 > 127, and channels that need it fall back to a max-abs scale).
-Depthwise kernels are stored the same way, per channel of their output. A
+The `narrow` weight grid is integers -(2^(k-1) - 1) ... 2^(k-1) - 1 times a
+per-channel scale s: stored as those integers with scale |A_c| s, exact up to
+8 bits. Depthwise kernels are stored the same way, per channel of their output. A
 k-bit `round` activation on [0, r] (r = 1 in ResNetE, 6 for a converted ReLU6)
 takes the values i * r / n: an int8 tensor of scale r / n and zero point -128,
 produced by a requantization (which rounds to the grid and saturates at 0)
@@ -38,13 +40,15 @@ def round_to_grid(x, act: Act):
         tf.minimum(x, r), min=0.0, max=255.0 * r / n, num_bits=8)
 
 
-def fake_quant_weights(kernel: np.ndarray, grid: int | None, mult: np.ndarray,
+def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.ndarray,
                        per_channel: bool, depthwise: bool = False):
-    """Int8 weights of a folded kernel; on the grid with scale |mult|/n where |2i - n| <= 127.
+    """Int8 weights of a folded kernel; on the grid with scale |mult| * unit where it fits.
 
-    `kernel` is the folded kernel (quantized kernel * mult); per-channel
-    scales run over its output channels (for a depthwise kernel (h, w, c, m):
-    the c * m channels TFLite stores last).
+    `kernel` is the folded kernel (quantized kernel * mult), the quantized
+    kernel being integers * `unit` per output channel (DoReFa: 1/n, the
+    narrow grid: its scale); channels whose integers exceed 127 (or without a
+    grid) get a max-abs scale. Per-channel scales run over the output channels
+    (for a depthwise kernel (h, w, c, m): the c * m channels TFLite stores last).
     """
     tf = _tf()
     shape = kernel.shape
@@ -53,10 +57,11 @@ def fake_quant_weights(kernel: np.ndarray, grid: int | None, mult: np.ndarray,
     axes = tuple(range(kernel.ndim - 1))
     absmax = np.abs(kernel).max(axis=axes)
     scale = absmax / 127.0
-    if grid is not None:
-        ints = np.abs(np.rint(kernel / np.where(mult == 0, 1.0, mult) * grid)).max(axis=axes)
+    if unit is not None:
+        step = np.where(mult == 0, 1.0, mult) * unit
+        ints = np.abs(np.rint(kernel / step)).max(axis=axes)
         exact = (ints <= 127) & (mult != 0)
-        scale = np.where(exact, np.abs(mult) / grid, scale)
+        scale = np.where(exact, np.abs(mult) * unit, scale)
     if not per_channel:
         scale = np.full_like(scale, scale.max())
     bound = (127.0 * np.maximum(scale, 1e-12)).astype(np.float32)
@@ -80,7 +85,7 @@ def fake_quant_kernel(step: Step, per_channel: bool):
         folded = p["kernel"] * mult.reshape(1, 1, c, m)
     else:
         folded = p["kernel"] * mult
-    return fake_quant_weights(folded, p["grid"], mult, per_channel, depthwise=depthwise)
+    return fake_quant_weights(folded, p["unit"], mult, per_channel, depthwise=depthwise)
 
 
 @contextlib.contextmanager

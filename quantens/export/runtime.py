@@ -15,7 +15,8 @@ class TFLiteRunner:
     Compute Engine interpreter runs files with LCE ops (the TF interpreter
     cannot), by default with its indirect BGEMM kernel, which is exact and, on
     x86, about 8x faster than its default binary kernel. Float32 in, float32
-    logits out (int8 inputs are quantized here).
+    logits out (int8 inputs are quantized here). `use_xnnpack=False` runs
+    TFLite's builtin kernels only (no default delegates).
 
     ```python
     import numpy as np
@@ -47,8 +48,11 @@ class TFLiteRunner:
             tf = _tf()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+                resolver = (tf.lite.experimental.OpResolverType.AUTO if use_xnnpack else
+                            tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
                 self._tfl = tf.lite.Interpreter(model_content=flatbuffer,
-                                                num_threads=num_threads)
+                                                num_threads=num_threads,
+                                                experimental_op_resolver_type=resolver)
             self._tfl.allocate_tensors()
             self._in = self._tfl.get_input_details()[0]
             self._out = self._tfl.get_output_details()[0]

@@ -8,7 +8,7 @@ cannot binarize, `det_sign` members without an int8 form).
 from __future__ import annotations
 
 from quantens.errors import ExportError, one_line
-from quantens.export.graph import MemberGraph, _tf, calibrate
+from quantens.export.graph import MemberGraph, _tf, calibrate, iter_batches
 
 INT8_BITS = range(2, 9)
 FLOAT32 = "float32"
@@ -61,26 +61,46 @@ def float_flatbuffer(member) -> bytes:
     return converter.convert()
 
 
-def _int8_or_float(graph: MemberGraph, member, calibration_data) -> tuple[bytes, str]:
+PACK_CHECK_EXAMPLES = 4  # inputs on which packed and int8 files must give identical outputs
+
+
+def _int8(graph: MemberGraph, calibration_data, pack_int4: bool) -> tuple[bytes, dict]:
+    """The int8 file (its 4-bit-sized filters packed) and its details."""
     from quantens.export.int8 import int8_flatbuffer
 
+    flatbuffer = int8_flatbuffer(graph, calibrate(graph, calibration_data))
+    details: dict = {"grid_scales": sorted(graph.grid_scales())}
+    if pack_int4:
+        from quantens.export.int4 import pack_int4 as pack
+
+        examples = next(iter_batches(calibration_data, PACK_CHECK_EXAMPLES))[0]
+        flatbuffer, details["weights_storage"] = pack(flatbuffer,
+                                                      examples[:PACK_CHECK_EXAMPLES])
+    return flatbuffer, details
+
+
+def _int8_or_float(graph: MemberGraph, member, calibration_data,
+                   pack_int4: bool) -> tuple[bytes, str, dict]:
     round_only = all(s.params.get("act") is None or s.params["act"].kind != "sign"
                      for s in graph.steps)
     if calibration_data is not None and round_only and not graph.has_symmetric_activations():
-        return int8_flatbuffer(graph, calibrate(graph, calibration_data)), INT8
-    return float_flatbuffer(member), FLOAT32
+        return _as_int8(_int8(graph, calibration_data, pack_int4))
+    return float_flatbuffer(member), FLOAT32, {}
 
 
-def _grid(graph: MemberGraph, fmt: str) -> dict:
-    return {"grid_scales": sorted(graph.grid_scales())} if fmt == INT8 else {}
+def _as_int8(result: tuple[bytes, dict]) -> tuple[bytes, str, dict]:
+    return result[0], INT8, result[1]
 
 
-def convert(member, bits: int, calibration_data=None) -> tuple[bytes, str, dict]:
+def convert(member, bits: int, calibration_data=None,
+            pack_int4: bool = True) -> tuple[bytes, str, dict]:
     """(flatbuffer, format, details) of a Keras member (`QuantEnsemble.member(bits)`).
 
     `details` holds, for the 1-bit member, `lce` (`MemberGraph.lce_plan`),
     `format_reason` where the format is not `member_format(bits)`, and for
-    int8 files `grid_scales` (the scales of the member's k-bit activations).
+    int8 files `grid_scales` (the scales of the member's k-bit activations)
+    and, with `pack_int4`, `weights_storage` (`quantens.export.int4.pack_int4`:
+    filters whose integers fit -8 ... 7 are stored as packed INT4).
     """
     fmt = member_format(bits)
     if fmt == FLOAT32:
@@ -101,8 +121,8 @@ def convert(member, bits: int, calibration_data=None) -> tuple[bytes, str, dict]
         else:
             reason = ("no convolution with +-1 weights reads a 1-bit activation: LCE has "
                       "nothing to binarize")
-        flatbuffer, got = _int8_or_float(graph, member, calibration_data)
-        return flatbuffer, got, {**details, "format_reason": reason, **_grid(graph, got)}
+        flatbuffer, got, more = _int8_or_float(graph, member, calibration_data, pack_int4)
+        return flatbuffer, got, {**details, "format_reason": reason, **more}
     if graph.has_symmetric_activations():
         return float_flatbuffer(member), FLOAT32, {
             "format_reason": "det_sign's grid (2i - n)/n has no int8 form with one rounding"}
@@ -111,13 +131,10 @@ def convert(member, bits: int, calibration_data=None) -> tuple[bytes, str, dict]
             f"the {bits}-bit member is exported as int8 and needs calibration_data "
             "(inputs from the training split)"
         )
-    from quantens.export.int8 import int8_flatbuffer
-
-    return (int8_flatbuffer(graph, calibrate(graph, calibration_data)), INT8,
-            _grid(graph, INT8))
+    return _as_int8(_int8(graph, calibration_data, pack_int4))
 
 
-def convert_member(ensemble, bits: int, calibration_data=None) -> bytes:
+def convert_member(ensemble, bits: int, calibration_data=None, pack_int4: bool = True) -> bytes:
     """The TFLite flatbuffer of member `bits` (see `member_format`).
 
     int8 members (2..8 bits) need `calibration_data` (inputs from the training
@@ -134,4 +151,4 @@ def convert_member(ensemble, bits: int, calibration_data=None) -> bytes:
     assert b"LceBconv2d" in flatbuffer
     ```
     """
-    return convert(ensemble.member(bits), bits, calibration_data)[0]
+    return convert(ensemble.member(bits), bits, calibration_data, pack_int4)[0]
