@@ -81,7 +81,7 @@ def resnet_e(
         bit_widths: the members of the ensemble.
         initial_layers: the stem: `imagenet` (7x7/2 conv + max pool),
             `thumbnail` (3x3 conv, for small images) or `grouped_stem`.
-        weight_quantization: `dorefa` or `identity`; `fp_weights=True` is
+        weight_quantization: `dorefa`, `narrow` or `identity`; `fp_weights=True` is
             the same as `identity` (full-precision weights for every member).
         activation_method: `round` or `det_sign`.
         clip_threshold: activation gradients are cancelled beyond it.
