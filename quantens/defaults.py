@@ -92,8 +92,9 @@ MODES = ("hybrid", "symbolic", "imperative")
 DTYPES = ("float32", "float16", "bfloat16")
 
 # ------------------------------------------------------ knowledge distillation
-KD_MODES = ("none", "simple", "progressive")
-"""`--kd-mode`: no distillation, teacher -> every member, or a chain down the bit-widths."""
+KD_MODES = ("none", "simple", "progressive", "highest", "average")
+"""`--kd-mode`: no distillation, teacher -> every member, a chain down the bit-widths,
+every member from the highest one, or every member from the members' average."""
 
 KD_TEACHER_MODES = ("none", "pretrained_external", "untrained_external")
 """`--kd-teacher-mode`: the teacher's training level."""

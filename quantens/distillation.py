@@ -29,7 +29,8 @@ loss = kd_loss(tf.constant([[1.0, 0.0]]), tf.constant([[0.0, 1.0]]), temperature
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
@@ -38,6 +39,8 @@ from quantens.bits import bits as bits_scope
 from quantens.defaults import KD_MODES, TEACHER_MODES  # noqa: F401  (re-exported)
 
 TEACHER = "teacher"
+AVERAGE = "average"
+"""The target of `kd_mode="average"`: the members' mean logits (a self-ensemble teacher)."""
 
 Target = int | str
 
@@ -59,7 +62,19 @@ def kd_loss(student_logits, target_logits, temperature: float = 4.0) -> tf.Tenso
 
 
 def kd_pairs(mode: str, bit_widths: Sequence[int], has_teacher: bool) -> list[tuple[int, Target]]:
-    """The (student bits, target) pairs of a KD mode; a target is a bit-width or "teacher".
+    """The (student bits, target) pairs of a KD mode; a target is a bit-width, "teacher" or "average".
+
+    `simple`: the teacher teaches every member; `progressive`: (teacher ->)
+    highest -> next lower -> ... -> lowest; `highest`: (teacher -> highest,)
+    the highest member teaches every other; `average`: (teacher -> highest,)
+    every member learns from the members' mean logits (a self-ensemble).
+
+    ```python
+    from quantens.distillation import kd_pairs
+
+    assert kd_pairs("highest", (32, 4, 1), has_teacher=False) == [(4, 32), (1, 32)]
+    assert kd_pairs("average", (32, 1), has_teacher=False) == [(32, "average"), (1, "average")]
+    ```
 
     Raises:
         ValueError: unknown mode, or `simple` without a teacher.
@@ -74,6 +89,10 @@ def kd_pairs(mode: str, bit_widths: Sequence[int], has_teacher: bool) -> list[tu
             raise ValueError("kd mode 'simple' needs a teacher (--teacher, --kd-teacher-mode)")
         return [(b, TEACHER) for b in bit_widths]
     pairs: list[tuple[int, Target]] = [(bit_widths[0], TEACHER)] if has_teacher else []
+    if mode == "highest":
+        return pairs + [(b, bit_widths[0]) for b in bit_widths[1:]]
+    if mode == "average":
+        return pairs + [(b, AVERAGE) for b in bit_widths]
     return pairs + list(zip(bit_widths[1:], bit_widths[:-1], strict=True))
 
 
@@ -140,6 +159,12 @@ class Distillation(tf.Module):
         attention_weight: weight of attention matching between the stage
             outputs of each pair (Martinez et al., "Training binary neural
             networks with real-to-binary convolutions", 2020); 0 turns it off.
+        warmup_steps: the distillation terms are 0 before this optimizer step
+            (KD warm-up: the members first learn from the labels alone).
+        student_weights: α per student bit-width, replacing `weight` for the
+            pairs that student learns in (each student has one target in every
+            mode; with a teacher, the highest member two).
+        student_temperatures: T per student bit-width, replacing `temperature`.
 
     ```python
     import quantens
@@ -164,6 +189,9 @@ class Distillation(tf.Module):
         teacher_optimizer: tf.keras.optimizers.Optimizer | None = None,
         teacher_weight_decay: float = 0.0,
         attention_weight: float = 0.0,
+        warmup_steps: int = 0,
+        student_weights: Mapping[int, float] | None = None,
+        student_temperatures: Mapping[int, float] | None = None,
         name: str = "distillation",
     ):
         super().__init__(name=name)
@@ -188,6 +216,11 @@ class Distillation(tf.Module):
         self.pairs = kd_pairs(mode, self.bit_widths, has_teacher=teacher is not None)
         self.temperature = float(temperature)
         self.weight = float(weight)
+        if int(warmup_steps) < 0:
+            raise ValueError(f"kd warm-up steps must not be negative, got {warmup_steps}")
+        self.warmup_steps = int(warmup_steps)
+        self.student_weights = self._per_student(student_weights, "kd weight", zero=True)
+        self.student_temperatures = self._per_student(student_temperatures, "kd temperature")
         self.teacher_weight_decay = float(teacher_weight_decay)
         if attention_weight < 0:
             raise ValueError(f"attention weight must not be negative, got {attention_weight}")
@@ -209,6 +242,19 @@ class Distillation(tf.Module):
         self._ce = tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.NONE
         )
+
+    def _per_student(self, values, what: str, zero: bool = False) -> dict[int, float]:
+        values = {int(b): float(v) for b, v in dict(values or {}).items()}
+        for b, v in values.items():
+            if b not in self.bit_widths:
+                raise ValueError(
+                    f"{what} for {b} bits: not a member (members: "
+                    f"{' '.join(map(str, self.bit_widths))})"
+                )
+            if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
+                kind = "a non-negative" if zero else "a positive"
+                raise ValueError(f"{what} for {b} bits must be {kind} number, got {v}")
+        return values
 
     @property
     def metrics(self) -> list[tf.keras.metrics.Metric]:
@@ -275,13 +321,19 @@ class Distillation(tf.Module):
                 ) -> tuple[dict, dict]:
         """Target logits and stage outputs under stop_gradient, keyed by target.
 
-        Keys: a member's bit-width, `"teacher"`, or `("teacher", b)` for the
+        Keys: a member's bit-width, `"teacher"`, `("teacher", b)` for the
         members of an ensemble teacher (`teacher_outputs` is what
-        `teacher_outputs()` or `train_teacher()` returned).
+        `teacher_outputs()` or `train_teacher()` returned), and `"average"`
+        (the members' mean logits and stage outputs) when a pair needs it.
         """
         stop = tf.stop_gradient
         logits = {b: stop(z) for b, z in member_logits.items()}
         features = {b: [stop(f) for f in fs] for b, fs in (member_features or {}).items()}
+        if any(target == AVERAGE for _, target in self.pairs):
+            logits[AVERAGE] = tf.add_n(list(logits[b] for b in member_logits)) / len(member_logits)
+            if features:
+                stages = zip(*(features[b] for b in member_logits), strict=True)
+                features[AVERAGE] = [tf.add_n(list(fs)) / len(fs) for fs in stages]
         if teacher_outputs is None:
             return logits, features
         teacher_logits, teacher_features = teacher_outputs
@@ -300,16 +352,27 @@ class Distillation(tf.Module):
         return target
 
     def pair_losses(self, member_logits, targets, sample_weight=None) -> dict:
-        """α·T²·KL per pair, averaged per global batch: `{(student, target): loss}`."""
+        """α·T²·KL per pair, averaged per global batch: `{(student, target): loss}`.
+
+        α and T are the student's (`student_weights`, `student_temperatures`)
+        where given, else `weight` and `temperature`.
+        """
         losses = {}
         for student, target in self.pairs:
             per_example = kd_loss(
-                member_logits[student], targets[self._key(student, target)], self.temperature
+                member_logits[student], targets[self._key(student, target)],
+                self.student_temperatures.get(student, self.temperature),
             )
-            losses[(student, target)] = self.weight * tf.nn.compute_average_loss(
-                per_example, sample_weight=sample_weight
-            )
+            losses[(student, target)] = self.student_weights.get(
+                student, self.weight) * tf.nn.compute_average_loss(
+                per_example, sample_weight=sample_weight)
         return losses
+
+    def active(self, step=None):
+        """1.0 from optimizer step `warmup_steps` on, 0.0 before (always 1.0 without warm-up)."""
+        if not self.warmup_steps or step is None:
+            return tf.constant(1.0)
+        return tf.cast(tf.greater_equal(step, self.warmup_steps), tf.float32)
 
     def attention_losses(self, member_features, target_features, sample_weight=None) -> dict:
         """β·Σ_stages ‖Q_s − Q_t‖ per pair, averaged per global batch."""
@@ -324,21 +387,24 @@ class Distillation(tf.Module):
         }
 
     def losses(self, member_logits, member_features=None, teacher_outputs=None,
-               sample_weight=None) -> dict[str, tf.Tensor]:
+               sample_weight=None, step=None) -> dict[str, tf.Tensor]:
         """The distillation terms of one batch: `{"kd_loss": ..., "attention_loss": ...}`.
 
         Pure: no teacher step and no metric update (see `train_teacher` and
         `update_metrics`). `attention_loss` is there when attention matching is on.
+        `step` (the optimizer's iterations) switches the terms on after
+        `warmup_steps`.
         """
         logits, features = self.targets(member_logits, member_features, teacher_outputs)
         terms = {"kd_loss": tf.constant(0.0)}
         if not self.pairs:
             return terms
-        terms["kd_loss"] = tf.add_n(
+        gate = self.active(step)
+        terms["kd_loss"] = gate * tf.add_n(
             list(self.pair_losses(member_logits, logits, sample_weight).values())
         )
         if self.attention_weight:
-            terms["attention_loss"] = tf.add_n(list(
+            terms["attention_loss"] = gate * tf.add_n(list(
                 self.attention_losses(member_features, features, sample_weight).values()
             ))
         return terms

@@ -211,8 +211,10 @@ class QuantEnsemble(tf.keras.Model):
         if self.distillation is not None:
             if teacher_outputs is None:
                 teacher_outputs = self.distillation.teacher_outputs(x, training=False)
+            optimizer = getattr(self, "optimizer", None)
             terms = self.distillation.losses(
-                member_logits, member_features, teacher_outputs, sample_weight
+                member_logits, member_features, teacher_outputs, sample_weight,
+                step=optimizer.iterations if optimizer is not None else None,
             )
             total += tf.add_n(list(terms.values()))
         return total, losses, terms, teacher_outputs

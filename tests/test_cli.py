@@ -1,3 +1,4 @@
+import json
 import os
 import re
 
@@ -260,3 +261,39 @@ def test_python_forms_keep_their_program_names(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("train.py: error: --epochs"), bad.stderr
     export = run_script(["-m", "quantens.export", str(tmp_path / "missing")])
     assert export.returncode == 2 and export.stderr.startswith("quantens.export: error: ")
+
+
+RECIPE_BAD = [
+    (["--kd-mode", "progressive", "--kd-weights", "2:1.0"], "--kd-weights: 2 bits is not a member"),
+    (["--kd-mode", "progressive", "--kd-weights", "1"], "is not BITS:VALUE"),
+    (["--kd-mode", "progressive", "--kd-temperatures", "1:0"], "must be a positive number"),
+    (["--kd-mode", "progressive", "--kd-weights", "1:1", "1:2"], "1 bits is given twice"),
+    (["--member-loss-weights", "1:-1"], "must be a non-negative number"),
+    (["--kd-mode", "progressive", "--kd-warmup-epochs", "-1"], "--kd-warmup-epochs"),
+    (["--kd-weights", "1:2"], "choose a --kd-mode"),
+]
+
+
+@pytest.mark.parametrize("argv, message", RECIPE_BAD)
+def test_recipe_flags_are_checked_against_the_members(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args([*argv, "--bit-widths", "32", "4", "1", "--result-path", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_recipe_flags_parse_into_member_pairs_that_survive_config_json(tmp_path):
+    argv = ["--kd-mode", "average", "--kd-warmup-epochs", "2", "--kd-weights", "1:2", "4:0.5",
+            "--kd-temperatures", "1:2", "--member-loss-weights", "1:1.5",
+            "--bit-widths", "32", "4", "1", "--result-path", str(tmp_path / "run")]
+    args = cli.parse_args(argv)
+    assert args.kd_weights == [[1, 2.0], [4, 0.5]] and args.kd_temperatures == [[1, 2.0]]
+    assert args.member_loss_weights == [[1, 1.5]] and args.kd_warmup_epochs == 2.0
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({k: v for k, v in vars(args).items()
+                                  if k in ("kd_weights", "member_loss_weights")}))
+    again = cli.parse_args(["--kd-mode", "average", "--config", str(config), "--bit-widths",
+                            "32", "4", "1", "--result-path", str(tmp_path / "run2")])
+    assert again.kd_weights == args.kd_weights
+    assert again.member_loss_weights == args.member_loss_weights

@@ -8,7 +8,7 @@ from conftest import run_seed_example, tiny_model
 
 import quantens
 import zoo
-from quantens.distillation import TEACHER, Distillation, kd_loss, kd_pairs
+from quantens.distillation import AVERAGE, TEACHER, Distillation, kd_loss, kd_pairs
 
 BITS = (32, 4, 1)
 
@@ -301,3 +301,63 @@ def test_attention_matching_joins_the_loss(batch):
     assert logs["attention_loss"] == pytest.approx(expected, rel=1e-4)
     assert logs["loss"] == pytest.approx(expected, rel=1e-4)
     assert expected > 0
+
+
+# ------------------------------------------------------- recipe levers (issue 17)
+
+
+def test_highest_and_average_modes_pair_every_member():
+    assert kd_pairs("highest", BITS, has_teacher=False) == [(4, 32), (1, 32)]
+    assert kd_pairs("highest", BITS, has_teacher=True) == [(32, TEACHER), (4, 32), (1, 32)]
+    assert kd_pairs("average", BITS, has_teacher=False) == [
+        (32, AVERAGE), (4, AVERAGE), (1, AVERAGE)]
+
+
+def test_average_target_and_per_student_weights_and_temperatures_by_hand(rng):
+    """kd = Σ_b α_b · mean_i T_b² KL(softmax(z̄/T_b) ‖ softmax(z_b/T_b)), z̄ the members' mean."""
+    logits = {b: tf.constant(rng.normal(size=(6, 10)).astype("float32") * 2) for b in BITS}
+    alphas, temps = {1: 2.0, 4: 0.5}, {1: 2.0}
+    kd = Distillation(BITS, "average", teacher=None, weight=1.0, temperature=4.0,
+                      student_weights=alphas, student_temperatures=temps)
+    mean = np.mean([logits[b].numpy() for b in BITS], axis=0)
+    expected = 0.0
+    for b in BITS:
+        t = temps.get(b, 4.0)
+        p, q = softmax(mean / t), softmax(logits[b].numpy() / t)
+        expected += alphas.get(b, 1.0) * np.mean(t * t * (p * (np.log(p) - np.log(q))).sum(-1))
+    terms = kd.losses(logits)
+    np.testing.assert_allclose(terms["kd_loss"], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="kd weight for 2 bits: not a member"):
+        Distillation(BITS, "average", student_weights={2: 1.0})
+    with pytest.raises(ValueError, match="kd temperature for 1 bits must be a positive"):
+        Distillation(BITS, "average", student_temperatures={1: 0.0})
+
+
+def test_kd_warm_up_switches_on_at_its_step(batch):
+    """warmup_steps=2: the KD term is 0 at optimizer steps 0 and 1, on from step 2; in
+    fit, kd_loss (a running mean over the epoch) stays 0 for two batches."""
+    logits = {b: tf.constant(np.eye(10, dtype="float32")[[b % 10] * 4] * b) for b in BITS}
+    kd = Distillation(BITS, "progressive", teacher=None, warmup_steps=2)
+    full = float(kd.losses(logits)["kd_loss"])
+    assert full > 0
+    assert [float(kd.losses(logits, step=tf.constant(s))["kd_loss"]) for s in (0, 1, 2, 7)] \
+        == [0.0, 0.0, pytest.approx(full), pytest.approx(full)]
+    x, y = batch
+    ensemble = make_ensemble(Distillation(BITS, "progressive", teacher=None, warmup_steps=2))
+    seen = []
+    callback = tf.keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda step, logs: seen.append(logs["kd_loss"]))
+    ensemble.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+    assert seen[:2] == [0.0, 0.0] and seen[2] > 0 and seen[3] > seen[2] / 2
+
+
+def test_member_loss_weights_scale_each_cross_entropy_in_the_total(batch):
+    x, y = batch
+    tf.keras.utils.set_random_seed(0)
+    weights = {32: 1.0, 4: 0.5, 1: 3.0}
+    ensemble = quantens.QuantEnsemble(tiny_model(BITS), BITS, member_loss_weights=weights)
+    logits = ensemble.member_logits(x, training=False)
+    total, losses = ensemble.compute_ensemble_loss(x, y, logits, training=False)
+    by_hand = sum(w * float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(
+        y, logits[b], from_logits=True))) for b, w in weights.items())
+    np.testing.assert_allclose(float(total), by_hand, rtol=1e-5)

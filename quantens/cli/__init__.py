@@ -50,7 +50,10 @@ from quantens.startup import load_tensorflow, quiet_native_logs  # noqa: F401  (
 
 # Float flags that must be finite numbers (checked before any range).
 FLOAT_FLAGS = ("lr", "lr_factor", "warmup_epochs", "momentum", "wd", "clip_threshold",
-               "kd_temperature", "kd_weight", "kd_attention_weight", "alpha")
+               "kd_temperature", "kd_weight", "kd_attention_weight", "alpha",
+               "kd_warmup_epochs")
+PER_MEMBER_FLAGS = ("kd_weights", "kd_temperatures", "member_loss_weights")
+"""Flags of BITS:VALUE pairs, one per member at most."""
 
 DEFAULT_MODEL = defaults.MODEL
 DEFAULT_DATASET = defaults.DATASET
@@ -71,6 +74,18 @@ class Parser(argparse.ArgumentParser):
 
 
 _Parser = Parser
+
+
+def _bits_value(value: str) -> list:
+    """`B:V` (a member's bit-width and a number) as [B, V]."""
+    bits, sep, number = str(value).partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return [int(bits), float(number)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not BITS:VALUE (e.g. 1:2.0)") from None
 
 
 def _bits_list(value: str) -> int:
@@ -208,6 +223,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "0.35 (default: the model's own, 1.0)")
     g.add_argument("--bit-widths", nargs="+", type=_bits_list, default=list(defaults.BIT_WIDTHS),
                    help="the members' bit-widths (1..32)")
+    g.add_argument("--member-loss-weights", nargs="+", type=_bits_value, default=None,
+                   metavar="BITS:W",
+                   help="cross-entropy weight per member, e.g. 1:2.0 (default: 1 each)")
     g.add_argument("--target-bits", type=int, default=None,
                    help="member used for predict and the best checkpoint (default: the "
                    "lowest of --bit-widths)")
@@ -268,7 +286,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="teacher architecture (default: no external teacher)")
     g.add_argument("--kd-mode", default="none", choices=KD_MODES,
                    help="simple: the teacher teaches every member; progressive: a chain "
-                   "(teacher ->) highest bit-width -> next lower -> ... -> lowest")
+                   "(teacher ->) highest bit-width -> next lower -> ... -> lowest; highest: "
+                   "the highest member teaches every other; average: every member learns "
+                   "from the members' mean logits")
+    g.add_argument("--kd-warmup-epochs", type=float, default=0.0,
+                   help="distillation starts after this many epochs (0: from the start)")
+    g.add_argument("--kd-weights", nargs="+", type=_bits_value, default=None,
+                   metavar="BITS:ALPHA",
+                   help="distillation weight per student member, e.g. 1:2.0 2:1.5 "
+                   "(default: --kd-weight for every member)")
+    g.add_argument("--kd-temperatures", nargs="+", type=_bits_value, default=None,
+                   metavar="BITS:T",
+                   help="distillation temperature per student member (default: "
+                   "--kd-temperature)")
     g.add_argument("--kd-teacher-mode", default="none", choices=KD_TEACHER_MODES,
                    help="the --teacher's training: pretrained_external (frozen), "
                    "untrained_external (trained alongside with the --teacher-* settings)")
@@ -495,11 +525,52 @@ def _validate_distillation(args: argparse.Namespace) -> None:
         raise UsageError("--kd-temperature must be positive")
     if args.kd_weight < 0 or args.kd_attention_weight < 0:
         raise UsageError("--kd-weight and --kd-attention-weight must not be negative")
+    if args.kd_warmup_epochs < 0:
+        raise UsageError(f"--kd-warmup-epochs must not be negative, got {args.kd_warmup_epochs}")
+    for flag in PER_MEMBER_FLAGS:
+        setattr(args, flag, _per_member(args, flag))
+    if args.kd_mode == "none" and not has_teacher and (
+            args.kd_weights or args.kd_temperatures or args.kd_warmup_epochs):
+        raise UsageError(
+            "--kd-weights, --kd-temperatures and --kd-warmup-epochs shape distillation: "
+            "choose a --kd-mode (e.g. progressive) or a teacher"
+        )
     for flag in ("lr", "wd", "lr_mode", "optimizer", "momentum"):
         if getattr(args, f"teacher_{flag}") is None:
             setattr(args, f"teacher_{flag}", getattr(args, flag))
     if args.teacher_lr <= 0 or args.teacher_wd < 0:
         raise UsageError("--teacher-lr must be positive and --teacher-wd not negative")
+
+
+def _per_member(args: argparse.Namespace, flag: str) -> list | None:
+    """The BITS:VALUE pairs of `flag` checked against the members: [[bits, value], ...]."""
+    pairs = getattr(args, flag)
+    if pairs is None:
+        return None
+    name = "--" + flag.replace("_", "-")
+    checked: dict[int, float] = {}
+    for pair in pairs:
+        try:
+            if isinstance(pair, str):  # "B:V" from a --config file
+                pair = _bits_value(pair)
+            bits, value = int(pair[0]), float(pair[1])
+        except (TypeError, ValueError, IndexError, argparse.ArgumentTypeError):
+            raise UsageError(f"{name}: {pair!r} is not BITS:VALUE") from None
+        if bits not in args.bit_widths:
+            raise UsageError(
+                f"{name}: {bits} bits is not a member (--bit-widths "
+                f"{' '.join(map(str, args.bit_widths))})"
+            )
+        if bits in checked:
+            raise UsageError(f"{name}: {bits} bits is given twice")
+        positive = flag == "kd_temperatures"
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise UsageError(
+                f"{name}: the value for {bits} bits must be a "
+                f"{'positive' if positive else 'non-negative'} number, got {value}"
+            )
+        checked[bits] = value
+    return [[b, v] for b, v in checked.items()]
 
 
 def _config_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
@@ -530,6 +601,10 @@ def _config_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) ->
 def _config_value_problem(action: argparse.Action, value) -> str | None:
     """Why a --config value cannot stand for the flag (None when it can), as argparse types it."""
     def number(v, kind):
+        if kind is _bits_value:  # config.json stores [bits, value] pairs; "B:V" works too
+            pair = isinstance(v, list) and len(v) == 2 and number(v[0], int) is None \
+                and number(v[1], float) is None
+            return None if pair or isinstance(v, str) else "a [bits, value] pair"
         if kind is int or kind is _bits_list:
             return None if isinstance(v, int) and not isinstance(v, bool) else "an integer"
         if kind is float:

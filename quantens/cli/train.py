@@ -111,6 +111,9 @@ def _build_distillation(args, spec, steps_per_epoch):
     kd = dict(
         temperature=args.kd_temperature, weight=args.kd_weight,
         attention_weight=args.kd_attention_weight,
+        warmup_steps=round(args.kd_warmup_epochs * steps_per_epoch),
+        student_weights=dict(args.kd_weights or []),
+        student_temperatures=dict(args.kd_temperatures or []),
     )
     if args.ensemble_teacher:
         flags = _teacher_flags(args)
@@ -279,7 +282,8 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
         )
         optimizer = optimizers.make_optimizer(args.optimizer, schedule, momentum=args.momentum)
         ensemble = quantens.QuantEnsemble(
-            model, args.bit_widths, args.target_bits, weight_decay=args.wd
+            model, args.bit_widths, args.target_bits, weight_decay=args.wd,
+            member_loss_weights=dict(args.member_loss_weights or []),
         )
         if distillation is not None:
             ensemble.set_distillation(distillation)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from quantens.convert import _network_nodes, _Reuse  # the converter's walk of a graph
 from quantens.errors import ExportError
 
 SUPPORTED_LAYERS = (
@@ -196,13 +197,6 @@ def bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
     return mult, beta - mean * mult
 
 
-def _network_nodes(model) -> list:
-    """The non-input nodes of a functional model, inputs first (keras' own order)."""
-    by_depth = model._nodes_by_depth
-    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]
-            if not node.is_input]
-
-
 def _kernel(layer, attribute: str, quantizer_attribute: str, depthwise: bool = False) -> dict:
     """The quantized kernel (float64) of a (larq) layer, its DoReFa grid n and unit."""
     variable = getattr(layer, attribute)
@@ -218,16 +212,6 @@ def _unsupported(name: str, layer) -> ExportError:
     return ExportError(
         f"cannot export layer {name} ({type(layer).__name__}); supported: {SUPPORTED_LAYERS}"
     )
-
-
-class _Reuse:
-    """A tensor_dict entry for `Node.map_arguments` that can be popped any number of times."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def pop(self):
-        return self.value
 
 
 class MemberGraph:
