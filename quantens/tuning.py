@@ -12,11 +12,16 @@ Searched flags (their command-line values are replaced during the search):
 | `--lr` | log-uniform in `LR_RANGE` |
 | `--wd` | one of `WD_CHOICES` |
 | `--optimizer` | radam, adam, sgd, nag |
-| `--kd-mode` | none, progressive; simple too when there is a teacher |
+| `--kd-mode` | none, progressive, highest, average; simple too when there is a teacher |
 | `--kd-temperature`, `--kd-weight` | uniform in their ranges, searched when `--kd-mode` is not none |
+| `--kd-warmup-epochs` | one of `KD_WARMUP_CHOICES` below `--epochs`, when `--kd-mode` is not none |
+| `--kd-weights LOWEST:α` | `kd_weight_lowest`: α of the lowest member, uniform in `LOWEST_KD_WEIGHT_RANGE`, when `--kd-mode` is not none |
+| `--member-loss-weights LOWEST:W` | `member_weight_lowest`: one of `LOWEST_MEMBER_WEIGHTS` |
 
-The objective is `val_accuracy_<target bits>` (maximised), the final accuracy
-of the `--target-bits` member that `train.py` reports. Every trial is a
+The objective (`--tune-objective`) is `val_accuracy_<target bits>` (`target`,
+the default: the final accuracy of the `--target-bits` member that
+`train.py` reports), `val_accuracy_mean` (`mean`: over the members) or
+`val_accuracy_<b>` of a member b, maximised. Every trial is a
 complete `train.py` run whose result directory is
 `<result-path>/tuning/trial_<id>/`; keras-tuner keeps its state beside them
 (`oracle.json`, `trial.json`), so running the same command again resumes the
@@ -62,9 +67,17 @@ LR_RANGE = (1e-4, 1e-1)
 WD_CHOICES = (0.0, 1e-5, 1e-4, 1e-3)
 KD_TEMPERATURE_RANGE = (1.0, 8.0)
 KD_WEIGHT_RANGE = (0.1, 2.0)
-SEARCHED_FLAGS = ("lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight")
+KD_WARMUP_CHOICES = (0.0, 1.0, 3.0, 5.0)
+LOWEST_KD_WEIGHT_RANGE = (0.5, 4.0)
+LOWEST_MEMBER_WEIGHTS = (1.0, 1.5, 2.0, 3.0)
+SEARCHED_FLAGS = ("lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight",
+                  "kd_warmup_epochs")
+# searched values that stand for the lowest member's entry of a per-member flag
+LOWEST_MEMBER_VALUES = {"kd_weight_lowest": "kd_weights",
+                        "member_weight_lowest": "member_loss_weights"}
 # flags of the search itself or of where it writes: not part of best.json
-NOT_IN_BEST = ("tune", "max_trials", "config", "result_path", "log", "test_run", "dry_run",
+NOT_IN_BEST = ("tune", "max_trials", "tune_objective", "config", "result_path", "log",
+               "test_run", "dry_run",
                *defaults.DERIVED_KEYS)
 # flags that may change when a stopped search is resumed
 MAY_CHANGE_ON_RESUME = ("max_trials", "log", "config")
@@ -88,10 +101,11 @@ def kd_modes(args: argparse.Namespace) -> list[str]:
     ```python
     from quantens import cli, tuning
 
-    assert tuning.kd_modes(cli.parse_args([])) == ["none", "progressive"]
+    assert tuning.kd_modes(cli.parse_args([])) == ["none", "progressive", "highest", "average"]
     ```
     """
-    return ["none", "progressive", *(["simple"] if has_teacher(args) else [])]
+    return ["none", "progressive", "highest", "average",
+            *(["simple"] if has_teacher(args) else [])]
 
 
 def search_space(args: argparse.Namespace):
@@ -115,7 +129,18 @@ def search_space(args: argparse.Namespace):
     with hp.conditional_scope("kd_mode", [m for m in modes if m != "none"]):
         hp.Float("kd_temperature", *KD_TEMPERATURE_RANGE)
         hp.Float("kd_weight", *KD_WEIGHT_RANGE)
+        hp.Choice("kd_warmup_epochs", [w for w in KD_WARMUP_CHOICES if w < args.epochs])
+        hp.Float("kd_weight_lowest", *LOWEST_KD_WEIGHT_RANGE)
+    hp.Choice("member_weight_lowest", list(LOWEST_MEMBER_WEIGHTS))
     return hp
+
+
+def objective_name(args: argparse.Namespace) -> str:
+    """The metric the search maximises: `val_accuracy_<b>` or `val_accuracy_mean`."""
+    objective = str(getattr(args, "tune_objective", "target") or "target")
+    if objective == "target":
+        return f"val_accuracy_{args.target_bits}"
+    return f"val_accuracy_{objective}"
 
 
 def trial_args(
@@ -139,6 +164,11 @@ def trial_args(
     for flag in SEARCHED_FLAGS:
         if flag in values:
             setattr(new, flag, values[flag])
+    lowest = min(args.bit_widths)
+    for name, flag in LOWEST_MEMBER_VALUES.items():
+        if values.get(name) is not None:
+            others = [pair for pair in (getattr(args, flag) or []) if pair[0] != lowest]
+            setattr(new, flag, [*others, [lowest, float(values[name])]])
     for flag in TEACHER_FOLLOWS:
         if getattr(args, f"teacher_{flag}", None) == getattr(args, flag):
             setattr(new, f"teacher_{flag}", getattr(new, flag))
@@ -168,6 +198,7 @@ def best_flags(args: argparse.Namespace, values: dict) -> dict:
 def flat_metrics(metrics: dict) -> dict[str, float]:
     """`run`'s metrics.json as keras-tuner metrics: `val_accuracy_<b>` (and the teacher's)."""
     flat = {f"val_accuracy_{b}": float(a) for b, a in metrics["val_accuracy"].items()}
+    flat["val_accuracy_mean"] = sum(flat.values()) / len(flat)
     if metrics.get("teacher_val_accuracy") is not None:
         flat["teacher_val_accuracy"] = float(metrics["teacher_val_accuracy"])
     return flat
@@ -177,7 +208,7 @@ def _make_oracle(args: argparse.Namespace):
     import keras_tuner as kt
 
     common = dict(
-        objective=kt.Objective(f"val_accuracy_{args.target_bits}", direction="max"),
+        objective=kt.Objective(objective_name(args), direction="max"),
         hyperparameters=search_space(args),
         seed=args.seed + 1,  # keras-tuner draws a random seed for 0
     )
@@ -267,7 +298,8 @@ def trials_table(args: argparse.Namespace, oracle) -> str:
     objective = oracle.objective.name
     best = oracle.get_best_trials(1)
     best_id = best[0].trial_id if best and best[0].score is not None else None
-    header = ["trial", "status", *SEARCHED_FLAGS, "epochs", objective]
+    columns = (*SEARCHED_FLAGS, *LOWEST_MEMBER_VALUES)
+    header = ["trial", "status", *columns, "epochs", objective]
     rows = []
     for trial_id in sorted(oracle.trials):
         trial = oracle.trials[trial_id]
@@ -276,7 +308,7 @@ def trials_table(args: argparse.Namespace, oracle) -> str:
         rows.append([
             f"{trial_id}{'*' if trial_id == best_id else ''}",
             str(trial.status).split(".")[-1],
-            *[_format(values.get(flag)) for flag in SEARCHED_FLAGS],
+            *[_format(values.get(flag)) for flag in columns],
             str(min(int(values.get("tuner/epochs", args.epochs)), args.epochs)),
             "-" if score is None or math.isnan(score) else f"{score:.4f}",
         ])

@@ -46,7 +46,10 @@ def test_random_search_runs_trials_and_writes_best_json(search):
     best_score, best_config = max(scores.values(), key=lambda s: s[0])
     for flag in ("lr", "wd", "optimizer", "kd_mode"):
         assert best[flag] == best_config[flag]
-    assert best["kd_mode"] in ("none", "progressive")  # no teacher: never simple
+    assert best["kd_mode"] in ("none", "progressive", "highest", "average")  # never simple
+    # the recipe levers are searched: each trial's lowest member has its CE weight
+    weights = [c["member_loss_weights"] for _, c in scores.values()]
+    assert all(w[0][0] == 1 and w[0][1] in tuning.LOWEST_MEMBER_WEIGHTS for w in weights)
     assert best["width"] == 8 and best["epochs"] == 1
     assert not {"tune", "max_trials", "result_path", "test_run"} & set(best)
     # the end of the output: a table of the trials, the best one starred
@@ -113,13 +116,31 @@ def test_search_space_offers_simple_kd_only_with_a_teacher(tmp_path):
     plain = make_args(tmp_path)
     taught = make_args(tmp_path, "--teacher", "cifar_resnet20_v1",
                        "--kd-teacher-mode", "untrained_external")
-    assert tuning.kd_modes(plain) == ["none", "progressive"]
-    assert tuning.kd_modes(taught) == ["none", "progressive", "simple"]
+    assert tuning.kd_modes(plain) == ["none", "progressive", "highest", "average"]
+    assert tuning.kd_modes(taught) == ["none", "progressive", "highest", "average", "simple"]
     space = tuning.search_space(plain)
     assert [hp.name for hp in space.space] == [
-        "lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight"
+        "lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight", "kd_warmup_epochs",
+        "kd_weight_lowest", "member_weight_lowest",
     ]
     assert space.space[0].sampling == "log"
+
+
+def test_recipe_levers_of_a_trial_become_flags_and_the_objective_can_be_the_mean(tmp_path):
+    args = make_args(tmp_path, "--kd-mode", "progressive", "--kd-weights", "32:0.5")
+    trial = tuning.trial_args(args, {"kd_mode": "average", "kd_warmup_epochs": 1.0,
+                                     "kd_weight_lowest": 2.5, "member_weight_lowest": 3.0},
+                              "/tmp/t")
+    lowest = min(args.bit_widths)
+    assert trial.kd_mode == "average" and trial.kd_warmup_epochs == 1.0
+    assert trial.kd_weights == [[32, 0.5], [lowest, 2.5]]
+    assert trial.member_loss_weights == [[lowest, 3.0]]
+    assert args.kd_weights == [[32, 0.5]]  # the search's flags are untouched
+    assert tuning.objective_name(args) == f"val_accuracy_{args.target_bits}"
+    mean = make_args(tmp_path, "--tune-objective", "mean")
+    assert tuning.objective_name(mean) == "val_accuracy_mean"
+    metrics = {"val_accuracy": {"32": 0.9, "1": 0.5}}
+    assert tuning.flat_metrics(metrics)["val_accuracy_mean"] == pytest.approx(0.7)
 
 
 def test_trial_args_copy_the_flags_and_teacher_flags_follow_the_student(tmp_path):

@@ -353,9 +353,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("hyperparameter search")
     g.add_argument("--tune", default=None, choices=defaults.TUNERS,
-                   help="search lr, wd, optimizer and the KD settings with keras-tuner; "
+                   help="search lr, wd, optimizer, the KD settings and the recipe levers "
+                   "with keras-tuner; "
                    "trials and best.json go to <result-path>/tuning (default: no search)")
     g.add_argument("--max-trials", type=int, default=10, help="trials of the search")
+    g.add_argument("--tune-objective", default="target",
+                   help="what the search maximises: target (val_accuracy of --target-bits), "
+                   "mean (the mean over members) or a member's bit-width")
     g.add_argument("--config", default=None,
                    help="JSON file of flag values (e.g. tuning/best.json); flags given on "
                    "the command line win (default: none)")
@@ -529,6 +533,13 @@ def _validate_distillation(args: argparse.Namespace) -> None:
         raise UsageError(f"--kd-warmup-epochs must not be negative, got {args.kd_warmup_epochs}")
     for flag in PER_MEMBER_FLAGS:
         setattr(args, flag, _per_member(args, flag))
+    objective = str(args.tune_objective)
+    if objective not in ("target", "mean") and not (
+            objective.isdigit() and int(objective) in args.bit_widths):
+        raise UsageError(
+            f"--tune-objective must be target, mean or a member's bit-width "
+            f"({' '.join(map(str, args.bit_widths))}), got {objective}"
+        )
     if args.kd_mode == "none" and not has_teacher and (
             args.kd_weights or args.kd_temperatures or args.kd_warmup_epochs):
         raise UsageError(
