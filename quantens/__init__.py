@@ -58,6 +58,7 @@ _LAZY = {
     "SwitchableBatchNormalization": "quantens.layers",
     "ActivationQuantizer": "quantens.quantizers",
     "WeightQuantizer": "quantens.quantizers",
+    "PACTActivation": "quantens.quantizers",
     "quantize_model": "quantens.convert",
 }
 
@@ -80,6 +81,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationQuantizer",
+    "PACTActivation",
     "QuantActivation",
     "QuantConv2D",
     "QuantDense",

@@ -25,7 +25,7 @@ FULL_PRECISION = 32
 # --------------------------------------------------------------- quantizers
 WEIGHT_QUANTIZATIONS = ("dorefa", "identity", "narrow")
 WEIGHT_QUANTIZATION = "dorefa"
-ACTIVATION_METHODS = ("round", "det_sign")
+ACTIVATION_METHODS = ("round", "det_sign", "pact")
 ACTIVATION_METHOD = "round"
 CLIP_THRESHOLD = 1.3
 """Activation gradients are cancelled where |x| exceeds it (the seed's examples)."""

@@ -104,6 +104,14 @@ class _SwitchableKernelLayer:
             name, getter=getter, **kwargs
         )
 
+    def fixed_weights(self, bits: int) -> list:
+        """The weights of `fixed_layer(bits)`: this layer's, without its quantizers' own
+        (a `PACTActivation`'s clip values live in the fixed quantizer's range)."""
+        owned = {id(w) for key in (*self._QUANTIZER_KEYS, "input_quantizer")
+                 for w in getattr(getattr(self, key), "weights", [])}
+        return tf.keras.backend.batch_get_value(
+            [w for w in self.weights if id(w) not in owned])
+
     def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
         """A standalone larq layer equal to this one at `bits` (weights not copied)."""
         config = self.get_config()

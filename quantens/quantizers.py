@@ -238,6 +238,44 @@ class RangeRoundActivation(lq.quantizers.Quantizer):
         }
 
 
+def pact(x: tf.Tensor, alpha: tf.Tensor, k_bit: int) -> tf.Tensor:
+    """PACT (Choi et al. 2018): clip(x, 0, α) on 2^k - 1 steps of α / (2^k - 1).
+
+    Gradients: dy/dx = 1 for 0 <= x < α (straight through the rounding), 0
+    elsewhere; dy/dα = 1 for x >= α, 0 elsewhere (the paper's), summed over
+    the tensor.
+
+    ```python
+    import numpy as np
+    import tensorflow as tf
+    from quantens.quantizers import pact
+
+    x = tf.constant([-0.5, 0.3, 0.8, 2.0])
+    alpha = tf.Variable(1.5)
+    with tf.GradientTape() as tape:
+        y = pact(x, alpha, 2)  # levels 0, 0.5, 1.0, 1.5
+    np.testing.assert_allclose(y, [0.0, 0.5, 1.0, 1.5])
+    assert float(tape.gradient(y, alpha)) == 1.0  # one input at or above alpha
+    ```
+    """
+    levels = float(2**k_bit - 1)
+
+    @tf.custom_gradient
+    def _pact(x, alpha):
+        step = alpha / levels
+        y = tf.round(tf.clip_by_value(x, 0.0, alpha) / step) * step
+
+        def grad(dy):
+            inside = tf.logical_and(x >= 0.0, x < alpha)
+            dx = tf.where(inside, dy, tf.zeros_like(dy))
+            dalpha = tf.reduce_sum(tf.where(x >= alpha, dy, tf.zeros_like(dy)))
+            return dx, tf.cast(dalpha, alpha.dtype)
+
+        return y, grad
+
+    return _pact(x, tf.cast(alpha, x.dtype))
+
+
 @tf.keras.utils.register_keras_serializable(package="quantens")
 class NarrowRangeWeights(lq.quantizers.Quantizer):
     """Weights on the symmetric narrow-range k-bit grid: what TFLite stores exactly.
@@ -456,3 +494,77 @@ class ActivationQuantizer(_Switchable):
             if getattr(self, key) is not None:
                 config[key] = getattr(self, key)
         return config
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class PACTActivation(_Switchable):
+    """A ReLU-like activation with a learned clip value α per member (PACT, Choi et al. 2018).
+
+    Member k (< 32 bits) computes `pact(x, α_k, k)`: clip(x, 0, α_k) on
+    2^k - 1 steps, with α_k a trainable variable of this quantizer (one per
+    member, initialised to `init`; the paper's gradient, see `pact`; weight
+    decay, when the ensemble has it, applies to α as in the paper). The
+    32-bit member is a relu. `for_bits(k)` is the fixed
+    `RangeRoundActivation(k, α_k)` at α's current value: standalone members
+    and their export use the learned range. `train.py --activation-method pact`
+    puts it in ResNetE's convolutions instead of the fixed [0, 1] `round`.
+
+    ```python
+    import numpy as np
+    import tensorflow as tf
+    import quantens
+    from quantens.quantizers import PACTActivation
+
+    q = PACTActivation((32, 4, 2), init=2.0)
+    x = np.array([-1.0, 0.5, 3.0], "float32")
+    with quantens.bits(2):
+        np.testing.assert_allclose(q(x), [0.0, 2 / 3, 2.0], rtol=1e-6)  # α = 2, 3 steps
+    assert sorted(v.name.split("/")[-1] for v in q.trainable_weights) == ["alpha_2:0", "alpha_4:0"]
+    np.testing.assert_allclose(q(x), [0.0, 0.5, 3.0])  # 32 bits: relu
+    ```
+    """
+
+    def __init__(self, bit_widths=None, init: float = 1.0, **kwargs):
+        from quantens.bits import validate_bit_widths
+        from quantens.defaults import BIT_WIDTHS
+
+        self.member_bits = validate_bit_widths(bit_widths or BIT_WIDTHS)
+        self.init = _check_positive(init, "PACT init")
+        if self.init is None:
+            raise ValueError("PACT init must be positive, got None")
+        super().__init__(**kwargs)
+        self.alphas = {}
+
+    def build(self, input_shape):
+        for b in self.member_bits:
+            if b != FULL_PRECISION:
+                self.alphas[str(b)] = self.add_weight(
+                    name=f"alpha_{b}", shape=(), trainable=True,
+                    initializer=tf.keras.initializers.Constant(self.init))
+        super().build(input_shape)
+
+    def _alpha(self, bits: int):
+        if not self.alphas:
+            self.build(None)
+        if str(bits) not in self.alphas:
+            raise ValueError(
+                f"PACTActivation has clip values for {' '.join(map(str, self.member_bits))} "
+                f"bits, not {bits}"
+            )
+        return self.alphas[str(bits)]
+
+    def call(self, inputs):
+        bits = self.precision
+        if bits == FULL_PRECISION:
+            return tf.nn.relu(inputs)
+        return pact(inputs, self._alpha(bits), bits)
+
+    def for_bits(self, bits: int) -> lq.quantizers.Quantizer:
+        bits = _check_one(bits)
+        if bits == FULL_PRECISION:
+            return RangeRoundActivation(FULL_PRECISION, 1.0)  # relu
+        return RangeRoundActivation(bits, float(self._alpha(bits).numpy()))
+
+    def get_config(self):
+        return {**super().get_config(), "bit_widths": list(self.member_bits),
+                "init": self.init}

@@ -171,3 +171,45 @@ def test_narrow_weights_gradient_is_straight_through_and_1_bit_is_sign(rng):
     np.testing.assert_array_equal(full, w)
     with pytest.raises(ValueError, match="2 or more bits"):
         NarrowRangeWeights(1)
+
+
+def test_pact_forward_and_gradients_equal_the_paper_by_hand(rng):
+    """y = round(clip(x, 0, α) / s) s with s = α / (2^k - 1); dy/dx = 1 on [0, α),
+    dy/dα = 1 where x >= α (Choi et al. 2018), through an arbitrary upstream gradient."""
+    from quantens.quantizers import pact
+
+    x = tf.constant(rng.uniform(-1, 3, size=(64,)).astype("float32"))
+    upstream = rng.normal(size=(64,)).astype("float32")
+    alpha, k = tf.Variable(1.7), 3
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(pact(x, alpha, k) * upstream)
+    xs = x.numpy()
+    step = 1.7 / 7
+    np.testing.assert_allclose(pact(x, alpha, k), np.round(np.clip(xs, 0, 1.7) / step) * step,
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, x), upstream * ((xs >= 0) & (xs < 1.7)))
+    np.testing.assert_allclose(tape.gradient(loss, alpha), upstream[xs >= 1.7].sum(), rtol=1e-5)
+
+
+def test_pact_has_one_clip_value_per_member_that_only_its_member_trains():
+    import zoo
+
+    bits = (32, 4, 1)
+    model = zoo.create_model("digits_resnet_e", width=8, bit_widths=bits, activation_method="pact")
+    alphas = [w for w in model.trainable_weights if "alpha" in w.name]
+    assert len(alphas) == 2 * 6 and all(float(a.numpy()) == 1.0 for a in alphas)
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype("float32")
+    with tf.GradientTape() as tape:
+        with quantens.bits(4):
+            loss = tf.reduce_sum(model(x, training=True) ** 2)
+    grads = dict(zip([a.name for a in alphas], tape.gradient(loss, alphas), strict=True))
+    assert all(g is None for name, g in grads.items() if "alpha_1" in name)
+    assert any(g is not None and float(g) != 0 for name, g in grads.items() if "alpha_4" in name)
+    # the standalone member uses the learned range: a RangeRoundActivation on [0, α]
+    alphas[0].assign(2.5)
+    conv = quantens.QuantEnsemble(model, bits).member(4).get_layer(alphas[0].name.split("/")[0])
+    assert conv.input_quantizer.value_range == 2.5 and conv.input_quantizer.precision == 4
+    clone = tf.keras.utils.deserialize_keras_object(
+        tf.keras.utils.serialize_keras_object(quantens.PACTActivation((32, 2), init=0.5)))
+    assert clone.get_config()["bit_widths"] == [32, 2] and clone.init == 0.5

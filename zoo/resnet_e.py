@@ -83,7 +83,8 @@ def resnet_e(
             `thumbnail` (3x3 conv, for small images) or `grouped_stem`.
         weight_quantization: `dorefa`, `narrow` or `identity`; `fp_weights=True` is
             the same as `identity` (full-precision weights for every member).
-        activation_method: `round` or `det_sign`.
+        activation_method: `round`, `det_sign`, or `pact` (a learned clip
+            value per conv and member, `quantens.quantizers.PACTActivation`).
         clip_threshold: activation gradients are cancelled beyond it.
         fp_downsample_sc: full-precision 1x1 convolution in downsampling
             shortcuts (quantized otherwise).
@@ -111,9 +112,10 @@ def resnet_e(
         return quantens.QuantConv2D(
             filters, kernel, strides=strides, padding="same", use_bias=False,
             kernel_quantizer=quantens.WeightQuantizer(kernel_quantizer),
-            input_quantizer=quantens.ActivationQuantizer(
-                activation_method, clip_threshold=clip_threshold
-            ),
+            input_quantizer=(
+                quantens.PACTActivation(bit_widths) if activation_method == "pact"
+                else quantens.ActivationQuantizer(activation_method,
+                                                  clip_threshold=clip_threshold)),
             kernel_initializer="glorot_normal", name=name,
         )
 
