@@ -361,3 +361,25 @@ def test_member_loss_weights_scale_each_cross_entropy_in_the_total(batch):
     by_hand = sum(w * float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(
         y, logits[b], from_logits=True))) for b, w in weights.items())
     np.testing.assert_allclose(float(total), by_hand, rtol=1e-5)
+
+
+def test_two_stage_trains_fp_weights_then_the_ensemble_teacher_from_it(tmp_path, tfds_dir):
+    """`train.py --two-stage`: stage1 with --fp-weights, stage2 from stage1's weights with
+    them as ensemble teacher (KD on: kd_loss in its history)."""
+    from conftest import run_script
+
+    result = tmp_path / "run"
+    done = run_script(["train.py", "--two-stage", "--width", "8", "--epochs", "1",
+                       "--test-run", "--bit-widths", "32", "1", "--no-tensorboard",
+                       "--data-dir", tfds_dir, "--result-path", str(result)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = json.loads((result / "stage1" / "config.json").read_text())
+    second = json.loads((result / "stage2" / "config.json").read_text())
+    weights = str(result / "stage1" / "ensemble.weights.h5")
+    assert first["fp_weights"] and not first["ensemble_teacher"] and first["kd_mode"] == "none"
+    assert not second["fp_weights"] and second["ensemble_teacher"]
+    assert second["teacher_params"] == second["resume"] == weights
+    assert "kd_loss" in (result / "stage2" / "history.csv").read_text().splitlines()[0]
+    refused = run_script(["train.py", "--two-stage", "--fp-weights", "--result-path",
+                          str(tmp_path / "other")])
+    assert refused.returncode == 2 and "leave out --fp-weights" in refused.stderr

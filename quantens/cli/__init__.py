@@ -305,6 +305,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--teacher-params", default=None,
                    help="weights file of the teacher (or of the teacher ensemble) "
                    "(default: the zoo's pretrained weights for pretrained_external)")
+    g.add_argument("--two-stage", action="store_true",
+                   help="the seed's two-stage recipe in one command: <result-path>/stage1 "
+                   "trains with --fp-weights, then <result-path>/stage2 starts from its "
+                   "weights with it as --ensemble-teacher")
     g.add_argument("--ensemble-teacher", action="store_true",
                    help="a trained ensemble (--teacher-params) teaches member b with "
                    "its own member b")
@@ -501,6 +505,18 @@ def _validate_distillation(args: argparse.Namespace) -> None:
             args.teacher_params = ResultDir(args.teacher_params).weights
         if not os.path.isfile(args.teacher_params):
             raise UsageError(f"--teacher-params {args.teacher_params}: no such file")
+    if args.two_stage:
+        given = [flag for flag, on in (
+            ("--fp-weights", args.fp_weights), ("--ensemble-teacher", args.ensemble_teacher),
+            ("--teacher-params", args.teacher_params is not None),
+            ("--resume", args.resume is not None), ("--tune", args.tune is not None),
+            ("--teacher", args.teacher is not None),
+            ("--kd-teacher-mode", args.kd_teacher_mode != "none")) if on]
+        if given:
+            raise UsageError(
+                f"--two-stage sets the stages' teacher and weights itself: leave out "
+                f"{', '.join(given)}"
+            )
     if args.ensemble_teacher:
         if args.teacher_params is None:
             raise UsageError(
@@ -515,7 +531,8 @@ def _validate_distillation(args: argparse.Namespace) -> None:
             f"--teacher {args.teacher} needs --kd-teacher-mode pretrained_external or "
             "untrained_external"
         )
-    has_teacher = args.ensemble_teacher or args.kd_teacher_mode in teacher_modes
+    has_teacher = (args.ensemble_teacher or args.two_stage
+                   or args.kd_teacher_mode in teacher_modes)
     if args.kd_mode == "simple" and not has_teacher:
         raise UsageError(
             "--kd-mode simple needs a teacher: --teacher NAME --kd-teacher-mode "

@@ -394,12 +394,41 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
     return metrics
 
 
+def two_stage(args: argparse.Namespace) -> dict:
+    """`--two-stage`: the seed's examples 4 and 5 in one command.
+
+    Stage 1 (`<result-path>/stage1`) trains the ensemble with `--fp-weights`
+    and no distillation; stage 2 (`<result-path>/stage2`) starts from stage
+    1's final weights with them as `--ensemble-teacher` (member b teaches
+    member b; `--kd-mode` and the other KD flags apply here). Each stage is
+    an ordinary run: re-running the command resumes where it stopped. Returns
+    `{"stage1": metrics, "stage2": metrics}`.
+    """
+    root = args.result_path
+    first = argparse.Namespace(**vars(args))
+    first.two_stage, first.fp_weights, first.kd_mode = False, True, "none"
+    first.kd_weights = first.kd_temperatures = None
+    first.kd_warmup_epochs = 0.0
+    first.result_path, first.export = os.path.join(root, "stage1"), False
+    metrics = {"stage1": run(first)}
+    weights = ResultDir(first.result_path).weights
+    second = argparse.Namespace(**vars(args))
+    second.two_stage, second.ensemble_teacher = False, True
+    second.teacher_params = second.resume = weights
+    second.result_path = os.path.join(root, "stage2")
+    metrics["stage2"] = run(second)
+    return metrics
+
+
 def _main(args: argparse.Namespace) -> int:
     cli.load_tensorflow()
     if args.tune:
         from quantens import tuning
 
         tuning.tune(args, run)
+        return 0
+    if args.two_stage:
+        two_stage(args)
         return 0
     run(args)
     return 0
