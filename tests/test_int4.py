@@ -15,8 +15,6 @@ from conftest import run_script
 from quantens import export
 from quantens.export.int4 import pack_nibbles
 
-pytestmark = pytest.mark.slow  # one end-to-end run
-
 BITS = (32, 8, 4, 3, 2, 1)
 # as test_export.py's int8 bound for DoReFa members (>= 99.16% over 8 seeds there)
 INT8_MIN_AGREEMENT = 0.99
@@ -43,6 +41,7 @@ def _read(path):
         return f.read()
 
 
+@pytest.mark.slow  # the end-to-end run
 def test_narrow_members_of_2_to_4_bits_store_every_grid_filter_as_int4(narrow_run):
     _, report, out, _, _ = narrow_run
     for b in (4, 3, 2):
@@ -62,6 +61,7 @@ def test_narrow_members_of_2_to_4_bits_store_every_grid_filter_as_int4(narrow_ru
     assert report["members"]["8"]["weights_storage"]["int4_tensors"] == 0
 
 
+@pytest.mark.slow  # the end-to-end run
 def test_packed_files_compute_exactly_what_their_int8_twins_compute(narrow_run):
     """Same integers, same scales: identical outputs with TFLite's builtin kernels."""
     ensemble, _, out, val, calibration = narrow_run
@@ -75,6 +75,7 @@ def test_packed_files_compute_exactly_what_their_int8_twins_compute(narrow_run):
             export.TFLiteRunner(twin, use_xnnpack=False)(x))
 
 
+@pytest.mark.slow  # the end-to-end run
 def test_narrow_files_agree_with_their_keras_members_and_shrink_with_the_bits(narrow_run):
     _, report, _, _, _ = narrow_run
     members = report["members"]
@@ -93,3 +94,23 @@ def test_pack_nibbles_is_the_runtime_layout():
     unpacked = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(-1)[:5].astype(int)
     np.testing.assert_array_equal(np.where(unpacked > 7, unpacked - 16, unpacked), values)
     assert packed.tolist() == [0xF8, 0x10, 0x07]
+
+
+def test_export_without_int4_keeps_every_filter_int8(tmp_path):
+    """`pack_int4=False` (`python -m quantens.export --no-int4`): the 2-bit file is the
+    int8 twin, for runtimes that should run every filter on XNNPACK."""
+    import quantens
+    import zoo
+
+    bits = (32, 2)
+    ensemble = quantens.QuantEnsemble(zoo.create_model("digits_resnet_e", width=8,
+                                                       bit_widths=bits), bits)
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
+    packed = export.export_ensemble(ensemble, str(tmp_path / "a"), calibration_data=x)
+    plain = export.export_ensemble(ensemble, str(tmp_path / "b"), calibration_data=x,
+                                   pack_int4=False)
+    assert packed["members"]["2"]["weights_storage"]["int4_tensors"] == 6
+    assert "weights_storage" not in plain["members"]["2"]
+    assert plain["members"]["2"]["bytes"] > packed["members"]["2"]["bytes"]
+    convs = export.int8_conv_weights(_read(str(tmp_path / "b" / export.member_file(2))))
+    assert {c["storage"] for c in convs} == {"int8"}

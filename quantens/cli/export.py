@@ -40,6 +40,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="skip the fidelity check on the test split")
     parser.add_argument("--eval-examples", type=int, default=None,
                         help="check fidelity on the first N test examples (default all)")
+    parser.add_argument("--no-int4", action="store_true",
+                        help="keep every int8 filter int8: no packed INT4 (XNNPACK, TFLite's "
+                        "default CPU delegate, runs int8 filters only; INT4 ones run on the "
+                        "slower builtin kernels)")
     return parser
 
 
@@ -56,7 +60,7 @@ def _export(args: argparse.Namespace, prog: str = PROG) -> int:
         report = export_result_dir(
             args.result_dir, args.out, weights=args.weights, batch_size=args.batch_size,
             evaluate=not args.no_eval, max_val_examples=args.eval_examples, model=model,
-            remove_stale=True,
+            remove_stale=True, pack_int4=not args.no_int4,
         )
     print(summary_table(report))
     print(f"export in {args.out or run.export} ({report['export_seconds']:.0f} s)")

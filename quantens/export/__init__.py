@@ -143,7 +143,7 @@ __all__ = [
 def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None, *,
                     batch_size: int = 256, max_val_examples: int | None = None,
                     extra: Mapping[str, Any] | None = None,
-                    remove_stale: bool = False) -> dict:
+                    remove_stale: bool = False, pack_int4: bool = True) -> dict:
     """Writes `out_dir` (SavedModel, member_<b>.tflite, export.json) whole or not at all.
 
     Arguments:
@@ -160,6 +160,9 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
         remove_stale: first remove the temporary folders that killed exports
             of `out_dir` left beside it (`.export.*.tmp`, `.export.*.old`);
             only for a caller that owns the directory (`quantens.locking`).
+        pack_int4: store filters whose integers fit -8 ... 7 as packed INT4
+            (smaller files; XNNPACK runs only int8 filters, so they run on
+            TFLite's builtin kernels); False keeps every filter int8.
 
     Returns the content of export.json.
 
@@ -201,7 +204,7 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
         for b in ensemble.bit_widths:
             t0 = time.time()
             member = ensemble.member(b)
-            flatbuffer, fmt, details = convert(member, b, calibration_data)
+            flatbuffer, fmt, details = convert(member, b, calibration_data, pack_int4)
             grid_scales = details.pop("grid_scales", None)
             entry: dict[str, Any] = {
                 "file": member_file(b),

@@ -165,7 +165,7 @@ def export_datasets(dataset: str, bit_widths, *, batch_size: int = 256,
 def export_result_dir(result_dir: str, out_dir: str | None = None, *,
                       weights: str = ResultDir.WEIGHTS, batch_size: int | None = None,
                       evaluate: bool = True, max_val_examples: int | None = None,
-                      model=None, remove_stale: bool = False) -> dict:
+                      model=None, remove_stale: bool = False, pack_int4: bool = True) -> dict:
     """Exports a finished run's result directory to `RESULT_DIR/export/`.
 
     The ensemble is rebuilt by `load_result_ensemble` (from model.json, or
@@ -203,5 +203,5 @@ def export_result_dir(result_dir: str, out_dir: str | None = None, *,
         calibration_data=calibration, batch_size=batch_size, max_val_examples=max_val_examples,
         extra={"model": config["model"], "dataset": config["dataset"],
                "split": split if evaluate else None, "weights": weights},
-        remove_stale=remove_stale,
+        remove_stale=remove_stale, pack_int4=pack_int4,
     )
