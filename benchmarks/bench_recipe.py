@@ -94,7 +94,7 @@ def train_once(recipe: dict, seed: int, data: dict, args) -> dict:
                  shuffle=True)
     seconds = time.perf_counter() - start
     result = {"seconds": round(seconds, 1)}
-    for split in ("validation", "test"):
+    for split in ("train", "validation", "test"):
         logs = ensemble.evaluate(*data[split], batch_size=512, verbose=0, return_dict=True)
         result[split] = {str(b): float(logs[f"accuracy_{b}"]) for b in BITS}
     return result
