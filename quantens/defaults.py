@@ -32,6 +32,8 @@ CLIP_THRESHOLD = 1.3
 
 # ------------------------------------------------------------------ models
 MODEL = "digits_resnet_e"
+RESNET_E_MODELS = ("digits_resnet_e", "resnet18_e1", "resnet34_e1")
+"""The zoo's ResNetE architectures: the models whose convolutions take `--activation-method`."""
 INITIAL_LAYERS = ("imagenet", "thumbnail", "grouped_stem")
 
 KERAS_MODEL_PREFIX = "keras:"

@@ -17,6 +17,7 @@ Searched flags (their command-line values are replaced during the search):
 | `--kd-warmup-epochs` | one of `KD_WARMUP_CHOICES` below `--epochs`, when `--kd-mode` is not none |
 | `--kd-weights LOWEST:α` | `kd_weight_lowest`: α of the lowest member, uniform in `LOWEST_KD_WEIGHT_RANGE`, when `--kd-mode` is not none |
 | `--member-loss-weights LOWEST:W` | `member_weight_lowest`: one of `LOWEST_MEMBER_WEIGHTS` |
+| `--activation-method` | round or pact (learned activation ranges), for ResNetE models with round or pact activations |
 
 The objective (`--tune-objective`) is `val_accuracy_<target bits>` (`target`,
 the default: the final accuracy of the `--target-bits` member that
@@ -71,7 +72,8 @@ KD_WARMUP_CHOICES = (0.0, 1.0, 3.0, 5.0)
 LOWEST_KD_WEIGHT_RANGE = (0.5, 4.0)
 LOWEST_MEMBER_WEIGHTS = (1.0, 1.5, 2.0, 3.0)
 SEARCHED_FLAGS = ("lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight",
-                  "kd_warmup_epochs")
+                  "kd_warmup_epochs", "activation_method")
+ACTIVATION_CHOICES = ("round", "pact")  # the fixed [0, 1] grid or learned ranges
 # searched values that stand for the lowest member's entry of a per-member flag
 LOWEST_MEMBER_VALUES = {"kd_weight_lowest": "kd_weights",
                         "member_weight_lowest": "member_loss_weights"}
@@ -132,6 +134,8 @@ def search_space(args: argparse.Namespace):
         hp.Choice("kd_warmup_epochs", [w for w in KD_WARMUP_CHOICES if w < args.epochs])
         hp.Float("kd_weight_lowest", *LOWEST_KD_WEIGHT_RANGE)
     hp.Choice("member_weight_lowest", list(LOWEST_MEMBER_WEIGHTS))
+    if args.model in defaults.RESNET_E_MODELS and args.activation_method in ACTIVATION_CHOICES:
+        hp.Choice("activation_method", list(ACTIVATION_CHOICES))
     return hp
 
 

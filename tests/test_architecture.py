@@ -111,6 +111,7 @@ def test_defaults_errors_layout_and_the_parser_load_without_tensorflow():
     """The command line answers --help and bad flags before TensorFlow loads."""
     code = (
         "import sys, quantens.defaults, quantens.errors, quantens.layout, quantens.cli\n"
+        "import quantens.export, quantens.cli.export  # export reads a result dir first\n"
         "quantens.cli.build_parser().parse_args([])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'larq')))"
     )

@@ -121,8 +121,12 @@ def test_search_space_offers_simple_kd_only_with_a_teacher(tmp_path):
     space = tuning.search_space(plain)
     assert [hp.name for hp in space.space] == [
         "lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight", "kd_warmup_epochs",
-        "kd_weight_lowest", "member_weight_lowest",
+        "kd_weight_lowest", "member_weight_lowest", "activation_method",
     ]
+    assert tuning.trial_args(plain, {"activation_method": "pact"}, None).activation_method \
+        == "pact"
+    det_sign = make_args(tmp_path, "--activation-method", "det_sign")
+    assert "activation_method" not in [hp.name for hp in tuning.search_space(det_sign).space]
     assert space.space[0].sampling == "log"
 
 

@@ -84,3 +84,11 @@ def test_create_model_from_flags_rebuilds_a_run():
     assert conv.kernel_quantizer.method == "identity"
     assert conv.input_quantizer.method == "det_sign"
     assert conv.filters == 8
+
+
+def test_resnet_e_models_of_the_defaults_are_the_zoos():
+    """quantens.defaults.RESNET_E_MODELS (TF-free, for the tuner) names the zoo's ResNetE builders."""
+    from quantens import defaults
+
+    assert set(defaults.RESNET_E_MODELS) == {
+        name for name in zoo.list_models() if zoo.get_builder(name).__module__ == "zoo.resnet_e"}

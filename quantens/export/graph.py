@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from quantens.convert import _network_nodes, _Reuse  # the converter's walk of a graph
 from quantens.errors import ExportError
 
 SUPPORTED_LAYERS = (
@@ -238,6 +237,8 @@ class MemberGraph:
     """
 
     def __init__(self, member, bits: int):
+        from quantens.convert import _network_nodes  # the converter's walk of a graph
+
         tf = _tf()
         self.bits = int(bits)
         if len(member.inputs) != 1 or len(member.outputs) != 1:
@@ -631,6 +632,8 @@ class MemberGraph:
 
     def _call_layer(self, step: Step, values: dict):
         """Calls a layer without quantized weights on the values of its inputs."""
+        from quantens.convert import _Reuse
+
         node, layer = step.params["node"], step.params["layer"]
         tensors = {kid: _Reuse(values[self._source(self._producer[kid])])
                    for kid, _ in node._keras_inputs_ids_and_indices}
