@@ -161,9 +161,9 @@ class Distillation(tf.Module):
             networks with real-to-binary convolutions", 2020); 0 turns it off.
         warmup_steps: the distillation terms are 0 before this optimizer step
             (KD warm-up: the members first learn from the labels alone).
-        student_weights: α per student bit-width, replacing `weight` for the
-            pairs that student learns in (each student has one target in every
-            mode; with a teacher, the highest member two).
+        student_weights: α per student bit-width, replacing `weight` for every
+            pair that student learns in (one pair per student, except the
+            highest member of `average` with a teacher: two).
         student_temperatures: T per student bit-width, replacing `temperature`.
 
     ```python

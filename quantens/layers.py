@@ -81,6 +81,8 @@ class _SwitchableKernelLayer:
         for key in self._QUANTIZER_KEYS:
             kwargs[key] = _as_quantizer(kwargs.get(key, "dorefa"), WeightQuantizer,
                                         WEIGHT_METHODS)
+            if key == "depthwise_quantizer" and isinstance(kwargs[key], WeightQuantizer):
+                kwargs[key].depthwise = True  # its narrow grid: a scale per channel
         super().__init__(
             *args,
             input_quantizer=_as_quantizer(

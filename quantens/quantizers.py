@@ -281,7 +281,8 @@ class NarrowRangeWeights(lq.quantizers.Quantizer):
     """Weights on the symmetric narrow-range k-bit grid: what TFLite stores exactly.
 
     q = s * round(w / s) with s = max|w| / (2^(k-1) - 1) per output channel
-    (the kernel's last axis: one scale per depthwise multiplier): the integers
+    (the kernel's last axis; with `depthwise=True`, a depthwise kernel's
+    (h, w, channels, multiplier): per channel and multiplier): the integers
     -(2^(k-1) - 1) ... 2^(k-1) - 1, zero included, times s. Those are TFLite's
     symmetric (zero point 0) narrow-range weights: 2..4 bits fit INT4, 5..8 bits
     int8, exactly. The gradient is straight-through (every w lies inside the
@@ -300,12 +301,13 @@ class NarrowRangeWeights(lq.quantizers.Quantizer):
 
     precision = None
 
-    def __init__(self, k_bit: int = 4, **kwargs):
+    def __init__(self, k_bit: int = 4, depthwise: bool = False, **kwargs):
         self.precision = _check_one(k_bit)
         if self.precision < 2:
             raise ValueError(
                 "the narrow-range grid needs 2 or more bits (1 bit is sign: SteSign)"
             )
+        self.depthwise = bool(depthwise)
         super().__init__(**kwargs)
 
     @property
@@ -314,8 +316,8 @@ class NarrowRangeWeights(lq.quantizers.Quantizer):
         return 2 ** (self.precision - 1) - 1
 
     def scale(self, inputs) -> tf.Tensor:
-        """s per output channel (shape 1, ..., 1, channels)."""
-        axes = list(range(len(inputs.shape) - 1))
+        """s per output channel (shape 1, ..., 1, channels; depthwise: 1, 1, c, m)."""
+        axes = [0, 1] if self.depthwise else list(range(len(inputs.shape) - 1))
         absmax = tf.reduce_max(tf.abs(inputs), axis=axes, keepdims=True)
         return tf.where(absmax > 0, absmax / float(self.levels), tf.ones_like(absmax))
 
@@ -326,7 +328,10 @@ class NarrowRangeWeights(lq.quantizers.Quantizer):
         return inputs + tf.stop_gradient(quantized - inputs)  # straight-through
 
     def get_config(self):
-        return {**super().get_config(), "k_bit": self.precision}
+        config = {**super().get_config(), "k_bit": self.precision}
+        if self.depthwise:
+            config["depthwise"] = True
+        return config
 
 
 class _Switchable(lq.quantizers.Quantizer):
@@ -377,9 +382,11 @@ class WeightQuantizer(_Switchable):
     ```
     """
 
-    def __init__(self, method: str = "dorefa", bits: int | None = None, **kwargs):
+    def __init__(self, method: str = "dorefa", bits: int | None = None,
+                 depthwise: bool = False, **kwargs):
         self.method = _check_method(method, WEIGHT_METHODS, "weight quantization")
         self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
+        self.depthwise = bool(depthwise)  # set by depthwise layers: narrow scales per channel
         super().__init__(**kwargs)
 
     @property
@@ -397,13 +404,15 @@ class WeightQuantizer(_Switchable):
             # sign with a plain straight-through gradient, as BMXNet's det_sign.
             return lq.quantizers.SteSign(clip_value=None)
         if self.method == "narrow":
-            return NarrowRangeWeights(bits)
+            return NarrowRangeWeights(bits, depthwise=self.depthwise)
         return lq.quantizers.DoReFa(k_bit=bits, mode="weights")
 
     def get_config(self):
         config = {**super().get_config(), "method": self.method}
         if self.bits is not None:
             config["bits"] = self.bits
+        if self.depthwise:
+            config["depthwise"] = True
         return config
 
 
@@ -496,6 +505,14 @@ class ActivationQuantizer(_Switchable):
         return config
 
 
+PACT_MIN_ALPHA = 1e-3
+"""The smallest clip value: weight decay and the gradient may push α down, 0 would divide by 0."""
+
+
+def _min_alpha(alpha):
+    return tf.maximum(alpha, PACT_MIN_ALPHA)
+
+
 @tf.keras.utils.register_keras_serializable(package="quantens")
 class PACTActivation(_Switchable):
     """A ReLU-like activation with a learned clip value α per member (PACT, Choi et al. 2018).
@@ -540,7 +557,8 @@ class PACTActivation(_Switchable):
             if b != FULL_PRECISION:
                 self.alphas[str(b)] = self.add_weight(
                     name=f"alpha_{b}", shape=(), trainable=True,
-                    initializer=tf.keras.initializers.Constant(self.init))
+                    initializer=tf.keras.initializers.Constant(self.init),
+                    constraint=_min_alpha)
         super().build(input_shape)
 
     def _alpha(self, bits: int):
@@ -563,7 +581,7 @@ class PACTActivation(_Switchable):
         bits = _check_one(bits)
         if bits == FULL_PRECISION:
             return RangeRoundActivation(FULL_PRECISION, 1.0)  # relu
-        return RangeRoundActivation(bits, float(self._alpha(bits).numpy()))
+        return RangeRoundActivation(bits, max(float(self._alpha(bits).numpy()), PACT_MIN_ALPHA))
 
     def get_config(self):
         return {**super().get_config(), "bit_widths": list(self.member_bits),

@@ -196,8 +196,8 @@ def load_weights(model: tf.keras.Model, path: str) -> None:
 
     legacy = True
     if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            legacy = "layer_names" in f.attrs
+        with h5py.File(path, "r") as f:  # a whole model's .h5 keeps them in model_weights
+            legacy = "layer_names" in f.attrs or "model_weights" in f
     if legacy:
         model.load_weights(path)
         return

@@ -68,6 +68,22 @@ def test_the_32_bit_member_equals_the_float_keras_application(tmp_path, rng, nam
         assert model.get_layer("predictions").kernel_quantizer.precision == 32
 
 
+def test_a_whole_model_h5_file_gives_its_weights(tmp_path, rng):
+    """`model.save("m.h5")` (the whole model, weights under model_weights) as weights=PATH."""
+    original = tf.keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3),
+                                                 classes=10, classifier_activation=None,
+                                                 alpha=0.35)
+    _randomise_bn(original)
+    path = str(tmp_path / "whole.h5")
+    original.save(path)
+    model = zoo.create_model("mobilenet_v2", input_shape=(32, 32, 3), num_classes=10,
+                             bit_widths=(32, 1), weights=path, alpha=0.35)
+    x = rng.normal(size=(2, 32, 32, 3)).astype("float32")
+    with quantens.bits(32):
+        np.testing.assert_allclose(model(x, training=False), original(x, training=False),
+                                   atol=1e-4)
+
+
 def test_a_backbone_weights_file_loads_with_a_fresh_classifier(tmp_path, rng):
     """keras' `*_no_top.h5` form: the backbone's weights, the classifier initialised."""
     backbone = tf.keras.applications.MobileNetV2(weights=None, include_top=False,

@@ -271,6 +271,8 @@ RECIPE_BAD = [
     (["--member-loss-weights", "1:-1"], "must be a non-negative number"),
     (["--kd-mode", "progressive", "--kd-warmup-epochs", "-1"], "--kd-warmup-epochs"),
     (["--kd-weights", "1:2"], "choose a --kd-mode"),
+    (["--kd-mode", "progressive", "--kd-warmup-epochs", "30"], "leaves no epoch"),
+    (["--tune-objective", "16"], "--tune-objective must be"),
 ]
 
 

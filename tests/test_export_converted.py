@@ -266,3 +266,28 @@ def test_layers_the_policy_fixes_keep_their_precision_in_every_file(tmp_path):
     assert report["members"]["1"]["lce"]["binary_convs"] == ["c1"]
     assert "c2" not in report["members"]["1"]["lce"]["float_layers"]  # not +-1 at all
     assert report["members"]["1"]["fidelity"]["max_abs_logit_diff"] < FLOAT_LOGIT_BOUND
+
+
+def test_narrow_converted_model_exports_depthwise_and_hidden_dense_on_their_grid(tmp_path):
+    """weight_quantization="narrow": the 4-bit member's depthwise kernel (a scale per
+    channel) and its hidden Dense (a scale per output unit, written as a 1x1 CONV_2D so
+    that TFLite keeps per-channel scales) are INT4 filters on the member's grid."""
+    inputs = tf.keras.Input((8, 8, 2))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = L.ReLU(name="stem_relu")(x)
+    x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = L.BatchNormalization(name="dw_bn")(x)
+    x = L.ReLU(name="dw_relu")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    x = L.Dense(16, activation="relu", name="hidden")(x)
+    bits = (32, 4)
+    model = tf.keras.Model(inputs, L.Dense(3, name="logits")(x))
+    converted = quantens.quantize_model(model, bits, weight_quantization="narrow")
+    ensemble = quantens.QuantEnsemble(converted, bits)
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 2)).astype("float32")
+    report = export.export_ensemble(ensemble, str(tmp_path / "export"), val_data=x,
+                                    calibration_data=x)
+    member = report["members"]["4"]
+    assert member["weights_storage"]["int4_tensors"] == 2, member["weights_storage"]
+    assert member["ops"]["CONV_2D"] == 2 and member["ops"]["FULLY_CONNECTED"] == 1
+    assert member["fidelity"]["agreement"] >= 0.95

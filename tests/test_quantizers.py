@@ -213,3 +213,20 @@ def test_pact_has_one_clip_value_per_member_that_only_its_member_trains():
     clone = tf.keras.utils.deserialize_keras_object(
         tf.keras.utils.serialize_keras_object(quantens.PACTActivation((32, 2), init=0.5)))
     assert clone.get_config()["bit_widths"] == [32, 2] and clone.init == 0.5
+
+
+def test_narrow_depthwise_kernels_get_a_scale_per_channel(rng):
+    """A depthwise kernel (h, w, c, m): one narrow scale per (channel, multiplier), set by
+    the depthwise layers themselves; a PACT clip value never falls to 0."""
+    from quantens.layers import QuantDepthwiseConv2D
+    from quantens.quantizers import PACT_MIN_ALPHA, PACTActivation
+
+    w = (rng.normal(size=(3, 3, 4, 1)) * np.arange(1, 5)[None, None, :, None]).astype("float32")
+    q = NarrowRangeWeights(2, depthwise=True)(w).numpy()
+    s = np.abs(w).max(axis=(0, 1), keepdims=True)  # m = 1 level each side
+    np.testing.assert_allclose(q, np.round(w / s) * s, rtol=1e-6, atol=1e-7)
+    layer = QuantDepthwiseConv2D(3, depthwise_quantizer="narrow")
+    assert layer.depthwise_quantizer.depthwise and layer.depthwise_quantizer.for_bits(2).depthwise
+    pact = PACTActivation((32, 2))
+    pact.build(None)
+    assert float(pact.alphas["2"].constraint(tf.constant(-1.0))) == pytest.approx(PACT_MIN_ALPHA)

@@ -548,9 +548,16 @@ def _validate_distillation(args: argparse.Namespace) -> None:
         raise UsageError("--kd-weight and --kd-attention-weight must not be negative")
     if args.kd_warmup_epochs < 0:
         raise UsageError(f"--kd-warmup-epochs must not be negative, got {args.kd_warmup_epochs}")
+    if args.kd_warmup_epochs and args.kd_warmup_epochs >= args.epochs:
+        raise UsageError(
+            f"--kd-warmup-epochs {args.kd_warmup_epochs:g} leaves no epoch of distillation "
+            f"in --epochs {args.epochs}: choose fewer warm-up epochs"
+        )
     for flag in PER_MEMBER_FLAGS:
         setattr(args, flag, _per_member(args, flag))
     objective = str(args.tune_objective)
+    if objective.isdigit():
+        objective = args.tune_objective = str(int(objective))  # 04 -> 4: the metric's name
     if objective not in ("target", "mean") and not (
             objective.isdigit() and int(objective) in args.bit_widths):
         raise UsageError(

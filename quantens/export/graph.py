@@ -167,9 +167,10 @@ def weight_unit(quantizer, latent: np.ndarray, kernel: np.ndarray, depthwise: bo
     if not isinstance(quantizer, NarrowRangeWeights):
         return None
     scale = np.asarray(quantizer.scale(latent.astype(np.float32)), np.float64)
-    unit = np.broadcast_to(scale, (1,) * (kernel.ndim - 1) + (kernel.shape[-1],))
-    if depthwise:  # one scale per multiplier, shared by the input channels
-        unit = np.broadcast_to(unit.reshape(1, -1), kernel.shape[2:])
+    if depthwise:  # per (channel, multiplier), or per multiplier for a kernel's last axis
+        unit = np.broadcast_to(scale.reshape(scale.shape[-2:]), kernel.shape[2:])
+    else:
+        unit = np.broadcast_to(scale.reshape(-1), (kernel.shape[-1],))
     unit = np.asarray(unit, np.float64).reshape(-1)
     shaped = unit.reshape(kernel.shape[2:]) if depthwise else unit
     ints = kernel / shaped
@@ -458,7 +459,7 @@ class MemberGraph:
             elif self.binary_input(s) is None:
                 other[s.name] = ("its input is not a 1-bit activation (full-precision "
                                  "tensor such as a residual sum or linear bottleneck)")
-            elif s.params["act"] is not None and s.params["act"].kind == "round" \
+            elif self.binary_input(s)[1].kind == "round" and s.params["padding"] == "SAME" \
                     and s.params["pad_value"] != 0.0:
                 other[s.name] = "round activations with pad_values != 0"
             else:
@@ -500,7 +501,8 @@ class MemberGraph:
                 readers[name].add((act.value_range, act.bits) if grid else None)
         return {name for name, acts in readers.items()
                 if name != self.output and len(acts) == 1 and None not in acts
-                and self._by_name[name].op != "input"}
+                and self._by_name[name].op != "input"
+                and self._by_name[name].params.get("post") is None}
 
     def has_symmetric_activations(self) -> bool:
         return any(s.params.get("act") is not None and s.params["act"].kind == "symmetric"
@@ -569,7 +571,8 @@ class MemberGraph:
                     source, act = self.binary_input(step)
                     y, correction = lce.binary_conv(values[source], act, step, self._pads)
                     if correction is not None:
-                        users = [t for t in self.steps if step.name in t.inputs]
+                        users = [t for t in self.steps
+                                 if step.name in t.inputs and t.op != "identity"]
                         if (not p["relu"] and len(users) == 1 and users[0].op == "add"
                                 and len(users[0].inputs) == 2):
                             # LCE fuses any constant ADD after a bconv into its per-channel
@@ -674,13 +677,21 @@ class MemberGraph:
 
         tf = _tf()
         p = step.params
+        # a dense kernel on a grid with a scale per output channel (narrow) needs
+        # per-channel int8 scales: only as a 1x1 convolution
+        dense_as_conv = (mode == "int8" and step.op == "dense" and p["unit"] is not None
+                         and np.ptp(p["unit"]) > 0)
         if mode == "int8":  # BN folded into the kernel: one int8 op, one rounding
-            kernel = int8.fake_quant_kernel(step, per_channel=step.op != "dense")
+            kernel = int8.fake_quant_kernel(step, per_channel=step.op != "dense" or dense_as_conv,
+                                            as_conv=dense_as_conv)
             mult = None
         else:  # the member's order (conv, then BN): ties such as sign(0) stay exact
             kernel = tf.constant(p["kernel"].astype(np.float32))
             mult = p["mult"].astype(np.float32)
-        if step.op == "dense":
+        if dense_as_conv:
+            y = tf.nn.conv2d(tf.reshape(a, [-1, 1, 1, int(a.shape[-1])]), kernel, 1, "VALID")
+            y = tf.reshape(y, [-1, int(kernel.shape[-1])])
+        elif step.op == "dense":
             y = tf.matmul(a, kernel)
         else:
             padding = p["padding"]

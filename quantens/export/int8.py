@@ -75,8 +75,13 @@ def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.nda
     return tf.reshape(weights, shape) if depthwise else weights
 
 
-def fake_quant_kernel(step: Step, per_channel: bool):
-    """The int8 weights of a conv / depthwise / dense step, BN folded in."""
+def fake_quant_kernel(step: Step, per_channel: bool, as_conv: bool = False):
+    """The int8 weights of a conv / depthwise / dense step, BN folded in.
+
+    `as_conv`: a dense kernel (in, out) as a 1x1 conv kernel (1, 1, in, out),
+    so that its scales can be per output channel (TFLite's converter takes
+    per-channel scales for CONV_2D, not for a matmul).
+    """
     p = step.params
     depthwise = step.op == "depthwise"
     mult = p["mult"]
@@ -85,6 +90,8 @@ def fake_quant_kernel(step: Step, per_channel: bool):
         folded = p["kernel"] * mult.reshape(1, 1, c, m)
     else:
         folded = p["kernel"] * mult
+    if as_conv:
+        folded = folded.reshape(1, 1, *folded.shape)
     return fake_quant_weights(folded, p["unit"], mult, per_channel, depthwise=depthwise)
 
 

@@ -56,7 +56,7 @@ def binary_conv(x, act: Act, step: Step, pads):
             correction = (-p["mult"] * (1.0 - p["pad_value"]) * taps).astype(np.float32)
             return y, correction
         return y, None
-    if p["pad_value"] != 0.0:
+    if p["pad_value"] != 0.0 and p["padding"] == "SAME":
         raise ExportError(f"{step.name}: round activations with pad_values != 0")
     r = float(act.value_range)
     s = tf.sign(tf.sign(0.5 * r - x) + 0.1)
