@@ -23,7 +23,6 @@ python benchmarks/bench_quantize_model.py --epochs 30 --out /tmp/bench_qm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+from _report import write_result  # noqa: E402
 
 import quantens  # noqa: E402  (tf-keras before TensorFlow)
 
@@ -155,12 +155,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     result = run(args)
-    with open(os.path.join(args.out, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    text = table(result)
-    with open(os.path.join(args.out, "result.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    write_result(args.out, result, table(result))
     return 0
 
 

@@ -30,8 +30,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
+from _report import write_result  # noqa: E402
 
 import quantens  # noqa: E402  (tf-keras before TensorFlow)
 
@@ -175,12 +176,7 @@ def main(argv=None) -> int:
             with open(path, "w") as f:
                 json.dump(runs, f, indent=1)
     summary, text = summarise(runs, args)
-    with open(os.path.join(args.out, "result.json"), "w") as f:
-        json.dump({"args": vars(args), "runs": runs, **summary}, f, indent=1,
-                  default=lambda o: o if not isinstance(o, np.generic) else o.item())
-    with open(os.path.join(args.out, "result.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    write_result(args.out, {"args": vars(args), "runs": runs, **summary}, text)
     return 0
 
 

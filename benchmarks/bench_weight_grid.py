@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _report import write_result  # noqa: E402
+
 GRIDS = ("dorefa", "narrow")
 
 
@@ -99,12 +101,7 @@ def main(argv=None) -> int:
                 f"{r['latency_ms']['1 no-xnnpack']:.3f} |")
         result["grids"][grid] = {"runs": runs[grid], "members": rows,
                                  "timing": timing[grid]}
-    text = "\n".join(lines)
-    with open(os.path.join(args.out, "result.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "result.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    write_result(args.out, result, "\n".join(lines))
     return 0
 
 
