@@ -291,3 +291,23 @@ def test_narrow_converted_model_exports_depthwise_and_hidden_dense_on_their_grid
     assert member["weights_storage"]["int4_tensors"] == 2, member["weights_storage"]
     assert member["ops"]["CONV_2D"] == 2 and member["ops"]["FULLY_CONNECTED"] == 1
     assert member["fidelity"]["agreement"] >= 0.95
+
+
+def test_a_binary_conv_padded_with_ones_after_a_round_activation_is_not_binarized(tmp_path):
+    """A conv reading a 1-bit `round` activation step with pad_values=1: LCE's rewrite
+    needs zero padding, so the plan keeps it float and export falls back with the reason."""
+    inputs = tf.keras.Input((6, 6, 2))
+    x = quantens.QuantActivation("round", name="act")(inputs)
+    x = quantens.QuantConv2D(4, 3, padding="same", pad_values=1.0, input_quantizer=None,
+                             name="conv")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    bits = (32, 1)
+    model = tf.keras.Model(inputs, L.Dense(3, name="logits")(x))
+    ensemble = quantens.QuantEnsemble(model, bits)
+    graph = export.MemberGraph(ensemble.member(1), 1)
+    assert graph.lce_plan() == {
+        "binary": [], "float": {"conv": "round activations with pad_values != 0"}}
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 2)).astype("float32")
+    report = export.export_ensemble(ensemble, str(tmp_path / "export"), calibration_data=x)
+    assert report["members"]["1"]["format"] == "int8"
+    assert "nothing to binarize" in report["members"]["1"]["format_reason"]
