@@ -56,7 +56,11 @@ setup(
         "matplotlib>=3.7,<4",
         "pillow>=10",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # benchmarks only: TF Model Optimization's int8 model beside the members
+        "bench": ["tensorflow-model-optimization>=0.8"],
+    },
     entry_points={
         "console_scripts": [
             "quantens-train=quantens.cli.train:main",

@@ -59,6 +59,8 @@ _LAZY = {
     "ActivationQuantizer": "quantens.quantizers",
     "WeightQuantizer": "quantens.quantizers",
     "PACTActivation": "quantens.quantizers",
+    "ClipActivation": "quantens.quantizers",
+    "calibrate": "quantens.calibration",
     "quantize_model": "quantens.convert",
 }
 
@@ -81,6 +83,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationQuantizer",
+    "ClipActivation",
     "PACTActivation",
     "QuantActivation",
     "QuantConv2D",
@@ -90,6 +93,7 @@ __all__ = [
     "WeightQuantizer",
     "active_bits",
     "bits",
+    "calibrate",
     "quantize_model",
     "validate_bit_widths",
 ]

@@ -25,8 +25,14 @@ FULL_PRECISION = 32
 # --------------------------------------------------------------- quantizers
 WEIGHT_QUANTIZATIONS = ("dorefa", "identity", "narrow")
 WEIGHT_QUANTIZATION = "dorefa"
+"""The weight quantizer of ResNetE (the seed's DoReFa)."""
+CONVERTED_WEIGHT_QUANTIZATION = "narrow"
+"""The weight quantizer of converted float networks (`quantize_model`): a scale per
+channel keeps each kernel's scale, so the original's BN statistics still fit."""
 ACTIVATION_METHODS = ("round", "det_sign", "pact")
 ACTIVATION_METHOD = "round"
+CALIBRATION_METHODS = ("mse", "percentile")
+"""How `quantens.calibrate` chooses a member's clip value: least squared error, or a percentile."""
 CLIP_THRESHOLD = 1.3
 """Activation gradients are cancelled where |x| exceeds it (the seed's examples)."""
 

@@ -335,12 +335,22 @@ class QuantEnsemble(tf.keras.Model):
         shared = rows[0]["shared_parameters"]
         print_fn(f'QuantEnsemble "{self.name}" of {self.model.name}: {len(rows)} members '
                  f"sharing {shared:,} parameters (one kernel per layer)")
-        header = f"{'bits':>5}  {'own BN parameters':>17}  {'size (bytes)':>12}  note"
+        header = f"{'bits':>5}  {'own parameters':>17}  {'size (bytes)':>12}  note"
         print_fn(header)
         print_fn("-" * len(header))
         for row in rows:
             note = "target" if row["bits"] == self.target_bits else ""
             print_fn(f"{row['bits']:>5}  {row['own_parameters']:>17,}  {row['bytes']:>12,}  {note}")
+        for b in self.bit_widths:
+            held = held_precision(self.model, b)
+            if held:
+                by_bits: dict[int, list[str]] = {}
+                for name, precision in held.items():
+                    by_bits.setdefault(precision, []).append(name)
+                print_fn(f"{b:>5}-bit member keeps " + "; ".join(
+                    f"{len(names)} layer{'s' if len(names) > 1 else ''} at {p} bits "
+                    f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                    for p, names in sorted(by_bits.items(), reverse=True)))
         print_fn("Layers: ensemble.model.summary(); member b in larq's detail: "
                  "with quantens.bits(b): lq.models.summary(ensemble)")
 
@@ -398,9 +408,10 @@ class QuantEnsemble(tf.keras.Model):
 
 def member_table(ensemble: QuantEnsemble) -> list[dict]:
     """Per member: `bits`, `shared_parameters` (all members'), `own_parameters`
-    (its own BN statistics and affine parameters) and `bytes` at inference, as larq
-    counts them: a quantized kernel at the member's bit-width, everything else at
-    32 bits (see `quantens.report.estimate_member_bytes`).
+    (its own BN statistics and affine parameters, its clip values) and `bytes`
+    at inference, as larq counts them: a quantized kernel at the member's
+    bit-width, everything else at 32 bits (see
+    `quantens.report.estimate_member_bytes`).
 
     ```python
     import quantens
@@ -430,8 +441,52 @@ def member_table(ensemble: QuantEnsemble) -> list[dict]:
 
 
 def _member_of(name: str, bit_widths) -> int | None:
-    """The member a variable belongs to (switchable BN's `bn_<b>` branch), or None if shared."""
+    """The member a variable belongs to (switchable BN's `bn_<b>` branch, a clip value
+    `alpha_<b>`), or None if shared."""
     for part in name.split("/"):
-        if part.startswith("bn_") and part[3:].isdigit() and int(part[3:]) in bit_widths:
-            return int(part[3:])
+        part = part.split(":")[0]
+        for prefix in ("bn_", "alpha_"):
+            rest = part[len(prefix):]
+            if part.startswith(prefix) and rest.isdigit() and int(rest) in bit_widths:
+                return int(rest)
     return None
+
+
+def held_precision(model: tf.keras.Model, bits: int) -> dict[str, int]:
+    """The layers member `bits` quantizes above its own bit-width: `{layer name: bits}`.
+
+    Kernels and quantized activations: a precision policy (`quantize_model`'s
+    `policy`: the stem and classifier at 32 bits by default) or a floor
+    (`depthwise_bits`: depthwise convolutions and the activations they read at
+    8 bits or more) holds them there.
+
+    ```python
+    import quantens
+    import tensorflow as tf
+    from quantens.ensemble import held_precision
+
+    model = tf.keras.Sequential([
+        tf.keras.layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1), name="stem"),
+        tf.keras.layers.DepthwiseConv2D(3, name="dw"),
+        tf.keras.layers.Conv2D(4, 1, name="pw"),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(10, name="logits"),
+    ])
+    converted = quantens.quantize_model(model, (32, 4, 1))
+    # the dw reads stem_relu: both at 8 bits or more
+    assert held_precision(converted, 1) == {"stem": 32, "stem_relu": 8, "dw": 8, "logits": 32}
+    assert held_precision(converted, 32) == {}
+    ```
+    """
+    from quantens.quantizers import ClipActivation, WeightQuantizer
+
+    keys = ("kernel_quantizer", "depthwise_quantizer", "pointwise_quantizer", "quantizer",
+            "input_quantizer")
+    held = {}
+    with bits_scope(bits):
+        for layer in model.layers:
+            precisions = [q.precision for key in keys if isinstance(
+                q := getattr(layer, key, None), (WeightQuantizer, ClipActivation))]
+            if precisions and max(precisions) > bits:
+                held[layer.name] = max(precisions)
+    return held

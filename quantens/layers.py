@@ -244,13 +244,25 @@ class QuantActivation(tf.keras.layers.Layer):
     Arguments:
         method, clip_threshold, value_range, max_value, bits: those of
             `quantens.ActivationQuantizer`.
+        quantizer: a switchable activation quantizer to use instead (e.g. a
+            `quantens.ClipActivation`, a clip value per member: what
+            `quantens.quantize_model` puts in place of a ReLU); the other
+            arguments are then ignored.
     """
 
     def __init__(self, method: str = "round", clip_threshold: float | None = CLIP_THRESHOLD,
                  value_range: float | None = None, max_value: float | None = None,
-                 bits: int | None = None, **kwargs):
+                 bits: int | None = None, quantizer=None, **kwargs):
         super().__init__(**kwargs)
-        self.quantizer = ActivationQuantizer(
+        if isinstance(quantizer, dict):
+            quantizer = tf.keras.utils.deserialize_keras_object(quantizer)
+        if quantizer is not None and not isinstance(quantizer, _Switchable):
+            raise ValueError(
+                f"QuantActivation's quantizer must be a switchable quantens quantizer "
+                f"(ClipActivation, ActivationQuantizer), got {type(quantizer).__name__}"
+            )
+        self._custom_quantizer = quantizer is not None
+        self.quantizer = quantizer if quantizer is not None else ActivationQuantizer(
             method, clip_threshold=clip_threshold, value_range=value_range,
             max_value=max_value, bits=bits,
         )
@@ -264,7 +276,14 @@ class QuantActivation(tf.keras.layers.Layer):
     def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
         return tf.keras.layers.Activation(self.quantizer.for_bits(bits), name=self.name)
 
+    def fixed_weights(self, bits: int) -> list:
+        """None: a clip value lives in the fixed quantizer's range, not in a weight."""
+        return []
+
     def get_config(self):
+        if self._custom_quantizer:
+            return {**super().get_config(),
+                    "quantizer": tf.keras.utils.serialize_keras_object(self.quantizer)}
         config = {
             **super().get_config(),
             "method": self.quantizer.method,

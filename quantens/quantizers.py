@@ -364,6 +364,9 @@ class WeightQuantizer(_Switchable):
         bits: a fixed bit-width: every member then gets the kernel at `bits`
             (`for_bits` ignores the member's bits). None (the default) follows
             the member. `quantens.quantize_model`'s `policy` sets it.
+        min_bits: members below it get the kernel at `min_bits` (None: no
+            floor); `quantize_model`'s `depthwise_bits` sets it for depthwise
+            kernels.
 
     ```python
     import numpy as np
@@ -383,21 +386,27 @@ class WeightQuantizer(_Switchable):
     """
 
     def __init__(self, method: str = "dorefa", bits: int | None = None,
-                 depthwise: bool = False, **kwargs):
+                 depthwise: bool = False, min_bits: int | None = None, **kwargs):
         self.method = _check_method(method, WEIGHT_METHODS, "weight quantization")
         self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
+        self.min_bits = None if min_bits is None else _check_one(min_bits, "minimum bit-width")
         self.depthwise = bool(depthwise)  # set by depthwise layers: narrow scales per channel
         super().__init__(**kwargs)
 
+    def _bits_for(self, bits: int) -> int:
+        if self.bits is not None:
+            return self.bits  # a fixed precision, whatever the member
+        if self.min_bits is not None and bits < self.min_bits:
+            return self.min_bits  # never below min_bits
+        return bits
+
     @property
     def precision(self) -> int:
-        """The bit-width applied now: the fixed `bits`, else the active one."""
-        return self.bits if self.bits is not None else super().precision
+        """The bit-width applied now: the fixed `bits`, else the active one (at least `min_bits`)."""
+        return self._bits_for(super().precision)
 
     def for_bits(self, bits: int) -> lq.quantizers.Quantizer | None:
-        bits = _check_one(bits)
-        if self.bits is not None:
-            bits = self.bits  # a fixed precision, whatever the member
+        bits = self._bits_for(_check_one(bits))
         if self.method == "identity" or bits == FULL_PRECISION:
             return None
         if bits == 1:
@@ -411,6 +420,8 @@ class WeightQuantizer(_Switchable):
         config = {**super().get_config(), "method": self.method}
         if self.bits is not None:
             config["bits"] = self.bits
+        if self.min_bits is not None:
+            config["min_bits"] = self.min_bits
         if self.depthwise:
             config["depthwise"] = True
         return config
@@ -513,18 +524,175 @@ def _min_alpha(alpha):
     return tf.maximum(alpha, PACT_MIN_ALPHA)
 
 
+DEFAULT_CLIP_VALUES = {1: 1.0, 2: 2.0, 3: 4.0}
+"""A k-bit member's clip value of a ReLU-like activation when no data sets it
+(`default_clip_value`): 1 at 1 bit (its threshold 0.5 sits near the middle of
+a BN output; a threshold of 3, a ReLU6's [0, 6], leaves almost every
+activation 0 and the member diverges), 2 at 2 bits, 4 at 3 bits and 6 from 4
+bits up, never above the activation's own cap (a ReLU6 keeps [0, 6] from 4
+bits up). `quantens.calibrate` replaces them with values from data."""
+
+DEFAULT_CLIP_VALUE = 6.0
+
+
+def default_clip_value(bits: int, cap: float | None = None) -> float:
+    """The clip value of member `bits` for an activation capped at `cap` (None: a relu).
+
+    ```python
+    from quantens.quantizers import default_clip_value
+
+    assert [default_clip_value(b, cap=6.0) for b in (8, 4, 2, 1)] == [6.0, 6.0, 2.0, 1.0]
+    assert default_clip_value(8, cap=3.0) == 3.0
+    ```
+    """
+    value = DEFAULT_CLIP_VALUES.get(int(bits), DEFAULT_CLIP_VALUE)
+    return value if cap is None else min(value, float(cap))
+
+
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class PACTActivation(_Switchable):
+class ClipActivation(_Switchable):
+    """A ReLU-like activation with its own clip value α_b per member (a switchable clipping level).
+
+    Member k (< 32 bits) computes clip(x, 0, α_k) on 2^k - 1 steps of
+    α_k / (2^k - 1) (`pact`); the 32-bit member computes relu, capped at
+    `max_value` when set (relu6 for 6), exactly the float activation. Each α_k
+    is a variable of its own (`alpha_<k>`): `quantens.calibrate` sets it from
+    data, and with `learned=True` it is trained by member k's loss alone
+    (PACT's gradient), so every member finds its own range. `for_bits(k)` is
+    the fixed `RangeRoundActivation(k, α_k)` at α's current value: standalone
+    members and their export use it.
+
+    Arguments:
+        bit_widths: the members (a variable per member below 32 bits).
+        clip: the initial α, one number for every member or a mapping
+            `{bits: α}` (members not in it get `default_clip_value`).
+        max_value: the cap of the 32-bit member's relu (and the largest α
+            a default gives); None: an uncapped relu.
+        learned: α is trainable (PACT) instead of set by calibration only.
+        bits: a fixed bit-width for every member (None: follow the member);
+            the members then share that precision's α.
+        min_bits: members below it quantize to `min_bits` levels (still on
+            their own α); None: no floor.
+
+    ```python
+    import numpy as np
+    import quantens
+    from quantens.quantizers import ClipActivation
+
+    relu6 = ClipActivation((32, 8, 1), clip={8: 6.0, 1: 1.0}, max_value=6.0)
+    x = np.array([-1.0, 0.7, 3.0, 7.0], "float32")
+    np.testing.assert_allclose(relu6(x), [0.0, 0.7, 3.0, 6.0])  # 32 bits: relu6
+    with quantens.bits(1):
+        np.testing.assert_allclose(relu6(x), [0.0, 1.0, 1.0, 1.0])  # {0, α_1}, α_1 = 1
+    with quantens.bits(8):
+        np.testing.assert_allclose(relu6(x), [0.0, 12 / 17, 3.011765, 6.0], rtol=1e-5)  # steps 6 / 255
+    ```
+    """
+
+    def __init__(self, bit_widths=None, clip=None, max_value: float | None = None,
+                 learned: bool = False, bits: int | None = None, min_bits: int | None = None,
+                 **kwargs):
+        from quantens.bits import validate_bit_widths
+        from quantens.defaults import BIT_WIDTHS
+
+        self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
+        self.min_bits = None if min_bits is None else _check_one(min_bits, "minimum bit-width")
+        self.member_bits = validate_bit_widths(bit_widths or BIT_WIDTHS)
+        self.max_value = _check_positive(max_value, "max_value")
+        self.learned = bool(learned)
+        owners = (self.bits,) if self.bits is not None else self.member_bits
+        given = clip if isinstance(clip, dict) else {}
+        unknown = sorted(int(b) for b in given if int(b) not in owners)
+        if unknown:
+            raise ValueError(f"clip values for {unknown} bits: not a member "
+                             f"({' '.join(map(str, owners))})")
+        self.clip = {}
+        for b in owners:
+            if b == FULL_PRECISION:
+                continue
+            value = given.get(b, given.get(str(b))) if isinstance(clip, dict) else clip
+            if value is None:
+                value = default_clip_value(self._levels_of(b), self.max_value)
+            value = _check_positive(value, f"clip value of the {b}-bit member")
+            self.clip[str(b)] = value
+        super().__init__(**kwargs)
+        self.alphas = {}
+
+    def _member(self, bits: int) -> int:
+        """Whose α member `bits` uses: the fixed `bits`' when set, else its own."""
+        return self.bits if self.bits is not None else bits
+
+    def _levels_of(self, bits: int) -> int:
+        """The precision member `bits` quantizes to (at least `min_bits`)."""
+        bits = self._member(bits)
+        return max(bits, self.min_bits) if self.min_bits is not None else bits
+
+    @property
+    def precision(self) -> int:
+        """The bit-width applied now: the fixed `bits`, else the active one (at least `min_bits`)."""
+        return self._levels_of(super().precision)
+
+    def build(self, input_shape):
+        for key, value in self.clip.items():
+            self.alphas[key] = self.add_weight(
+                name=f"alpha_{key}", shape=(), trainable=self.learned,
+                initializer=tf.keras.initializers.Constant(value),
+                constraint=_min_alpha)
+        super().build(input_shape)
+
+    def _alpha(self, bits: int):
+        if not self.built:
+            self.build(None)
+        if str(bits) not in self.alphas:
+            raise ValueError(
+                f"{type(self).__name__} has clip values for "
+                f"{' '.join(self.alphas) or 'no'} bits, not {bits}"
+            )
+        return self.alphas[str(bits)]
+
+    def clip_variable(self, bits: int) -> tf.Variable:
+        """The variable α of member `bits` (of the fixed `bits` when set)."""
+        return self._alpha(self._member(_check_one(bits)))
+
+    def call(self, inputs):
+        member = self._member(super().precision)
+        levels = self._levels_of(member)
+        if levels == FULL_PRECISION:
+            y = tf.nn.relu(inputs)
+            return y if self.max_value is None else tf.minimum(y, self.max_value)
+        return pact(inputs, self._alpha(member), levels)
+
+    def for_bits(self, bits: int) -> lq.quantizers.Quantizer:
+        member = self._member(_check_one(bits))
+        levels = self._levels_of(member)
+        if levels == FULL_PRECISION:
+            return RangeRoundActivation(FULL_PRECISION, self.max_value or 1.0,
+                                        max_value=self.max_value)
+        alpha = max(float(self._alpha(member).numpy()), PACT_MIN_ALPHA)
+        return RangeRoundActivation(levels, alpha, max_value=self.max_value)
+
+    def get_config(self):
+        config = {**super().get_config(), "bit_widths": list(self.member_bits),
+                  "clip": dict(self.clip), "max_value": self.max_value,
+                  "learned": self.learned}
+        if self.bits is not None:
+            config["bits"] = self.bits
+        if self.min_bits is not None:
+            config["min_bits"] = self.min_bits
+        return config
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class PACTActivation(ClipActivation):
     """A ReLU-like activation with a learned clip value α per member (PACT, Choi et al. 2018).
 
     Member k (< 32 bits) computes `pact(x, α_k, k)`: clip(x, 0, α_k) on
     2^k - 1 steps, with α_k a trainable variable of this quantizer (one per
     member, initialised to `init`; the paper's gradient, see `pact`; weight
     decay, when the ensemble has it, applies to α as in the paper). The
-    32-bit member is a relu. `for_bits(k)` is the fixed
-    `RangeRoundActivation(k, α_k)` at α's current value: standalone members
-    and their export use the learned range. `train.py --activation-method pact`
-    puts it in ResNetE's convolutions instead of the fixed [0, 1] `round`.
+    32-bit member is a relu. A `ClipActivation` with `learned=True`.
+    `train.py --activation-method pact` puts it in ResNetE's convolutions
+    instead of the fixed [0, 1] `round`.
 
     ```python
     import numpy as np
@@ -542,47 +710,15 @@ class PACTActivation(_Switchable):
     """
 
     def __init__(self, bit_widths=None, init: float = 1.0, **kwargs):
-        from quantens.bits import validate_bit_widths
-        from quantens.defaults import BIT_WIDTHS
-
-        self.member_bits = validate_bit_widths(bit_widths or BIT_WIDTHS)
+        for key in ("clip", "max_value", "learned", "bits", "min_bits"):
+            kwargs.pop(key, None)  # a PACTActivation's config is (bit_widths, init)
         self.init = _check_positive(init, "PACT init")
         if self.init is None:
             raise ValueError("PACT init must be positive, got None")
-        super().__init__(**kwargs)
-        self.alphas = {}
-
-    def build(self, input_shape):
-        for b in self.member_bits:
-            if b != FULL_PRECISION:
-                self.alphas[str(b)] = self.add_weight(
-                    name=f"alpha_{b}", shape=(), trainable=True,
-                    initializer=tf.keras.initializers.Constant(self.init),
-                    constraint=_min_alpha)
-        super().build(input_shape)
-
-    def _alpha(self, bits: int):
-        if not self.alphas:
-            self.build(None)
-        if str(bits) not in self.alphas:
-            raise ValueError(
-                f"PACTActivation has clip values for {' '.join(map(str, self.member_bits))} "
-                f"bits, not {bits}"
-            )
-        return self.alphas[str(bits)]
-
-    def call(self, inputs):
-        bits = self.precision
-        if bits == FULL_PRECISION:
-            return tf.nn.relu(inputs)
-        return pact(inputs, self._alpha(bits), bits)
-
-    def for_bits(self, bits: int) -> lq.quantizers.Quantizer:
-        bits = _check_one(bits)
-        if bits == FULL_PRECISION:
-            return RangeRoundActivation(FULL_PRECISION, 1.0)  # relu
-        return RangeRoundActivation(bits, max(float(self._alpha(bits).numpy()), PACT_MIN_ALPHA))
+        super().__init__(bit_widths, clip=self.init, learned=True, **kwargs)
 
     def get_config(self):
-        return {**super().get_config(), "bit_widths": list(self.member_bits),
-                "init": self.init}
+        config = super().get_config()
+        for key in ("clip", "max_value", "learned"):
+            config.pop(key)
+        return {**config, "init": self.init}

@@ -94,7 +94,8 @@ def _flags(args: argparse.Namespace) -> dict:
 
 def has_teacher(args: argparse.Namespace) -> bool:
     """Whether the flags give a teacher (`--kd-mode simple` needs one)."""
-    return bool(args.ensemble_teacher) or args.kd_teacher_mode not in (None, "none")
+    return (bool(args.ensemble_teacher) or bool(getattr(args, "float_teacher", False))
+            or args.kd_teacher_mode not in (None, "none"))
 
 
 def kd_modes(args: argparse.Namespace) -> list[str]:

@@ -206,8 +206,9 @@ def test_efficientnet_b0_converts_with_float_activations(rng):
 
 
 def test_the_1_bit_member_of_mobilenet_v2_has_finite_gradients(rng):
-    """Its ReLU6 are quantized on [0, min(6, relu_range)]: on [0, 6] the 1-bit member's
-    activations were all 0 and BN's backward pass overflowed (quantens.convert)."""
+    """Its 1-bit member's ReLU6 are quantized on their own [0, 1] (default_clip_value): on
+    [0, 6] the 1-bit member's activations were all 0 and BN's backward pass overflowed
+    (quantens.convert)."""
     tf.keras.utils.set_random_seed(0)
     model = zoo.create_model("mobilenet_v2", input_shape=(32, 32, 3), num_classes=10,
                              alpha=0.35, bit_widths=(32, 1))

@@ -7,6 +7,7 @@ from conftest import ROOT, run_script
 from seed_examples import EXAMPLES, flags
 
 from quantens import cli
+from quantens.errors import UsageError
 
 
 @pytest.mark.parametrize("n", sorted(EXAMPLES))
@@ -299,3 +300,25 @@ def test_recipe_flags_parse_into_member_pairs_that_survive_config_json(tmp_path)
                             "32", "4", "1", "--result-path", str(tmp_path / "run2")])
     assert again.kd_weights == args.kd_weights
     assert again.member_loss_weights == args.member_loss_weights
+
+
+def test_a_saved_float_model_teaches_its_members_by_default_and_a_flag_turns_it_off(tmp_path):
+    path = str(tmp_path / "cnn.keras")  # parse_args checks flags, not the file
+    on = cli.parse_args(["--model", path, "--result-path", str(tmp_path / "r")])
+    assert on.float_teacher is True and on.kd_mode == "simple"
+    assert cli.config_dict(on)["float_teacher"] is True
+    kept = cli.parse_args(["--model", path, "--kd-mode", "progressive"])
+    assert kept.float_teacher and kept.kd_mode == "progressive"
+    off = cli.parse_args(["--model", path, "--no-float-teacher"])
+    assert off.float_teacher is False and off.kd_mode == "none"
+    zoo_model = cli.parse_args(["--model", "mobilenet_v2"])  # no trained float weights
+    assert zoo_model.float_teacher is False and zoo_model.kd_mode == "none"
+    other = cli.parse_args(["--model", path, "--teacher", "resnet18",
+                            "--kd-teacher-mode", "untrained_external"])
+    assert other.float_teacher is False  # another teacher chosen: no float teacher
+    parse = cli.build_parser().parse_args
+    with pytest.raises(UsageError, match="--model mobilenet_v2 has no trained float weights"):
+        cli.validate(parse(["--model", "mobilenet_v2", "--float-teacher"]))
+    with pytest.raises(UsageError, match="--float-teacher and --ensemble-teacher exclude"):
+        cli.validate(parse(["--model", path, "--float-teacher", "--ensemble-teacher",
+                            "--teacher-params", __file__]))

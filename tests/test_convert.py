@@ -18,7 +18,7 @@ from quantens.layers import (
     QuantSeparableConv2D,
     SwitchableQuantizedVariable,
 )
-from quantens.quantizers import RangeRoundActivation
+from quantens.quantizers import NarrowRangeWeights, RangeRoundActivation
 
 BITS = (32, 8, 4, 2, 1)
 L = tf.keras.layers
@@ -165,10 +165,13 @@ def test_one_kernel_per_converted_layer_and_statistics_per_member(name, converte
                                         strict=True):
                     np.testing.assert_array_equal(old_w, new_w)
     assert convs == len([v for v in kernel_variables(original) if "pointwise" not in v.name])
-    # the switchable layers add no kernels: only BN parameters grow (x5 members)
+    # the switchable layers add no kernels: only BN parameters grow (x5 members), and
+    # each quantized activation has a clip value per member below 32 bits
     bn = sum(np.prod(w.shape) for layer in original.layers
              if isinstance(layer, L.BatchNormalization) for w in layer.weights)
-    assert converted.count_params() == original.count_params() + (len(BITS) - 1) * bn
+    clips = sum(isinstance(layer, quantens.QuantActivation) for layer in converted.layers)
+    assert converted.count_params() == original.count_params() + (len(BITS) - 1) * bn \
+        + (len(BITS) - 1) * clips
 
 
 def test_activations_are_quantized_where_the_original_has_them(converted_models):
@@ -182,14 +185,21 @@ def test_activations_are_quantized_where_the_original_has_them(converted_models)
     assert "conv_swish_swish" not in types
     for name in ("add", "concat", "pool", "pad", "drop", "gap", "rescale"):
         assert types[name] is type(original.get_layer(name)), name
-    # ranges: [0, relu_range = 1] for relu and for ReLU6 (min(6, relu_range)); 2-bit
-    # grids of 3 steps
+    # ranges: a default clip value per member (2 at 2 bits, never above a ReLU6's 6);
+    # 2-bit grids of 3 steps
     x = np.linspace(-2.0, 8.0, 41, dtype="float32")[None, :]
-    relu6, relu = converted.get_layer("stem_relu6"), converted.get_layer("dw_relu")
+    relu6, relu = converted.get_layer("sep_relu6"), converted.get_layer("dw_relu")
     with quantens.bits(2):
-        np.testing.assert_allclose(np.unique(relu6(x)), [0.0, 1 / 3, 2 / 3, 1.0], rtol=1e-6)
-        np.testing.assert_allclose(np.unique(relu(x)), [0.0, 1 / 3, 2 / 3, 1.0], rtol=1e-6)
-    six = quantize_model(original, (32, 2), relu_range=6.0).get_layer("stem_relu6")
+        np.testing.assert_allclose(np.unique(relu6(x)), [0.0, 2 / 3, 4 / 3, 2.0], rtol=1e-6)
+        np.testing.assert_allclose(np.unique(relu(x)), [0.0, 2 / 3, 4 / 3, 2.0], rtol=1e-6)
+        # the dw reads stem_relu6: at 8 bits or more (depthwise_bits), on [0, 6]
+        np.testing.assert_allclose(
+            converted.get_layer("stem_relu6")(x), np.round(np.clip(x, 0, 6) * 255 / 6) * 6 / 255,
+            rtol=1e-5)
+    with quantens.bits(8):  # from 4 bits up: a ReLU6's own [0, 6]
+        assert float(tf.reduce_max(relu6(x))) == 6.0
+    relu6 = converted.get_layer("stem_relu6")
+    six = quantize_model(original, (32, 2), relu_range=6.0).get_layer("sep_relu6")
     with quantens.bits(2):
         np.testing.assert_allclose(np.unique(six(x)), [0.0, 2.0, 4.0, 6.0], rtol=1e-6)
     with quantens.bits(32):
@@ -204,7 +214,7 @@ def test_relu_range_option_and_weight_quantization_identity():
     x = np.array([[-1.0, 1.0, 1.5, 9.0]], "float32")
     with quantens.bits(1):
         np.testing.assert_array_equal(act(x), [[0.0, 0.0, 2.5, 2.5]])
-    assert converted.get_layer("d1_relu6").quantizer.value_range == 2.5  # min(6, 2.5)
+    assert converted.get_layer("d1_relu6").quantizer.clip == {"1": 2.5}  # min(6, 2.5)
     assert converted.get_layer("d1_relu6").quantizer.max_value == 6.0  # the 32-bit cap
     # identity weights: the 1-bit member differs from 32 only by its activations
     with quantens.bits(1):
@@ -393,9 +403,12 @@ def test_default_policy_keeps_the_first_conv_and_last_dense_full_precision(conve
         member = ensemble.member(b)
         assert kernel_precision(member.get_layer("stem_conv")) == 32
         assert kernel_precision(member.get_layer("logits")) == 32
-        for other in ("dw", "pw", "conv", "fc"):
+        for other in ("pw", "conv", "fc"):
             assert kernel_precision(member.get_layer(other)) == b, (other, b)
-        assert activation_precision(member.get_layer("stem_relu6")) == b
+        # depthwise kernels and the activation they read: depthwise_bits (8) or more
+        assert kernel_precision(member.get_layer("dw")) == max(b, 8)
+        assert activation_precision(member.get_layer("stem_relu6")) == max(b, 8)
+        assert activation_precision(member.get_layer("dw_relu")) == b
 
 
 def test_policy_fixes_precision_in_every_member_by_name_pattern():
@@ -414,13 +427,16 @@ def test_policy_fixes_precision_in_every_member_by_name_pattern():
         assert kernel_precision(member.get_layer("fc")) == b
         assert kernel_precision(member.get_layer("pw")) == b
         np.testing.assert_allclose(member(x).numpy(), run(converted, x, b), atol=1e-5)
-    # a fixed 8-bit dense is DoReFa at 8 bits even inside the 1-bit member
-    with quantens.bits(1):
-        logits = converted.get_layer("logits")
-        kernel = logits.kernel.latent_variable.numpy()
-        np.testing.assert_allclose(
-            logits.kernel_quantizer(kernel),
-            lq.quantizers.DoReFa(k_bit=8, mode="weights")(kernel), atol=1e-6)
+    # a fixed 8-bit dense is on the 8-bit grid even inside the 1-bit member (narrow by
+    # default, DoReFa when asked)
+    dorefa = quantize_model(model, BITS, policy=policy, weight_quantization="dorefa")
+    for model_, expected in ((converted, NarrowRangeWeights(8)),
+                             (dorefa, lq.quantizers.DoReFa(k_bit=8, mode="weights"))):
+        with quantens.bits(1):
+            logits = model_.get_layer("logits")
+            kernel = logits.kernel.latent_variable.numpy()
+            np.testing.assert_allclose(logits.kernel_quantizer(kernel), expected(kernel),
+                                       atol=1e-6)
 
 
 def test_policy_callable_and_its_errors():

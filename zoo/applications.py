@@ -198,7 +198,7 @@ def check_model_file(path: str) -> None:
 
 def converted_options(
     model: str,
-    weight_quantization: str = defaults.WEIGHT_QUANTIZATION,
+    weight_quantization: str = defaults.CONVERTED_WEIGHT_QUANTIZATION,
     activation_method: str = defaults.ACTIVATION_METHOD,
     clip_threshold: float | None = defaults.CLIP_THRESHOLD,
     fp_weights: bool = False,
@@ -215,13 +215,15 @@ def converted_options(
     Arguments that mean something for a converted network are mapped; the
     ones that describe ResNetE's own blocks are refused unless they have
     their default (a ConfigError naming the argument and its flag). Other
-    keyword arguments are `quantize_model` options (`relu_range`).
+    keyword arguments are `quantize_model` options (`relu_range`, `learn_ranges`,
+    `depthwise_bits`).
 
     ```python
     from zoo.applications import converted_options
 
     assert converted_options("resnet50", fp_weights=True, share_bn=True) == {
         "weight_quantization": "identity", "share_bn": True, "sync_bn": False}
+    assert converted_options("resnet50")["weight_quantization"] == "narrow"
     try:
         converted_options("resnet50", width=16)
     except ValueError as error:
@@ -237,8 +239,8 @@ def converted_options(
 
     if activation_method != defaults.ACTIVATION_METHOD:
         refuse("activation_method", activation_method,
-               "its ReLU-like activations are quantized by rounding on [0, relu_range] "
-               "([0, min(6, relu_range)] for a ReLU6); leave it at "
+               "its ReLU-like activations are quantized by rounding on a clip value per "
+               "member (quantens.ClipActivation); leave it at "
                f"{defaults.ACTIVATION_METHOD!r}")
     if clip_threshold is not None and float(clip_threshold) != defaults.CLIP_THRESHOLD:
         refuse("clip_threshold", clip_threshold,
@@ -489,9 +491,10 @@ def mobilenet_v2(
 
     `alpha` is the width multiplier (keras has ImageNet weights for 0.35,
     0.5, 0.75, 1.0, 1.3 and 1.4). The first convolution (`Conv1`) and the
-    classifier (`predictions`) stay full precision; below 32 bits every ReLU6
-    is quantized on [0, min(6, relu_range)] (relu_range=6.0 for its whole
-    range); the linear bottlenecks and residual sums stay full precision
+    classifier (`predictions`) stay full precision, depthwise kernels at 8
+    bits or more; below 32 bits every ReLU6 is quantized on a clip value per
+    member ([0, 6] from 4 bits up until `quantens.calibrate` fits it to data);
+    the linear bottlenecks and residual sums stay full precision
     (`quantens.convert`).
 
     ```python
@@ -517,8 +520,9 @@ def resnet50(
     """ResNet50 (`tf.keras.applications.ResNet50`) converted to a shared-weight ensemble.
 
     The stem convolution (`conv1_conv`) and the classifier (`predictions`)
-    stay full precision; every ReLU is quantized on [0, relu_range]
-    (default 1.0) below 32 bits; residual sums stay full precision.
+    stay full precision; below 32 bits every ReLU is quantized on a clip value
+    per member (`quantens.calibrate` fits them to data); residual sums stay
+    full precision.
 
     ```python
     import zoo
@@ -679,3 +683,33 @@ __all__ = [
     "resnet50",
     "saved_model",
 ]
+
+
+def float_teacher(path: str, input_shape=None, num_classes: int | None = None) -> tf.keras.Model:
+    """The float original of a converted saved model, frozen: the teacher of its members.
+
+    `load_float_model(path, ...)` (a final softmax removed, silently: the
+    conversion said so already) with `trainable = False`. `train.py --model
+    PATH` distils every member from it by default (`--no-float-teacher`).
+
+    ```python
+    import os, tempfile
+    import quantens  # before TensorFlow: selects tf-keras
+    import tensorflow as tf
+    from zoo.applications import float_teacher
+
+    path = os.path.join(tempfile.mkdtemp(), "cnn.keras")
+    tf.keras.Sequential([
+        tf.keras.layers.Conv2D(8, 3, activation="relu", input_shape=(8, 8, 1)),
+        tf.keras.layers.GlobalAveragePooling2D(),
+        tf.keras.layers.Dense(10, activation="softmax"),
+    ]).save(path)
+    teacher = float_teacher(path, (8, 8, 1), 10)
+    assert not teacher.trainable and teacher.layers[-1].get_config()["activation"] == "linear"
+    ```
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SoftmaxRemovedWarning)
+        teacher = load_float_model(path, input_shape, num_classes)
+    teacher.trainable = False
+    return teacher

@@ -192,11 +192,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "for small images)",
     )
     g.add_argument(
-        "--weight-quantization", default=defaults.WEIGHT_QUANTIZATION,
+        "--weight-quantization", default=None,
         choices=defaults.WEIGHT_QUANTIZATIONS,
         help="weight quantizer below 32 bits: dorefa (sign at 1 bit), narrow (the "
-        "symmetric narrow-range grid TFLite stores exactly: 2-4 bits as packed INT4), "
-        "identity (full precision)",
+        "symmetric narrow-range grid TFLite stores exactly: 2-4 bits as packed INT4; a "
+        "scale per channel), identity (full precision); default: dorefa for ResNetE "
+        "models, narrow for converted networks",
     )
     g.add_argument(
         "--activation-method", default=defaults.ACTIVATION_METHOD,
@@ -221,6 +222,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, default=None,
                    help="width multiplier of mobilenet_v2 and keras:MobileNet* models, e.g. "
                    "0.35 (default: the model's own, 1.0)")
+    g.add_argument("--calibration", default="mse", choices=(*defaults.CALIBRATION_METHODS, "none"),
+                   help="how a converted model (mobilenet_v2, resnet50, keras:NAME, a saved "
+                   "model) fits each member's activation clip values and BN statistics to the "
+                   "training split before the first epoch: mse (least squared error), "
+                   "percentile, or none")
     g.add_argument("--bit-widths", nargs="+", type=_bits_list, default=list(defaults.BIT_WIDTHS),
                    help="the members' bit-widths (1..32)")
     g.add_argument("--member-loss-weights", nargs="+", type=_bits_value, default=None,
@@ -309,6 +315,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="the seed's two-stage recipe in one command: <result-path>/stage1 "
                    "trains with --fp-weights, then <result-path>/stage2 starts from its "
                    "weights with it as --ensemble-teacher")
+    g.add_argument("--float-teacher", action=argparse.BooleanOptionalAction, default=None,
+                   help="distil every member from the float original of a converted model "
+                   "with trained weights (--model PATH): on by default for a saved model, "
+                   "with --kd-mode simple unless another mode is given; --no-float-teacher "
+                   "turns it off")
     g.add_argument("--ensemble-teacher", action="store_true",
                    help="a trained ensemble (--teacher-params) teaches member b with "
                    "its own member b")
@@ -398,6 +409,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError(f"--{flag.replace('_', '-')} must be a finite number, got {value}")
     if args.alpha is not None and args.alpha <= 0:
         raise UsageError(f"--alpha must be positive, got {args.alpha}")
+    if args.weight_quantization is None:  # the model's own default, recorded in config.json
+        args.weight_quantization = (defaults.WEIGHT_QUANTIZATION
+                                    if args.model in defaults.RESNET_E_MODELS
+                                    else defaults.CONVERTED_WEIGHT_QUANTIZATION)
     if defaults.is_model_file(args.model):  # config.json rebuilds it from any directory
         args.model = os.path.abspath(os.path.expanduser(args.model))
     if args.lr <= 0:
@@ -531,7 +546,8 @@ def _validate_distillation(args: argparse.Namespace) -> None:
             f"--teacher {args.teacher} needs --kd-teacher-mode pretrained_external or "
             "untrained_external"
         )
-    has_teacher = (args.ensemble_teacher or args.two_stage
+    _resolve_float_teacher(args)
+    has_teacher = (args.ensemble_teacher or args.two_stage or args.float_teacher
                    or args.kd_teacher_mode in teacher_modes)
     if args.kd_mode == "simple" and not has_teacher:
         raise UsageError(
@@ -575,6 +591,29 @@ def _validate_distillation(args: argparse.Namespace) -> None:
             setattr(args, f"teacher_{flag}", getattr(args, flag))
     if args.teacher_lr <= 0 or args.teacher_wd < 0:
         raise UsageError("--teacher-lr must be positive and --teacher-wd not negative")
+
+
+def _resolve_float_teacher(args: argparse.Namespace) -> None:
+    """--float-teacher: on by default for a saved float model (trained weights), unless
+    another teacher is chosen; it makes --kd-mode none simple (teacher -> every member)."""
+    others = [flag for flag, on in (
+        ("--teacher", bool(args.teacher)), ("--kd-teacher-mode", args.kd_teacher_mode != "none"),
+        ("--ensemble-teacher", args.ensemble_teacher), ("--two-stage", args.two_stage)) if on]
+    trained = defaults.is_model_file(args.model)
+    if args.float_teacher is None:
+        args.float_teacher = trained and not others
+    elif args.float_teacher:
+        if not trained:
+            raise UsageError(
+                f"--float-teacher distils from the float original of a saved model: "
+                f"--model {args.model} has no trained float weights (pass --model PATH of "
+                "your saved float model, or leave the flag out)"
+            )
+        if others:
+            raise UsageError(f"--float-teacher and {', '.join(others)} exclude each other")
+    args.float_teacher = bool(args.float_teacher)
+    if args.float_teacher and args.kd_mode == "none":
+        args.kd_mode = "simple"
 
 
 def _per_member(args: argparse.Namespace, flag: str) -> list | None:
@@ -649,7 +688,7 @@ def _config_value_problem(action: argparse.Action, value) -> str | None:
 
     if value is None:
         return None if action.default is None else "must not be null"
-    if isinstance(action, argparse._StoreTrueAction):
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
         return None if isinstance(value, bool) else "must be true or false"
     if action.dest == "lr_steps" and isinstance(value, list):  # config.json stores a list
         return None if all(number(v, float) is None for v in value) else "must list numbers"

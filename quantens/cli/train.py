@@ -131,6 +131,11 @@ def _build_distillation(args, spec, steps_per_epoch):
                 f"ensemble ({one_line(error)})"
             ) from error
         return Distillation(args.bit_widths, args.kd_mode, teacher, "ensemble", **kd)
+    if getattr(args, "float_teacher", False):
+        from zoo.applications import float_teacher
+
+        teacher = float_teacher(args.model, spec.input_shape, spec.num_classes)
+        return Distillation(args.bit_widths, args.kd_mode, teacher, "pretrained_external", **kd)
     if args.kd_teacher_mode == "none":
         if args.kd_mode == "none":
             return None
@@ -157,6 +162,34 @@ def _build_distillation(args, spec, steps_per_epoch):
         args.bit_widths, args.kd_mode, teacher, args.kd_teacher_mode,
         teacher_optimizer=teacher_optimizer, teacher_weight_decay=args.teacher_wd, **kd,
     )
+
+
+def _is_converted(model: str) -> bool:
+    from zoo.applications import is_converted
+
+    return is_converted(model)
+
+
+def _calibrate(ensemble, args, plan, batch_size: int) -> None:
+    """A converted model's members fitted to the training split before the first epoch
+    (`quantens.calibrate`: clip values and BN statistics of every member below 32 bits)."""
+    import quantens
+    from quantens import data
+    from quantens.calibration import CALIBRATION_EXAMPLES
+
+    try:
+        images = data.load(args.dataset, plan.train, batch_size, training=False,
+                           data_dir=args.data_dir, num_workers=args.num_workers,
+                           take_batches=1 if args.test_run else None)
+    except Exception as error:  # TFDS raises many kinds; all mean "no data here"
+        raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
+    low = [b for b in args.bit_widths if b != 32]
+    if not low:
+        return
+    print(f"calibrating members {' '.join(map(str, low))} on up to {CALIBRATION_EXAMPLES} "
+          f"training images ({args.calibration})", flush=True)
+    quantens.calibrate(ensemble, images, low, method=args.calibration,
+                       verbose=1 if sys.stdout.isatty() else 0)
 
 
 def _create_model(args, spec):
@@ -290,6 +323,9 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
         ensemble.compile(
             optimizer=optimizer, run_eagerly=args.mode == "imperative", jit_compile=args.jit
         )
+
+    if args.calibration != "none" and not args.resume and _is_converted(args.model):
+        _calibrate(ensemble, args, plan, global_batch)
 
     # The chief writes the result directory; other workers a private one (`run`).
     chief = distribute.is_chief(strategy)
