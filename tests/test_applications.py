@@ -335,6 +335,11 @@ def test_train_py_trains_and_resumes_a_saved_float_model(tmp_path, tfds_dir):
     result_path = tmp_path / "results" / "my_cnn_digits"  # the file's name, made safe
     config = _check_run(result_path, (32, 4, 1))
     assert config["model"] == str(path)
+    # its members were calibrated, and the float original teaches them (recorded)
+    assert "calibrating members 4 1 on up to 512 training images (mse)" in first.stdout
+    assert config["float_teacher"] is True and config["kd_mode"] == "simple"
+    assert config["weight_quantization"] == "narrow" and config["calibration"] == "mse"
+    assert "teacher_accuracy" in (result_path / "history.csv").read_text().splitlines()[0]
     second = _train(tmp_path, [*argv, "--epochs", "2"])  # the same command resumes
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Epoch 2/2" in second.stdout and "Epoch 1/2" not in second.stdout

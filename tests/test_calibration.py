@@ -262,3 +262,19 @@ def test_a_converted_model_fine_tuned_from_the_float_original_trains_without_nan
     after = ensemble.evaluate(x_test, y_test, verbose=0, return_dict=True)
     for b in (2, 1):
         assert after[f"accuracy_{b}"] > before[f"accuracy_{b}"], (b, before, after)
+
+
+def test_calibrated_clip_values_survive_save_and_load_of_the_ensemble(tmp_path):
+    bits = (32, 4, 1)
+    ensemble = quantens.QuantEnsemble(quantens.quantize_model(_act_model(), bits), bits)
+    x = np.random.default_rng(2).uniform(0.0, 3.0, (256, 16)).astype("float32")
+    clips = quantens.calibrate(ensemble, x)
+    ensemble.compile(optimizer="adam")
+    ensemble.save(str(tmp_path / "run.keras"))
+    loaded = tf.keras.models.load_model(str(tmp_path / "run.keras"))
+    act = loaded.model.get_layer("act")
+    assert isinstance(act.quantizer, ClipActivation) and act.quantizer.learned
+    for b in (4, 1):
+        assert float(act.quantizer.alphas[str(b)].numpy()) == pytest.approx(clips[b]["act"])
+        np.testing.assert_array_equal(loaded.member(b).predict(x[:8], verbose=0),
+                                      ensemble.member(b).predict(x[:8], verbose=0))
