@@ -160,14 +160,14 @@ class _Probes:
                       if (q := _clip_quantizer(layer)) is not None]
         self.bns = [layer for layer in model.layers if batch_norm and
                     isinstance(layer, SwitchableBatchNormalization) and not layer.shared]
-        self.shared_bns = [layer for layer in model.layers
-                           if isinstance(layer, SwitchableBatchNormalization) and layer.shared]
         tensors = [_probe_input(layer) for layer, _ in self.clips]
         tensors += [_probe_input(layer) for layer in self.bns]
         self.model = tf.keras.Model(model.inputs, tensors or model.outputs,
                                     name=f"{model.name}_calibration")
-        self.statistics = [w for layer in self.bns + self.shared_bns
-                           for w in layer.non_trainable_weights]
+        # every BN's statistics: a pass in training mode moves them, and it must not
+        self.statistics = [w for layer in model.layers if isinstance(
+            layer, (SwitchableBatchNormalization, tf.keras.layers.BatchNormalization))
+            for w in layer.non_trainable_weights]
 
     def run(self, batches, bits: int, rng, clips: bool = True) -> tuple[list, list]:
         """(activation samples per clip layer, (sum, sum of squares, count) per BN)."""

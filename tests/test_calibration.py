@@ -278,3 +278,20 @@ def test_calibrated_clip_values_survive_save_and_load_of_the_ensemble(tmp_path):
         assert float(act.quantizer.alphas[str(b)].numpy()) == pytest.approx(clips[b]["act"])
         np.testing.assert_array_equal(loaded.member(b).predict(x[:8], verbose=0),
                                       ensemble.member(b).predict(x[:8], verbose=0))
+
+
+def test_calibrate_without_batch_norm_leaves_every_bn_statistic_as_it_was():
+    bits = (32, 4)
+    inputs = tf.keras.Input((6, 6, 2))
+    x = L.Conv2D(5, 3, name="conv")(inputs)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(name="relu")(x)
+    model = tf.keras.Model(inputs, L.Dense(3, name="logits")(L.Flatten()(x)))
+    for share in (False, True):
+        converted = quantens.quantize_model(model, bits, share_bn=share)
+        before = converted.get_layer("bn").get_weights()
+        data = np.random.default_rng(3).normal(2.0, 3.0, size=(64, 6, 6, 2)).astype("float32")
+        quantens.calibrate(quantens.QuantEnsemble(converted, bits), data,
+                           batch_norm=share)  # a shared BN is never re-estimated
+        for got, want in zip(converted.get_layer("bn").get_weights(), before, strict=True):
+            np.testing.assert_array_equal(got, want)
