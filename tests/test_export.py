@@ -138,6 +138,33 @@ def test_one_bit_file_uses_bitpacked_binary_convolutions(exported, trained):
     assert ops.get("LceBconv2d") == quantized_convs == 6
     # only the full-precision stem and shortcut convolutions stay float
     assert ops.get("CONV_2D") == 3
+    # ... as float32 ops with float32 filters: int8 would round full-precision weights
+    lce = report["members"]["1"]["lce"]
+    assert lce["int8"] == "exact" and lce["int8_layers"] == []
+    assert lce["weight_ops"] == {"CONV_2D float32/float32": 3,
+                                 "FULLY_CONNECTED float32/float32": 1,
+                                 "LceBconv2d binary/binary": 6}
+
+
+def test_one_bit_file_with_int8_ops_agrees_with_its_member_as_an_int8_file_does(
+        trained, digits_arrays):
+    """lce_int8="full": the stem, shortcut and classifier as int8 ops on calibrated
+    ranges, beside the binary convolutions. Rounding the input and the residual stream
+    to 8 bits moves some inputs of 1-bit activations across their threshold, as in the
+    int8 files: 4 of the 359 test images changed their prediction (98.9%), so >= 97%."""
+    ensemble, _ = trained
+    x_train, _, x_test, y_test = digits_arrays
+    member = ensemble.member(1)
+    flatbuffer, fmt, details = export.convert(member, 1, x_train, lce_int8="full")
+    assert fmt == "lce" and details["lce"]["int8"] == "full"
+    assert details["lce"]["weight_ops"] == {"CONV_2D int8/int8": 3,
+                                            "DEPTHWISE_CONV_2D int8/int8": 1,  # the last BN
+                                            "FULLY_CONNECTED int8/int8": 1,
+                                            "LceBconv2d binary/binary": 6}
+    fid = export.fidelity(member, flatbuffer, (x_test, y_test))
+    print("full int8 LCE file:", len(flatbuffer), "bytes,", fid)
+    assert fid["agreement"] >= 0.97, fid
+    assert abs(fid["tflite_accuracy"] - fid["keras_accuracy"]) <= 0.02, fid
 
 
 def test_int8_files_hold_the_members_grid(exported):

@@ -12,10 +12,13 @@ DIFFERING_LOGIT_DIFF = 1e-4  # an example "differs" beyond this |logit differenc
 
 
 def fidelity(member, flatbuffer: bytes, val_data, batch_size: int = 256,
-             max_examples: int | None = None) -> dict:
+             max_examples: int | None = None, predict=None) -> dict:
     """How a member's flatbuffer agrees with the Keras member on `val_data`.
 
-    The Keras member runs as Keras runs it (`predict`, a traced graph). Returns
+    The Keras member runs as Keras runs it (`predict`, a traced graph), or
+    through `predict` (a batch of inputs -> its logits) when given: export
+    passes the member's traced serving function, which it has already, where
+    `member.predict` would trace the member again. Returns
     examples, top-1 agreement, max and mean |logit difference|, how many
     examples have a logit that differs by more than 1e-4, the accuracy of
     both where labels are given and, for files that round their input to int8,
@@ -35,6 +38,10 @@ def fidelity(member, flatbuffer: bytes, val_data, batch_size: int = 256,
     assert report["agreement"] == 1.0
     ```
     """
+    if predict is None:
+        def predict(x):
+            return member.predict(x, batch_size=len(x), verbose=0)
+
     runner = TFLiteRunner(flatbuffer)
     rounding = runner.input_quantization
     keras, tflite, rounded, labels = [], [], [], []
@@ -46,12 +53,12 @@ def fidelity(member, flatbuffer: bytes, val_data, batch_size: int = 256,
             if not len(x):
                 break
         seen += len(x)
-        keras.append(np.asarray(member.predict(x, batch_size=len(x), verbose=0), np.float32))
+        keras.append(np.asarray(predict(x), np.float32))
         tflite.append(runner(x))
         if rounding is not None:
             scale, zero = rounding
             xq = (np.clip(np.round(x / scale) + zero, -128, 127) - zero) * scale
-            rounded.append(member.predict(xq.astype(np.float32), batch_size=len(x), verbose=0))
+            rounded.append(np.asarray(predict(xq.astype(np.float32)), np.float32))
         if y is not None:
             labels.append(np.asarray(y).reshape(-1))
     if not keras:

@@ -90,6 +90,50 @@ def int8_conv_weights(flatbuffer: bytes) -> list[dict]:
     return found
 
 
+def weight_ops(flatbuffer: bytes) -> dict[str, int]:
+    """How many ops with a filter compute in which type, and how their filter is stored.
+
+    Keys `"<op> <input type>/<filter storage>"`: `CONV_2D int8/int8` is an
+    int8 op, `CONV_2D float32/float32` a float op, `CONV_2D float32/int8` a
+    float op whose filter is stored as int8 and read through a DEQUANTIZE,
+    `LceBconv2d binary/binary` a bitpacked binary convolution.
+
+    ```python
+    import quantens
+    from quantens.export import convert_member
+    from quantens.export.flatbuffer import weight_ops
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8), (32, 1))
+    ops = weight_ops(convert_member(ensemble, 1))
+    assert ops["LceBconv2d binary/binary"] == 6 and ops["CONV_2D float32/float32"] == 3
+    ```
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = _flatbuffer_model(flatbuffer)
+    types = {value: name.lower() for name, value in vars(schema.TensorType).items()
+             if not name.startswith("_")}
+    counts: collections.Counter = collections.Counter()
+    for subgraph in model.subgraphs:
+        made_by = {out: op for op in subgraph.operators for out in op.outputs}
+        for op in subgraph.operators:
+            name = _op_name(model, op.opcodeIndex)
+            if name == "LceBconv2d":
+                counts[f"{name} binary/binary"] += 1
+                continue
+            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") \
+                    or len(op.inputs) < 2:
+                continue
+            source, weights = subgraph.tensors[op.inputs[0]], op.inputs[1]
+            storage = subgraph.tensors[weights]
+            producer = made_by.get(weights)
+            if producer is not None and _op_name(model, producer.opcodeIndex) == "DEQUANTIZE":
+                storage = subgraph.tensors[producer.inputs[0]]
+            counts[f"{name} {types[source.type]}/{types[storage.type]}"] += 1
+    return dict(sorted(counts.items()))
+
+
 def input_quantization(flatbuffer: bytes) -> tuple[float, int] | None:
     """(scale, zero point) the model input is rounded to, when its first op quantizes it."""
     model = _flatbuffer_model(flatbuffer)

@@ -25,6 +25,7 @@ SUPPORTED_LAYERS = (
     "ZeroPadding2D, Reshape, Dropout, Rescaling, TF ops, ...) called once each"
 )
 MAX_CALIBRATION_EXAMPLES = 2048
+DEAD_TENSOR_WIDTH = 1e-6  # a calibrated range narrower than this: the tensor is ~0
 
 # layers that keep their input's int8 scale in TFLite (no rounding of their own)
 _SAME_SCALE = ("Reshape", "Flatten", "ZeroPadding2D", "Cropping2D", "Permute",
@@ -184,6 +185,11 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[in
     out = -(-size // stride)
     total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
+
+
+def _act_key(name: str, act: Act) -> tuple:
+    """One activation of one tensor (forward computes each once)."""
+    return (name, act.kind, act.bits, act.value_range, act.max_value)
 
 
 def bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
@@ -516,13 +522,19 @@ class MemberGraph:
 
         `ranges` (int8 mode) maps tensor names to calibrated (min, max);
         `taps` (float mode), when a dict, receives every tensor that int8 mode
-        quantizes with a calibrated range.
+        quantizes with a calibrated range. In lce mode, what is not binarized
+        is float32 (the member's arithmetic), or with `ranges` int8 as in int8
+        mode.
         """
         from quantens.export import lce
 
         tf = _tf()
         if mode not in ("float", "int8", "lce"):
             raise ValueError(f"unknown mode {mode!r}")
+        if mode == "int8" and ranges is None:
+            raise ValueError("int8 mode needs calibrated ranges")
+        # the arithmetic of everything that is not a binary convolution
+        arithmetic = "int8" if ranges is not None and mode in ("int8", "lce") else mode
         values: dict[str, Any] = {}
         quantized: dict[tuple, Any] = {}
         pending: dict[str, np.ndarray] = {}  # LCE: constants to add to an ADD's summand
@@ -540,7 +552,7 @@ class MemberGraph:
             elif taps is not None:
                 taps[name] = t
             scale_of[step.name] = name
-            if mode == "int8":
+            if arithmetic == "int8":
                 lo, hi = ranges[name]
                 t = tf.quantization.fake_quant_with_min_max_args(
                     t, min=float(lo), max=float(hi), num_bits=8)
@@ -553,9 +565,9 @@ class MemberGraph:
         def activation(name: str, act: Act | None):
             if act is None:
                 return values[name]
-            key = (name, act.kind, act.bits, act.value_range, act.max_value)
+            key = _act_key(name, act)
             if key not in quantized:
-                quantized[key] = self._activation(values[name], act, mode)
+                quantized[key] = self._activation(values[name], act, arithmetic)
             return quantized[key]
 
         for step in self.steps:
@@ -569,7 +581,10 @@ class MemberGraph:
             if step.op in ("conv", "depthwise", "dense"):
                 if step.name in binary:
                     source, act = self.binary_input(step)
-                    y, correction = lce.binary_conv(values[source], act, step, self._pads)
+                    # int8: the binarizer reads the activation on its int8 grid {0, r}
+                    on_grid = activation(source, act) if arithmetic == "int8" else None
+                    y, correction = lce.binary_conv(values[source], act, step, self._pads,
+                                                    on_grid=on_grid)
                     if correction is not None:
                         users = [t for t in self.steps
                                  if step.name in t.inputs and t.op != "identity"]
@@ -581,16 +596,17 @@ class MemberGraph:
                         else:
                             y = y + correction
                 else:
-                    y = self._linear(activation(step.inputs[0], p["act"]), step, mode)
+                    y = self._linear(activation(step.inputs[0], p["act"]), step, arithmetic,
+                                     spread=mode == "lce")
                 if p["relu"]:
                     y = tf.nn.relu(y)
                 if p.get("post") is not None:
-                    y = self._activation(tap(step.name, y), p["post"], mode)
+                    y = self._activation(tap(step.name, y), p["post"], arithmetic)
                     y = tap(f"{step.name}/activation", y)
                 else:
                     y = tap(step.name, y)
             elif step.op == "affine":
-                y = self._affine(ins[0], p, mode)
+                y = self._affine(ins[0], p, arithmetic)
                 y = tap(step.name, y)
             elif step.op == "add":
                 for i, name in enumerate(step.inputs):
@@ -605,7 +621,7 @@ class MemberGraph:
                 if act is None:
                     y = ins[0]
                 elif act.kind in ("relu", "function", "clip"):
-                    y = tap(step.name, self._activation(ins[0], act, mode))
+                    y = tap(step.name, self._activation(ins[0], act, arithmetic))
                 else:
                     y = activation(step.inputs[0], act)
                     if act.kind == "round" and act.bits > 8:  # no int8 grid: calibrated
@@ -672,7 +688,7 @@ class MemberGraph:
         unit = (tf.clip_by_value(x, low, 1.0) - low) / (1.0 - low)
         return tf.round(unit * n) / n * (1.0 - low) + low
 
-    def _linear(self, a, step: Step, mode: str):
+    def _linear(self, a, step: Step, mode: str, spread: bool = False):
         from quantens.export import int8
 
         tf = _tf()
@@ -683,7 +699,7 @@ class MemberGraph:
                          and np.ptp(p["unit"]) > 0)
         if mode == "int8":  # BN folded into the kernel: one int8 op, one rounding
             kernel = int8.fake_quant_kernel(step, per_channel=step.op != "dense" or dense_as_conv,
-                                            as_conv=dense_as_conv)
+                                            as_conv=dense_as_conv, spread=spread)
             mult = None
         else:  # the member's order (conv, then BN): ties such as sign(0) stay exact
             kernel = tf.constant(p["kernel"].astype(np.float32))
@@ -771,7 +787,11 @@ def calibrate(graph: MemberGraph, data, max_examples: int = MAX_CALIBRATION_EXAM
     result = {}
     for name, (lo, hi) in ranges.items():
         lo, hi = min(lo, 0.0), max(hi, 0.0)  # zero must be exactly representable
-        if hi - lo < 1e-6:
-            hi = lo + 1e-3
+        if hi - lo < DEAD_TENSOR_WIDTH:
+            # zero on every calibration example (a dead ReLU, logits of an untrained
+            # classifier): a unit range, not a sliver. An output scale of 1e-3/255
+            # would be over 256 times finer than its op's input scale times weight
+            # scale, and XNNPACK refuses to prepare such an op.
+            hi = lo + 1.0
         result[name] = (lo, hi)
     return result

@@ -41,7 +41,7 @@ def round_to_grid(x, act: Act):
 
 
 def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.ndarray,
-                       per_channel: bool, depthwise: bool = False):
+                       per_channel: bool, depthwise: bool = False, spread: bool = False):
     """Int8 weights of a folded kernel; on the grid with scale |mult| * unit where it fits.
 
     `kernel` is the folded kernel (quantized kernel * mult), the quantized
@@ -49,6 +49,13 @@ def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.nda
     narrow grid: its scale); channels whose integers exceed 127 (or without a
     grid) get a max-abs scale. Per-channel scales run over the output channels
     (for a depthwise kernel (h, w, c, m): the c * m channels TFLite stores last).
+
+    `spread`: the grid's integers times the largest m with m * max|integer|
+    <= 127 (scale |mult| * unit / m; +-1 weights become +-127). Still exact,
+    and the int32 bias, whose scale is the input's times the weights', gets m
+    times finer: with a coarse input grid (a 1-bit activation's scale is its
+    range r), a bias rounded to units of r * |mult| would move the output by
+    up to half that and flip the next binary activation.
     """
     tf = _tf()
     shape = kernel.shape
@@ -61,7 +68,10 @@ def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.nda
         step = np.where(mult == 0, 1.0, mult) * unit
         ints = np.abs(np.rint(kernel / step)).max(axis=axes)
         exact = (ints <= 127) & (mult != 0)
-        scale = np.where(exact, np.abs(mult) * unit, scale)
+        grid_scale = np.abs(mult) * unit
+        if spread:
+            grid_scale = grid_scale / np.floor(127.0 / np.clip(ints, 1.0, 127.0))
+        scale = np.where(exact, grid_scale, scale)
     if not per_channel:
         scale = np.full_like(scale, scale.max())
     bound = (127.0 * np.maximum(scale, 1e-12)).astype(np.float32)
@@ -75,12 +85,14 @@ def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.nda
     return tf.reshape(weights, shape) if depthwise else weights
 
 
-def fake_quant_kernel(step: Step, per_channel: bool, as_conv: bool = False):
+def fake_quant_kernel(step: Step, per_channel: bool, as_conv: bool = False,
+                      spread: bool = False):
     """The int8 weights of a conv / depthwise / dense step, BN folded in.
 
     `as_conv`: a dense kernel (in, out) as a 1x1 conv kernel (1, 1, in, out),
     so that its scales can be per output channel (TFLite's converter takes
-    per-channel scales for CONV_2D, not for a matmul).
+    per-channel scales for CONV_2D, not for a matmul). `spread`: see
+    `fake_quant_weights`.
     """
     p = step.params
     depthwise = step.op == "depthwise"
@@ -92,7 +104,8 @@ def fake_quant_kernel(step: Step, per_channel: bool, as_conv: bool = False):
         folded = p["kernel"] * mult
     if as_conv:
         folded = folded.reshape(1, 1, *folded.shape)
-    return fake_quant_weights(folded, p["unit"], mult, per_channel, depthwise=depthwise)
+    return fake_quant_weights(folded, p["unit"], mult, per_channel, depthwise=depthwise,
+                              spread=spread)
 
 
 @contextlib.contextmanager

@@ -9,12 +9,42 @@ import numpy as np
 from quantens.export.graph import _tf
 
 
-def save_serving_model(ensemble, path: str) -> dict:
+def serving_functions(ensemble) -> dict:
+    """bits -> the traced function of member b (`images` in, `{"logits": ...}` out).
+
+    The ensemble's model under `quantens.bits(b)`, as the SavedModel's
+    signatures run it; export uses the same functions as the Keras members'
+    outputs in its fidelity checks.
+    """
+    tf = _tf()
+    from quantens.bits import bits as bits_scope
+
+    model = ensemble.model
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, "images")
+
+    def serving(b: int):
+        @tf.function(input_signature=[spec])
+        def serve(images):
+            # the scope is read while tracing: each function is member b
+            with bits_scope(b):
+                return {"logits": model(images, training=False)}
+
+        return serve
+
+    functions = {b: serving(b) for b in ensemble.bit_widths}
+    for fn in functions.values():
+        fn.get_concrete_function()  # traced here, once
+    return functions
+
+
+def save_serving_model(ensemble, path: str, functions: dict | None = None) -> dict:
     """Writes ONE SavedModel of all members: shared weights once, a signature each.
 
     Signatures `serving_bits_<b>` run member b (input `images`, output
-    `logits`); `serving_default` runs the target member. Returns a summary
-    (signatures, variable count).
+    `logits`); `serving_default` runs the target member. `functions`:
+    `serving_functions(ensemble)` when the caller has them already. Returns a
+    summary (signatures, variable count). The signatures are for inference:
+    the quantizers' straight-through gradients are not saved.
 
     ```python
     import os, tempfile
@@ -32,31 +62,19 @@ def save_serving_model(ensemble, path: str) -> dict:
     ```
     """
     tf = _tf()
-    from quantens.bits import bits as bits_scope
-
-    model = ensemble.model
-    input_shape = tuple(model.input_shape[1:])
-    spec = tf.TensorSpec((None, *input_shape), tf.float32, "images")
-    variables = _distinct_variables(model)
-
-    def serving(b: int):
-        @tf.function(input_signature=[spec])
-        def serve(images):
-            # the scope is read while tracing: each function is member b
-            with bits_scope(b):
-                return {"logits": model(images, training=False)}
-
-        return serve
-
+    functions = functions or serving_functions(ensemble)
     module = tf.Module()
-    module.shared_variables = variables  # each shared weight once
-    signatures = {}
-    for b in ensemble.bit_widths:
-        fn = serving(b)
-        setattr(module, f"bits_{b}", fn)
-        signatures[f"serving_bits_{b}"] = fn.get_concrete_function()
+    module.shared_variables = _distinct_variables(ensemble.model)  # each shared weight once
+    # the signatures only: a tf.function kept as an attribute too would be traced
+    # again by the saver (as long again as tracing it the first time)
+    signatures = {f"serving_bits_{b}": functions[b].get_concrete_function()
+                  for b in ensemble.bit_widths}
     signatures["serving_default"] = signatures[f"serving_bits_{ensemble.target_bits}"]
-    tf.saved_model.save(module, path, signatures=signatures)
+    # without the custom gradients (STE) of every quantizer: tracing them for the
+    # file took as long as writing it, and serving never differentiates
+    tf.saved_model.save(module, path, signatures=signatures,
+                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    variables = module.shared_variables
     return {
         "path": os.path.basename(path),
         "signatures": {name: (ensemble.target_bits if name == "serving_default"

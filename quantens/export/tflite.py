@@ -8,6 +8,7 @@ cannot binarize, `det_sign` members without an int8 form).
 from __future__ import annotations
 
 from quantens.errors import ExportError, one_line
+from quantens.export.flatbuffer import weight_ops
 from quantens.export.graph import MemberGraph, _tf, calibrate, iter_batches
 
 INT8_BITS = range(2, 9)
@@ -56,8 +57,12 @@ def float_flatbuffer(member) -> bytes:
     input_shape = tuple(member.input_shape[1:])
     fn = tf.function(lambda x: member(x, training=False), autograph=False,
                      input_signature=[tf.TensorSpec((1, *input_shape), tf.float32, "images")])
+    # the converter saves what it is given: the function and its variables,
+    # not the Keras model (whose every layer it would trace and save: 5x slower)
+    holder = tf.Module()
+    holder.weights = [getattr(v, "latent_variable", v) for v in member.weights]
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [fn.get_concrete_function()], member)
+        [fn.get_concrete_function()], holder)
     return converter.convert()
 
 
@@ -79,11 +84,19 @@ def _int8(graph: MemberGraph, calibration_data, pack_int4: bool) -> tuple[bytes,
     return flatbuffer, details
 
 
+def _no_int8_reason(graph: MemberGraph, calibration_data) -> str | None:
+    """Why `graph` has no int8 form (None when it has one)."""
+    if calibration_data is None:
+        return "calibration_data"
+    if any(s.params.get("act") is not None and s.params["act"].kind == "sign"
+           for s in graph.steps) or graph.has_symmetric_activations():
+        return "`round` activations (det_sign's have no int8 form)"
+    return None
+
+
 def _int8_or_float(graph: MemberGraph, member, calibration_data,
                    pack_int4: bool) -> tuple[bytes, str, dict]:
-    round_only = all(s.params.get("act") is None or s.params["act"].kind != "sign"
-                     for s in graph.steps)
-    if calibration_data is not None and round_only and not graph.has_symmetric_activations():
+    if _no_int8_reason(graph, calibration_data) is None:
         return _as_int8(_int8(graph, calibration_data, pack_int4))
     return float_flatbuffer(member), FLOAT32, {}
 
@@ -92,32 +105,51 @@ def _as_int8(result: tuple[bytes, dict]) -> tuple[bytes, str, dict]:
     return result[0], INT8, result[1]
 
 
-def convert(member, bits: int, calibration_data=None,
-            pack_int4: bool = True) -> tuple[bytes, str, dict]:
+def convert(member, bits: int, calibration_data=None, pack_int4: bool = True,
+            lce_int8: str = "exact") -> tuple[bytes, str, dict]:
     """(flatbuffer, format, details) of a Keras member (`QuantEnsemble.member(bits)`).
 
-    `details` holds, for the 1-bit member, `lce` (`MemberGraph.lce_plan`),
-    `format_reason` where the format is not `member_format(bits)`, and for
-    int8 files `grid_scales` (the scales of the member's k-bit activations)
-    and, with `pack_int4`, `weights_storage` (`quantens.export.int4.pack_int4`:
-    filters whose integers fit -8 ... 7 are stored as packed INT4).
+    `details` holds, for the 1-bit member, `lce` (`MemberGraph.lce_plan`: the
+    binary convolutions and why the other +-1 layers are not; with an LCE
+    file also `int8`, `int8_layers` and `float32_layers`, see
+    `quantens.export.lce.lce_flatbuffer` for `lce_int8`), `format_reason`
+    where the format is not `member_format(bits)`, and for int8 files
+    `grid_scales` (the scales of the member's k-bit activations) and, with
+    `pack_int4`, `weights_storage` (`quantens.export.int4.pack_int4`: filters
+    whose integers fit -8 ... 7 are stored as packed INT4).
     """
     fmt = member_format(bits)
     if fmt == FLOAT32:
         return float_flatbuffer(member), FLOAT32, {}
     graph = MemberGraph(member, bits)
     if fmt == LCE:
-        from quantens.export.lce import lce_flatbuffer
+        from quantens.export.lce import LCE_INT8_CHOICES, lce_flatbuffer, remainder_plan
 
+        if lce_int8 not in LCE_INT8_CHOICES:
+            raise ExportError(f"lce_int8 must be one of {', '.join(LCE_INT8_CHOICES)}, "
+                              f"not {lce_int8!r}")
         plan = graph.lce_plan()
-        details: dict = {"lce": {"binary_convs": plan["binary"], "float_layers": plan["float"]}}
+        details: dict = {"lce": {"binary_convs": plan["binary"],
+                                 "not_binarized": plan["float"]}}
         if plan["binary"]:
+            int8, ranges = lce_int8, None
+            if int8 == "full":
+                why = _no_int8_reason(graph, calibration_data)
+                if why is None:
+                    ranges = calibrate(graph, calibration_data)
+                else:
+                    int8 = "exact"
+                    details["lce"]["int8_reason"] = f"int8 ops need {why}: exact int8 filters"
             try:
-                return lce_flatbuffer(graph), LCE, details
+                flatbuffer = lce_flatbuffer(graph, int8, ranges)
             except ExportError:
                 raise
             except Exception as error:  # the LCE converter raises many kinds
                 reason = f"the LCE converter failed: {one_line(error)}"
+            else:
+                details["lce"].update(int8=int8, **remainder_plan(graph, int8),
+                                      weight_ops=weight_ops(flatbuffer))
+                return flatbuffer, LCE, details
         else:
             reason = ("no convolution with +-1 weights reads a 1-bit activation: LCE has "
                       "nothing to binarize")
@@ -134,7 +166,8 @@ def convert(member, bits: int, calibration_data=None,
     return _as_int8(_int8(graph, calibration_data, pack_int4))
 
 
-def convert_member(ensemble, bits: int, calibration_data=None, pack_int4: bool = True) -> bytes:
+def convert_member(ensemble, bits: int, calibration_data=None, pack_int4: bool = True,
+                   lce_int8: str = "exact") -> bytes:
     """The TFLite flatbuffer of member `bits` (see `member_format`).
 
     int8 members (2..8 bits) need `calibration_data` (inputs from the training
@@ -151,4 +184,4 @@ def convert_member(ensemble, bits: int, calibration_data=None, pack_int4: bool =
     assert b"LceBconv2d" in flatbuffer
     ```
     """
-    return convert(ensemble.member(bits), bits, calibration_data, pack_int4)[0]
+    return convert(ensemble.member(bits), bits, calibration_data, pack_int4, lce_int8)[0]
