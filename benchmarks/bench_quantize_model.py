@@ -14,8 +14,10 @@ alone for `--epochs`, then, with quantens' defaults:
 - (c) from scratch: `quantize_model` of the same untrained model, calibrated,
   trained `--epochs` (no teacher: there are no trained float weights).
 
-Reported per member: test accuracy and agreement (top-1) with the float
-model. With TF Model Optimization installed (`pip install -e ".[bench]"`), its
+Every training run uses Adam with a cosine decay of the learning rate to 0
+(train.py's default schedule): `--lr` for the float model and (c),
+`--finetune-lr` for (b). Reported per member: test accuracy and agreement
+(top-1) with the float model. With TF Model Optimization installed (`pip install -e ".[bench]"`), its
 quantization-aware int8 model of the trained float model, fine-tuned with the
 budget of (b), is converted to int8 TFLite and reported beside the members.
 
@@ -79,10 +81,13 @@ def float_mobilenet_v2(size: int, alpha: float, momentum: float, seed: int):
 
 
 def train(model, x, y, epochs: int, lr: float, batch_size: int, seed: int) -> float:
+    """Adam with a cosine decay of `lr` to 0 over the run (train.py's default schedule)."""
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
-    model.compile(optimizer=tf.keras.optimizers.Adam(lr),
+    steps = epochs * -(-len(x) // batch_size)
+    schedule = tf.keras.optimizers.schedules.CosineDecay(lr, steps)
+    model.compile(optimizer=tf.keras.optimizers.Adam(schedule),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True)

@@ -76,11 +76,12 @@ ARCHITECTURE_FLAGS = (
 
 ARCHITECTURE_DEFAULTS = {
     "model": MODEL, "bit_widths": list(BIT_WIDTHS), "initial_layers": None,
-    "weight_quantization": WEIGHT_QUANTIZATION, "activation_method": ACTIVATION_METHOD,
+    "weight_quantization": None, "activation_method": ACTIVATION_METHOD,
     "clip_threshold": CLIP_THRESHOLD, "fp_downsample_sc": False, "pool_downsample_sc": False,
     "fp_weights": False, "share_bn": False, "width": None, "alpha": None,
 }
-"""The value of each architecture flag when it is not given (train.py's defaults)."""
+"""The value of each architecture flag when it is not given (train.py's defaults; None:
+the model's own, e.g. `weight_quantization` dorefa for ResNetE, narrow for converted networks)."""
 
 DERIVED_KEYS = ("input_shape", "num_classes")
 """Keys of a run's config.json that train.py derives from the dataset rather than reads as flags."""

@@ -256,13 +256,14 @@ def _builder_kwargs(flags: dict, input_shape, num_classes: int) -> dict:
         input_shape=tuple(input_shape),
         num_classes=int(num_classes),
         bit_widths=tuple(get("bit_widths")),
-        weight_quantization=get("weight_quantization"),
         activation_method=get("activation_method"),
         clip_threshold=get("clip_threshold"),
         fp_weights=bool(get("fp_weights")),
         share_bn=bool(get("share_bn")),
         sync_bn=bool(get("sync_bn", False)),
     )
+    if get("weight_quantization") is not None:  # None: the architecture's own default
+        kwargs["weight_quantization"] = get("weight_quantization")
     # flags that are off keep the architecture's own default
     for flag in ("fp_downsample_sc", "pool_downsample_sc"):
         if get(flag):

@@ -196,8 +196,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         choices=defaults.WEIGHT_QUANTIZATIONS,
         help="weight quantizer below 32 bits: dorefa (sign at 1 bit), narrow (the "
         "symmetric narrow-range grid TFLite stores exactly: 2-4 bits as packed INT4; a "
-        "scale per channel), identity (full precision); default: dorefa for ResNetE "
-        "models, narrow for converted networks",
+        "scale per channel), identity (full precision) (default: dorefa for ResNetE "
+        "models, narrow for converted networks)",
     )
     g.add_argument(
         "--activation-method", default=defaults.ACTIVATION_METHOD,
@@ -317,9 +317,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "weights with it as --ensemble-teacher")
     g.add_argument("--float-teacher", action=argparse.BooleanOptionalAction, default=None,
                    help="distil every member from the float original of a converted model "
-                   "with trained weights (--model PATH): on by default for a saved model, "
-                   "with --kd-mode simple unless another mode is given; --no-float-teacher "
-                   "turns it off")
+                   "with trained weights (--model PATH), with --kd-mode simple unless another "
+                   "mode is given; --no-float-teacher turns it off (default: on for a saved "
+                   "model without another teacher)")
     g.add_argument("--ensemble-teacher", action="store_true",
                    help="a trained ensemble (--teacher-params) teaches member b with "
                    "its own member b")
