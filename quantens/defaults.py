@@ -83,6 +83,19 @@ ARCHITECTURE_DEFAULTS = {
 """The value of each architecture flag when it is not given (train.py's defaults; None:
 the model's own, e.g. `weight_quantization` dorefa for ResNetE, narrow for converted networks)."""
 
+def default_weight_quantization(model: str) -> str:
+    """A model's own weight quantizer: dorefa for ResNetE, narrow for converted networks.
+
+    ```python
+    from quantens.defaults import default_weight_quantization
+
+    assert default_weight_quantization("digits_resnet_e") == "dorefa"
+    assert default_weight_quantization("mobilenet_v2") == "narrow"
+    ```
+    """
+    return WEIGHT_QUANTIZATION if model in RESNET_E_MODELS else CONVERTED_WEIGHT_QUANTIZATION
+
+
 DERIVED_KEYS = ("input_shape", "num_classes")
 """Keys of a run's config.json that train.py derives from the dataset rather than reads as flags."""
 

@@ -510,7 +510,7 @@ def markdown_table(registry: Mapping[str, Mapping[str, PretrainedConfig]] | None
     ```
     """
     registry = read_registry() if registry is None else registry
-    from quantens.defaults import ARCHITECTURE_DEFAULTS as defaults
+    from quantens.defaults import ARCHITECTURE_DEFAULTS, default_weight_quantization
 
     lines = [
         "| model | tag | dataset | bit-widths | other train.py flags | "
@@ -518,6 +518,8 @@ def markdown_table(registry: Mapping[str, Mapping[str, PretrainedConfig]] | None
         "|---|---|---|---|---|---|---|",
     ]
     for model in sorted(registry):
+        defaults = {**ARCHITECTURE_DEFAULTS,
+                    "weight_quantization": default_weight_quantization(model)}
         for tag in sorted(registry[model]):
             c = registry[model][tag]
             accuracy = " · ".join(f"{b}: {_percent(c.accuracy[b])}" for b in c.bit_widths)

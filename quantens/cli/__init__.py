@@ -410,9 +410,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     if args.alpha is not None and args.alpha <= 0:
         raise UsageError(f"--alpha must be positive, got {args.alpha}")
     if args.weight_quantization is None:  # the model's own default, recorded in config.json
-        args.weight_quantization = (defaults.WEIGHT_QUANTIZATION
-                                    if args.model in defaults.RESNET_E_MODELS
-                                    else defaults.CONVERTED_WEIGHT_QUANTIZATION)
+        args.weight_quantization = defaults.default_weight_quantization(args.model)
     if defaults.is_model_file(args.model):  # config.json rebuilds it from any directory
         args.model = os.path.abspath(os.path.expanduser(args.model))
     if args.lr <= 0:
