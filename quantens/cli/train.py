@@ -177,15 +177,15 @@ def _calibrate(ensemble, args, plan, batch_size: int) -> None:
     from quantens import data
     from quantens.calibration import CALIBRATION_EXAMPLES
 
+    low = [b for b in args.bit_widths if b != 32]
+    if not low:
+        return
     try:
         images = data.load(args.dataset, plan.train, batch_size, training=False,
                            data_dir=args.data_dir, num_workers=args.num_workers,
                            take_batches=1 if args.test_run else None)
     except Exception as error:  # TFDS raises many kinds; all mean "no data here"
         raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
-    low = [b for b in args.bit_widths if b != 32]
-    if not low:
-        return
     print(f"calibrating members {' '.join(map(str, low))} on up to {CALIBRATION_EXAMPLES} "
           f"training images ({args.calibration})", flush=True)
     quantens.calibrate(ensemble, images, low, method=args.calibration,
