@@ -304,6 +304,13 @@ def calibrate(ensemble, data, bit_widths=None, *, method: str = "mse",
             f"unknown calibration method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}"
         )
     batches = _batches(data, int(max_examples), int(batch_size))
+    wanted = tuple(model.input_shape[1:])
+    got = tuple(batches[0].shape[1:])
+    if len(wanted) != len(got) or any(w is not None and w != g for w, g in zip(wanted, got)):
+        raise ValueError(
+            f"calibration data has inputs of shape {got}, the model takes {wanted}: pass "
+            "images of the training split as the model reads them"
+        )
     probes = _Probes(model, batch_norm)
     rng = np.random.default_rng(seed)
     low = [b for b in members if b != FULL_PRECISION]

@@ -151,6 +151,8 @@ def test_calibrate_refuses_bad_input_with_one_clear_line():
         quantens.calibrate(ensemble, np.zeros((4, 16), "float32"), bit_widths=(4,))
     with pytest.raises(TypeError, match="calibration data must be an array"):
         quantens.calibrate(ensemble, 3.0)
+    with pytest.raises(ValueError, match=r"inputs of shape \(8,\), the model takes \(16,\)"):
+        quantens.calibrate(ensemble, np.zeros((4, 8), "float32"))
 
 
 # ------------------------------------------ converted trained float models, before training
