@@ -306,7 +306,8 @@ def calibrate(ensemble, data, bit_widths=None, *, method: str = "mse",
     batches = _batches(data, int(max_examples), int(batch_size))
     wanted = tuple(model.input_shape[1:])
     got = tuple(batches[0].shape[1:])
-    if len(wanted) != len(got) or any(w is not None and w != g for w, g in zip(wanted, got)):
+    if len(wanted) != len(got) or any(
+            w is not None and w != g for w, g in zip(wanted, got, strict=True)):
         raise ValueError(
             f"calibration data has inputs of shape {got}, the model takes {wanted}: pass "
             "images of the training split as the model reads them"
