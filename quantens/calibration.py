@@ -165,14 +165,17 @@ class _Probes:
         self.model = tf.keras.Model(model.inputs, tensors or model.outputs,
                                     name=f"{model.name}_calibration")
         # every BN's statistics: a pass in training mode moves them, and it must not
+        self._calls: dict = {}  # bits -> the traced pass (clip values are read as variables)
         self.statistics = [w for layer in model.layers if isinstance(
             layer, (SwitchableBatchNormalization, tf.keras.layers.BatchNormalization))
             for w in layer.non_trainable_weights]
 
     def run(self, batches, bits: int, rng, clips: bool = True) -> tuple[list, list]:
         """(activation samples per clip layer, (sum, sum of squares, count) per BN)."""
-        with bits_scope(bits):
-            call = tf.function(lambda x: self.model(x, training=True), autograph=False)
+        if bits not in self._calls:  # traced inside the scope on its first call
+            self._calls[bits] = tf.function(lambda x: self.model(x, training=True),
+                                            autograph=False)
+        call = self._calls[bits]
         saved = tf.keras.backend.batch_get_value(self.statistics)
         n_clips = len(self.clips)
         per_batch = max(1, SAMPLES_PER_LAYER // max(1, len(batches)))
