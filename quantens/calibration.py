@@ -164,8 +164,8 @@ class _Probes:
         tensors += [_probe_input(layer) for layer in self.bns]
         self.model = tf.keras.Model(model.inputs, tensors or model.outputs,
                                     name=f"{model.name}_calibration")
-        # every BN's statistics: a pass in training mode moves them, and it must not
         self._calls: dict = {}  # bits -> the traced pass (clip values are read as variables)
+        # every BN's statistics: a pass in training mode moves them, and it must not
         self.statistics = [w for layer in model.layers if isinstance(
             layer, (SwitchableBatchNormalization, tf.keras.layers.BatchNormalization))
             for w in layer.non_trainable_weights]
