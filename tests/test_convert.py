@@ -561,3 +561,37 @@ def test_defaults_keep_todays_configs():
     assert not {"bits", "value_range", "max_value"} & set(quantens.QuantActivation().get_config())
     with pytest.raises(ValueError, match="apply to the 'round' activation method"):
         quantens.ActivationQuantizer("det_sign", max_value=6.0)
+
+
+def test_depthwise_convolutions_and_the_activation_they_read_keep_depthwise_bits():
+    """The floor reaches the activation through padding (MobileNetV2's stride-2 blocks), not
+    through an Add; depthwise_bits=None switches it off; the summary names what is held."""
+    inputs = tf.keras.Input((8, 8, 4))
+    x = L.ReLU(6.0, name="expand_relu")(inputs)
+    x = L.ZeroPadding2D(((0, 1), (0, 1)), name="pad")(x)
+    x = L.DepthwiseConv2D(3, strides=2, name="dw")(x)
+    y = L.ReLU(name="dw_relu")(x)
+    y = L.Conv2D(3, 1, name="pw")(y)
+    z = L.Add(name="add")([x, L.Conv2D(4, 1, name="side")(y)])
+    z = L.ReLU(name="add_relu")(z)
+    z = L.SeparableConv2D(4, 3, name="sep")(L.Add(name="add2")([z, z]))
+    model = tf.keras.Model(inputs, L.Dense(2, name="logits")(L.Flatten()(z)))
+    bits = (32, 4, 1)
+    converted = quantize_model(model, bits, policy={})
+    for b in (4, 1):
+        with quantens.bits(b):
+            assert converted.get_layer("expand_relu").quantizer.precision == 8
+            assert converted.get_layer("dw").depthwise_quantizer.precision == 8
+            assert converted.get_layer("sep").depthwise_quantizer.precision == 8
+            assert converted.get_layer("sep").pointwise_quantizer.precision == b
+            for name in ("dw_relu", "add_relu"):  # read by no depthwise conv (an Add between)
+                assert converted.get_layer(name).quantizer.precision == b, name
+    lines = []
+    quantens.QuantEnsemble(converted, bits).summary(print_fn=lines.append)
+    assert "    1-bit member keeps 3 layers at 8 bits (expand_relu, dw, sep)" in lines
+    plain = quantize_model(model, bits, policy={}, depthwise_bits=None)
+    with quantens.bits(1):
+        assert plain.get_layer("expand_relu").quantizer.precision == 1
+        assert plain.get_layer("dw").depthwise_quantizer.precision == 1
+    with pytest.raises(ValueError, match="depthwise_bits"):
+        quantize_model(model, bits, depthwise_bits=0)
