@@ -118,6 +118,48 @@ KD_MODES = ("none", "simple", "progressive", "highest", "average")
 """`--kd-mode`: no distillation, teacher -> every member, a chain down the bit-widths,
 every member from the highest one, or every member from the members' average."""
 
+TEACHER = "teacher"
+"""A distillation target: the external (or ensemble) teacher."""
+AVERAGE = "average"
+"""A distillation target: the members' mean logits (`--kd-mode average`)."""
+
+
+def kd_pairs(mode: str, bit_widths, has_teacher: bool) -> list:
+    """The (student bits, target) pairs of a KD mode; a target is a bit-width, "teacher" or "average".
+
+    `simple`: the teacher teaches every member; `progressive`: (teacher ->)
+    highest -> next lower -> ... -> lowest; `highest`: (teacher -> highest,)
+    the highest member teaches every other; `average`: (teacher -> highest,)
+    every member learns from the members' mean logits (a self-ensemble).
+    No TensorFlow: the command line checks its KD flags with it.
+
+    ```python
+    from quantens.defaults import kd_pairs
+
+    assert kd_pairs("highest", (32, 4, 1), has_teacher=False) == [(4, 32), (1, 32)]
+    assert kd_pairs("average", (32, 1), has_teacher=False) == [(32, "average"), (1, "average")]
+    ```
+
+    Raises:
+        ValueError: unknown mode, or `simple` without a teacher.
+    """
+    bit_widths = sorted(bit_widths, reverse=True)
+    if mode not in KD_MODES:
+        raise ValueError(f"unknown kd mode {mode!r}: choose one of {', '.join(KD_MODES)}")
+    if mode == "none":
+        return []
+    if mode == "simple":
+        if not has_teacher:
+            raise ValueError("kd mode 'simple' needs a teacher (--teacher, --kd-teacher-mode)")
+        return [(b, TEACHER) for b in bit_widths]
+    pairs: list = [(bit_widths[0], TEACHER)] if has_teacher else []
+    if mode == "highest":
+        return pairs + [(b, bit_widths[0]) for b in bit_widths[1:]]
+    if mode == "average":
+        return pairs + [(b, AVERAGE) for b in bit_widths]
+    return pairs + list(zip(bit_widths[1:], bit_widths[:-1], strict=True))
+
+
 KD_TEACHER_MODES = ("none", "pretrained_external", "untrained_external")
 """`--kd-teacher-mode`: the teacher's training level."""
 

@@ -57,14 +57,9 @@ class ResultDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            error = _locked_error(self.directory, fd)
             os.close(fd)
-            raise LockedError(
-                f"{self.directory} is in use by {holder.get('command', 'another run')} "
-                f"(pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since "
-                f"{holder.get('since', '?')}): wait for it to finish or stop it, then run "
-                "again; or choose another --result-path"
-            ) from None
+            raise error from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({
             "pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
@@ -89,6 +84,53 @@ class ResultDirLock:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.release(failed=exc_type is not None)
+
+
+def check_unlocked(directory: str) -> None:
+    """Raises `LockedError` naming the holder when a run owns `directory` now; writes nothing.
+
+    A command checks this before it reads any other state of a result
+    directory, so that a directory in use is reported as such (not as, say,
+    missing weights that the running process has not written yet). A
+    directory without a lock file, or one that does not exist, passes.
+
+    ```python
+    import tempfile
+    from quantens.errors import LockedError
+    from quantens.locking import ResultDirLock, check_unlocked
+
+    run = tempfile.mkdtemp()
+    check_unlocked(run)  # nobody holds it
+    with ResultDirLock(run, "train.py"):
+        try:
+            check_unlocked(run)
+        except LockedError as error:
+            assert "in use by train.py" in str(error)
+    ```
+    """
+    path = ResultDir(directory).path(ResultDir.LOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (or none we may read): nobody to name
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _locked_error(directory, fd) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _locked_error(directory: str, fd: int) -> LockedError:
+    holder = _read_holder(fd)
+    return LockedError(
+        f"{directory} is in use by {holder.get('command', 'another run')} "
+        f"(pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since "
+        f"{holder.get('since', '?')}): wait for it to finish or stop it, then run "
+        "again; or choose another --result-path"
+    )
 
 
 def _read_holder(fd: int) -> dict:

@@ -197,6 +197,16 @@ def best_flags(args: argparse.Namespace, values: dict) -> dict:
     for flag in TEACHER_FOLLOWS:
         if flags.get(f"teacher_{flag}") == flags[flag]:
             flags[f"teacher_{flag}"] = None
+    # KD entries of members the chosen mode does not teach would be refused by --config
+    mode = flags["kd_mode"]
+    if mode == "none" and has_teacher(args):
+        mode = "simple"
+    students = {s for s, _ in defaults.kd_pairs(mode, args.bit_widths, has_teacher(args))}
+    for flag in ("kd_weights", "kd_temperatures"):
+        kept = [pair for pair in flags.get(flag) or [] if pair[0] in students]
+        flags[flag] = kept or None
+    if not students:
+        flags["kd_warmup_epochs"], flags["kd_attention_weight"] = 0.0, 0.0
     return {k: v for k, v in flags.items() if k not in NOT_IN_BEST}
 
 

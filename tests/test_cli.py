@@ -2,6 +2,8 @@ import json
 import os
 import re
 
+import h5py
+import numpy as np
 import pytest
 from conftest import ROOT, run_script
 from seed_examples import EXAMPLES, flags
@@ -319,6 +321,9 @@ def test_a_saved_float_model_teaches_its_members_by_default_and_a_flag_turns_it_
     parse = cli.build_parser().parse_args
     with pytest.raises(UsageError, match="--model mobilenet_v2 has no trained float weights"):
         cli.validate(parse(["--model", "mobilenet_v2", "--float-teacher"]))
+    weights = tmp_path / "teacher.weights.h5"
+    with h5py.File(weights, "w") as f:
+        f["w"] = np.zeros(2)
     with pytest.raises(UsageError, match="--float-teacher and --ensemble-teacher exclude"):
         cli.validate(parse(["--model", path, "--float-teacher", "--ensemble-teacher",
-                            "--teacher-params", __file__]))
+                            "--teacher-params", str(weights)]))

@@ -11,11 +11,12 @@ model = zoo.create_model("digits_resnet_e", bit_widths=(32, 8, 4, 2, 1))
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable
 
 import quantens  # noqa: F401  (selects tf-keras before TensorFlow loads)
 from quantens import defaults
-from quantens.errors import TeacherError, one_line
+from quantens.errors import ConfigError, TeacherError, one_line
 
 _MODELS: dict[str, Callable] = {}
 _TEACHERS: dict[str, Callable] = {}
@@ -27,10 +28,65 @@ _APPLICATION_MODES = {
 }
 
 
-def register_model(builder: Callable) -> Callable:
-    """Registers a builder function under its name (a decorator)."""
-    _MODELS[builder.__name__] = builder
-    return builder
+def register_model(builder: Callable | None = None, *, forwards_to: Callable | None = None):
+    """Registers a builder function under its name (a decorator).
+
+    `forwards_to`: the function a builder passes its `**kwargs` to, so that
+    `create_model` can name an argument no builder along the way takes
+    (`accepted_arguments`) instead of failing with Python's keyword error.
+    """
+    def register(builder: Callable) -> Callable:
+        if forwards_to is not None:
+            builder.forwards_to = forwards_to
+        _MODELS[builder.__name__] = builder
+        return builder
+
+    return register if builder is None else register(builder)
+
+
+def accepted_arguments(name: str) -> set[str] | None:
+    """The keyword arguments the builder of `name` takes (None: any, it does not say).
+
+    ```python
+    import zoo
+
+    assert "width" in zoo.accepted_arguments("digits_resnet_e")
+    assert "alpha" not in zoo.accepted_arguments("digits_resnet_e")
+    assert zoo.accepted_arguments("mobilenet_v2") is None  # options go on to quantize_model
+    ```
+    """
+    builder: Callable | None = get_builder(name)
+    accepted: set[str] = set()
+    while builder is not None:
+        parameters = inspect.signature(builder).parameters.values()
+        accepted |= {p.name for p in parameters if p.kind in (
+            p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return accepted
+        builder = getattr(builder, "forwards_to", None)
+    return None
+
+
+def check_arguments(name: str, arguments) -> None:
+    """Raises ConfigError naming the first of `arguments` that the builder of `name` does not take.
+
+    ```python
+    import zoo
+    from quantens.errors import ConfigError
+
+    try:
+        zoo.check_arguments("digits_resnet_e", ["width", "alpha"])
+    except ConfigError as error:
+        assert "digits_resnet_e takes no alpha (--alpha)" in str(error)
+    ```
+    """
+    accepted = accepted_arguments(name)
+    if accepted is None:
+        return
+    unknown = [a for a in arguments if a not in accepted]
+    if unknown:
+        flag = "--" + unknown[0].replace("_", "-")
+        raise ConfigError(f"{name} takes no {unknown[0]} ({flag}): leave it out")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -99,6 +155,7 @@ def create_model(name: str, **kwargs):
 
         if pretrained.is_tag(name, weights):
             kwargs = {**_tag_kwargs(name, weights, kwargs), **kwargs}
+    check_arguments(name, kwargs)
     return get_builder(name)(**kwargs)
 
 
@@ -246,6 +303,14 @@ def create_model_from_flags(flags: dict, input_shape, num_classes: int):
     ```
     """
     return create_model(flags["model"], **_builder_kwargs(flags, input_shape, num_classes))
+
+
+def check_flags(flags: dict, input_shape, num_classes: int) -> None:
+    """Raises ConfigError when the model of `flags` takes an architecture flag it has no use for.
+
+    What `create_model_from_flags` would refuse, without building anything.
+    """
+    check_arguments(flags["model"], _builder_kwargs(flags, input_shape, num_classes))
 
 
 def _builder_kwargs(flags: dict, input_shape, num_classes: int) -> dict:

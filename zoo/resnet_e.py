@@ -159,7 +159,7 @@ def resnet_e(
     return model
 
 
-@register_model
+@register_model(forwards_to=resnet_e)
 def resnet18_e1(input_shape=(224, 224, 3), num_classes: int = 1000, **kwargs):
     """ResNetE-18 (BMXNet's resnet18_e1): 16 quantized 3x3 convolutions.
 
@@ -176,7 +176,7 @@ def resnet18_e1(input_shape=(224, 224, 3), num_classes: int = 1000, **kwargs):
     )
 
 
-@register_model
+@register_model(forwards_to=resnet_e)
 def resnet34_e1(input_shape=(224, 224, 3), num_classes: int = 1000, **kwargs):
     """ResNetE-34: 32 quantized 3x3 convolutions (stages of 6, 8, 12, 6).
 
@@ -193,7 +193,7 @@ def resnet34_e1(input_shape=(224, 224, 3), num_classes: int = 1000, **kwargs):
     )
 
 
-@register_model
+@register_model(forwards_to=resnet_e)
 def digits_resnet_e(
     input_shape=(8, 8, 1), num_classes: int = 10, width: int = 32, **kwargs
 ):

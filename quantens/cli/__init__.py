@@ -447,8 +447,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     if args.resume is not None:
         if os.path.isdir(args.resume):  # a result directory: its final weights
             args.resume = ResultDir(args.resume).weights
-        if not os.path.isfile(args.resume):
-            raise UsageError(f"--resume {args.resume}: no such file")
+        check_weights_file(args.resume, "--resume")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
     if args.val_split is not None and not (math.isfinite(args.val_split)
@@ -462,10 +461,61 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     read_tf_config()  # a malformed TF_CONFIG is bad input too (DeviceError)
     if args.result_path is None:
         args.result_path = default_result_path(args.model, args.dataset)
-    _check_writable(args.result_path, "--result-path")
+    check_writable(args.result_path, "--result-path")
     if args.log is not None:
-        _check_writable(os.path.dirname(os.path.abspath(args.log)), "--log")
+        if os.path.isdir(args.log):
+            raise UsageError(f"--log {args.log} is a directory: name a file")
+        if os.path.exists(args.log) and not os.access(args.log, os.W_OK):
+            raise UsageError(f"--log {args.log} is not writable by this user")
+        check_writable(os.path.dirname(os.path.abspath(args.log)), "--log")
+    if args.tensorboard_dir is not None:
+        if args.no_tensorboard:
+            raise UsageError("--tensorboard-dir has no effect with --no-tensorboard: leave "
+                             "one of them out")
+        check_writable(args.tensorboard_dir, "--tensorboard-dir")
+    _refuse_flags_without_effect(args)
     return args
+
+
+def _refuse_flags_without_effect(args: argparse.Namespace) -> None:
+    """A flag that would change nothing in this run is an error naming why (not a silent no-op).
+
+    Flags are compared with their defaults: a default value has its default effect.
+    """
+    def given(flag: str) -> bool:
+        default = DEFAULTS.get(flag)
+        if flag == "lr_steps":  # validated into a tuple of epochs
+            default = tuple(float(s) for s in default.split(","))
+        return getattr(args, flag) != default
+
+    if "step" not in (args.lr_mode, args.teacher_lr_mode) and (
+            given("lr_steps") or given("lr_factor")):
+        raise UsageError(
+            f"--lr-steps and --lr-factor shape --lr-mode step only, not --lr-mode "
+            f"{args.lr_mode}: choose --lr-mode step or leave them out"
+        )
+    if not args.tune and (given("max_trials") or given("tune_objective")):
+        raise UsageError("--max-trials and --tune-objective belong to a search: add --tune "
+                         f"{defaults.TUNERS[0]} (or another tuner) or leave them out")
+    if args.dry_run and args.export:
+        raise UsageError("--export has no effect with --dry-run (nothing is trained): leave "
+                         "one of them out")
+    if given("calibration") and args.model in defaults.RESNET_E_MODELS:
+        raise UsageError(
+            f"--calibration {args.calibration} applies to converted networks (mobilenet_v2, "
+            f"resnet50, keras:NAME, a saved model); --model {args.model} has learned its "
+            "ranges: leave it out"
+        )
+    weights = dict(args.member_loss_weights or [])
+    if all(weights.get(b, 1.0) == 0 for b in args.bit_widths):
+        raise UsageError(
+            "--member-loss-weights: every member's weight is 0, so no member would learn; "
+            "give at least one member a positive weight"
+        )
+
+
+DEFAULTS = {action.dest: action.default for action in build_parser()._actions}
+"""Every flag's default (what a flag that was not given holds)."""
 
 
 def default_result_path(model: str, dataset: str) -> str:
@@ -495,7 +545,29 @@ def default_result_path(model: str, dataset: str) -> str:
     return os.path.join("results", slug)
 
 
-def _check_writable(path: str, flag: str) -> None:
+def check_weights_file(path: str, flag: str) -> None:
+    """A readable, whole HDF5 weights file (before TensorFlow loads), else UsageError naming flag."""
+    import h5py
+
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a directory without {ResultDir.WEIGHTS}: pass a "
+                         "weights file or a finished result directory")
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{flag} {path} is not readable by this user")
+    if not h5py.is_hdf5(path):
+        raise UsageError(f"{flag} {path} is not a weights file (HDF5, as save_weights writes "
+                         "it): pass a .weights.h5 file or a result directory")
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: None)
+    except (OSError, RuntimeError, KeyError) as error:
+        raise UsageError(f"{flag} {path} is damaged (truncated or half-copied?): "
+                         f"{one_line(error, 120)}; copy it again") from None
+
+
+def check_writable(path: str, flag: str) -> None:
     """A directory that exists and is writable, or can be created where its parent is."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{flag} {path} is a file, not a directory: choose another path")
@@ -513,11 +585,10 @@ def _check_writable(path: str, flag: str) -> None:
 
 def _validate_distillation(args: argparse.Namespace) -> None:
     teacher_modes = tuple(m for m in KD_TEACHER_MODES if m != "none")
-    if args.teacher_params is not None and not os.path.isfile(args.teacher_params):
+    if args.teacher_params is not None:
         if os.path.isdir(args.teacher_params):  # a result directory: its final weights
             args.teacher_params = ResultDir(args.teacher_params).weights
-        if not os.path.isfile(args.teacher_params):
-            raise UsageError(f"--teacher-params {args.teacher_params}: no such file")
+        check_weights_file(args.teacher_params, "--teacher-params")
     if args.two_stage:
         given = [flag for flag, on in (
             ("--fp-weights", args.fp_weights), ("--ensemble-teacher", args.ensemble_teacher),
@@ -579,16 +650,63 @@ def _validate_distillation(args: argparse.Namespace) -> None:
             f"({' '.join(map(str, args.bit_widths))}), got {objective}"
         )
     if args.kd_mode == "none" and not has_teacher and (
-            args.kd_weights or args.kd_temperatures or args.kd_warmup_epochs):
+            args.kd_weights or args.kd_temperatures or args.kd_warmup_epochs
+            or args.kd_attention_weight):
         raise UsageError(
-            "--kd-weights, --kd-temperatures and --kd-warmup-epochs shape distillation: "
-            "choose a --kd-mode (e.g. progressive) or a teacher"
+            "--kd-weights, --kd-temperatures, --kd-warmup-epochs and --kd-attention-weight "
+            "shape distillation: choose a --kd-mode (e.g. progressive) or a teacher"
         )
+    _refuse_kd_without_effect(args, has_teacher)
     for flag in ("lr", "wd", "lr_mode", "optimizer", "momentum"):
         if getattr(args, f"teacher_{flag}") is None:
             setattr(args, f"teacher_{flag}", getattr(args, flag))
     if args.teacher_lr <= 0 or args.teacher_wd < 0:
         raise UsageError("--teacher-lr must be positive and --teacher-wd not negative")
+
+
+def _refuse_kd_without_effect(args: argparse.Namespace, has_teacher: bool) -> None:
+    """KD flags that would change nothing in the chosen mode are errors naming why.
+
+    A search (--tune) chooses the mode and the KD weight per trial: what is
+    meaningful in one of its modes is kept (best.json drops the rest).
+    """
+    if args.tune:
+        return
+    mode = "simple" if args.kd_mode == "none" and has_teacher else args.kd_mode
+    students = sorted({student for student, _ in defaults.kd_pairs(
+        mode, args.bit_widths, has_teacher)}, reverse=True)
+    for flag in ("kd_weights", "kd_temperatures"):
+        others = [bits for bits, _ in getattr(args, flag) or [] if bits not in students]
+        if others:
+            who = (f"the {'-, '.join(map(str, others))}-bit "
+                   + ("member learns" if len(others) == 1 else "members learn"))
+            raise UsageError(
+                f"--{flag.replace('_', '-')}: {who} from no target in --kd-mode {mode}"
+                f"{'' if has_teacher else ' without a teacher'} (its students: "
+                f"{' '.join(map(str, students))} bits): leave {'it' if len(others) == 1 else 'them'}"
+                " out"
+            )
+    if mode != "none" and args.kd_weight == 0 and not args.kd_attention_weight and not any(
+            weight for _, weight in args.kd_weights or []):
+        raise UsageError(
+            f"--kd-weight 0 and no positive --kd-weights: --kd-mode {mode} would distil "
+            "nothing; give distillation a weight or choose --kd-mode none"
+        )
+    untrained = args.kd_teacher_mode == "untrained_external"
+    given = [f"--teacher-{flag.replace('_', '-')}" for flag in
+             ("lr", "wd", "lr_mode", "optimizer", "momentum")
+             if getattr(args, f"teacher_{flag}") not in (None, getattr(args, flag))]
+    if given and not untrained:
+        raise UsageError(
+            f"{', '.join(given)} set the training of an untrained_external teacher; this run "
+            "trains no teacher: add --kd-teacher-mode untrained_external or leave them out"
+        )
+    if args.teacher_params is not None and not (
+            args.ensemble_teacher or args.kd_teacher_mode != "none"):
+        raise UsageError(
+            f"--teacher-params {args.teacher_params}: this run has no teacher to load it "
+            "into: add --teacher NAME --kd-teacher-mode ... or --ensemble-teacher"
+        )
 
 
 def _resolve_float_teacher(args: argparse.Namespace) -> None:
@@ -758,10 +876,32 @@ def run_main(main: Callable[[], int], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
+    except Exception as error:
+        full = _disk_full(error)
+        if full is None:
             raise
-        where = f" while writing {error.filename}" if error.filename else ""
+        where = f" while writing {full}" if full else ""
         print(f"{prog}: error: no space left on device{where}; free space and re-run the "
               "same command to resume", file=sys.stderr)
         return 1
+
+
+def _disk_full(error: BaseException) -> str | None:
+    """The file being written when `error` (or its cause) says the disk is full ("" if unknown).
+
+    None when it is another error. Python raises OSError(ENOSPC / EDQUOT);
+    TensorFlow's writers an `OpError` whose message ends "No space left on device"
+    (or "Disk quota exceeded") after the file name.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error.filename or ""
+        text = str(getattr(error, "message", "") or error)
+        for phrase in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT)):
+            if phrase in text:
+                where = text[:text.index(phrase)].strip().rstrip(";:,").strip()
+                return where if where.startswith(os.sep) and "\n" not in where else ""
+        error = error.__cause__ or error.__context__
+    return None

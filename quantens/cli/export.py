@@ -13,9 +13,10 @@ import os
 import sys
 from collections.abc import Iterable
 
-from quantens.cli import legacy_model, program_name, run_main
+from quantens.cli import Parser, check_writable, legacy_model, program_name, run_main
+from quantens.errors import UsageError
 from quantens.layout import ResultDir
-from quantens.locking import ResultDirLock
+from quantens.locking import ResultDirLock, check_unlocked
 from quantens.startup import load_tensorflow
 
 PROG = "quantens.export"
@@ -24,7 +25,7 @@ SCRIPT = "quantens-export"
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The parser; `prog` defaults to `quantens-export` as that console script, else PROG."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog or program_name(SCRIPT, PROG),
         description="Export every member of a trained ensemble on its own: one SavedModel "
         "(a signature per bit-width) and a TFLite file per member (float32, int8 on the "
@@ -47,9 +48,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Checks the flags before anything is read or written; raises UsageError naming the flag."""
+    for flag in ("batch_size", "eval_examples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.no_eval and args.eval_examples is not None:
+        raise UsageError("--eval-examples has no effect with --no-eval: leave one of them out")
+    if args.out is not None:
+        check_writable(args.out, "--out")
+    return args
+
+
 def _export(args: argparse.Namespace, prog: str = PROG) -> int:
     from quantens.export import read_result_config
 
+    check_unlocked(args.result_dir)  # a running directory: name its holder, nothing else
     config = read_result_config(args.result_dir, args.weights)  # before TensorFlow loads
     with ResultDirLock(args.result_dir, prog):  # no export while a run writes the directory
         load_tensorflow()  # quietly: its start-up lines would bury a one-line error
@@ -70,6 +85,10 @@ def _export(args: argparse.Namespace, prog: str = PROG) -> int:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        validate(args)
+    except UsageError as error:
+        parser.error(str(error))
     return run_main(lambda: _export(args, parser.prog), parser.prog)
 
 

@@ -12,7 +12,7 @@ import sys
 from quantens.cli import Parser, legacy_model, program_name, run_main
 from quantens.errors import ConfigError
 from quantens.layout import ResultDir
-from quantens.locking import ResultDirLock
+from quantens.locking import ResultDirLock, check_unlocked
 from quantens.startup import load_tensorflow
 
 PROG = "quantens.report"
@@ -22,6 +22,7 @@ SCRIPT = "quantens-report"
 def _report(result_dir: str, prog: str = PROG) -> int:
     from quantens.report import load_result
 
+    check_unlocked(result_dir)  # a running directory: name its holder, nothing else
     result = load_result(result_dir)  # fails before TensorFlow loads
     with ResultDirLock(result_dir, prog):
         load_tensorflow()  # quietly: the writers and the size estimate use it

@@ -108,10 +108,17 @@ def _build_distillation(args, spec, steps_per_epoch):
     from quantens import optimizers, results
     from quantens.distillation import Distillation
 
+    warmup_steps = round(args.kd_warmup_epochs * steps_per_epoch)
+    if warmup_steps and warmup_steps >= args.epochs * steps_per_epoch:
+        raise UsageError(
+            f"--kd-warmup-epochs {args.kd_warmup_epochs:g} covers all {warmup_steps} training "
+            f"steps ({steps_per_epoch} per epoch): no step would distil; choose fewer warm-up "
+            "epochs"
+        )
     kd = dict(
         temperature=args.kd_temperature, weight=args.kd_weight,
         attention_weight=args.kd_attention_weight,
-        warmup_steps=round(args.kd_warmup_epochs * steps_per_epoch),
+        warmup_steps=warmup_steps,
         student_weights=dict(args.kd_weights or []),
         student_temperatures=dict(args.kd_temperatures or []),
     )
@@ -243,6 +250,11 @@ def run(args: argparse.Namespace) -> dict:
         plan = data.plan_splits(spec, args.val_split)
     except DataError as error:
         raise DataError(f"--dataset: {error}") from error
+    try:
+        zoo.check_flags(vars(args), spec.input_shape, spec.num_classes)
+    except ConfigError as error:
+        message = str(error).removeprefix(f"{args.model} ")
+        raise ConfigError(f"--model {args.model} {message}") from error
     if args.dry_run:
         return _run(args, None, spec, plan)
     cluster = read_tf_config()
