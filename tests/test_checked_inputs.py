@@ -245,3 +245,12 @@ def test_a_search_keeps_kd_entries_some_mode_uses_and_best_json_only_those_of_it
         assert again.kd_mode == mode and again.kd_weights == kept
         assert again.kd_warmup_epochs == (0.0 if mode == "none" else 1.0)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--mode", "imperative", "--jit"], "--jit compiles the graph of the train step"),
+    (["--dataset", "folder"], "--dataset folder reads its images from --data-dir DIR"),
+])
+def test_found_beyond_the_issue_are_one_line_too(tmp_path, capsys, argv, phrase):
+    one_line(train_cli.main, [*argv, "--result-path", str(tmp_path / "r")], capsys, 2, phrase)
+    assert os.listdir(tmp_path) == []

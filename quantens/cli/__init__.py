@@ -448,6 +448,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         if os.path.isdir(args.resume):  # a result directory: its final weights
             args.resume = ResultDir(args.resume).weights
         check_weights_file(args.resume, "--resume")
+    if args.dataset == "folder" and args.data_dir is None:
+        raise UsageError("--dataset folder reads its images from --data-dir DIR (DIR/train and "
+                         "DIR/val, one subfolder per class): add --data-dir")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder")
     if args.val_split is not None and not (math.isfinite(args.val_split)
@@ -497,6 +500,9 @@ def _refuse_flags_without_effect(args: argparse.Namespace) -> None:
     if not args.tune and (given("max_trials") or given("tune_objective")):
         raise UsageError("--max-trials and --tune-objective belong to a search: add --tune "
                          f"{defaults.TUNERS[0]} (or another tuner) or leave them out")
+    if args.jit and args.mode == "imperative":
+        raise UsageError("--jit compiles the graph of the train step; --mode imperative runs it "
+                         "eagerly, without one: leave one of them out")
     if args.dry_run and args.export:
         raise UsageError("--export has no effect with --dry-run (nothing is trained): leave "
                          "one of them out")
