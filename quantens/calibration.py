@@ -47,12 +47,15 @@ assert clips[2]["relu"] < clips[8]["relu"] <= 6.0  # fewer levels: a smaller ran
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
-from quantens.bits import FULL_PRECISION, validate_bit_widths
+from quantens.bits import FULL_PRECISION
 from quantens.bits import bits as bits_scope
 from quantens.defaults import CALIBRATION_METHODS
+from quantens.errors import ConfigError, DataError, UsageError, one_line
 from quantens.quantizers import PACT_MIN_ALPHA, ClipActivation
 
 CALIBRATION_EXAMPLES = 512
@@ -255,15 +258,56 @@ def _batches(data, max_examples: int, batch_size: int) -> list[np.ndarray]:
             total += len(chunks[-1])
             if total >= max_examples:
                 break
-    except TypeError as error:
-        raise TypeError(
+    except (TypeError, ValueError) as error:
+        raise UsageError(
             "calibration data must be an array of inputs, an (x, y) tuple or a batched "
-            f"tf.data.Dataset, got {type(data).__name__}: {error}"
-        ) from None
+            f"tf.data.Dataset, got {type(data).__name__}: {one_line(error)}"
+        ) from error
     if total == 0:
-        raise ValueError("calibration data is empty: pass a few hundred inputs of the training split")
+        raise DataError("calibration data is empty: pass a few hundred inputs of the training split")
     x = np.concatenate(chunks)
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+
+
+def _checked_arguments(ensemble, bit_widths, method, max_examples, batch_size):
+    """`calibrate`'s arguments checked: (the functional model, the members to calibrate)."""
+    from quantens.ensemble import QuantEnsemble, _missing_members, check_bit_widths
+
+    if isinstance(ensemble, QuantEnsemble):
+        model, own = ensemble.model, ensemble.bit_widths
+    elif isinstance(ensemble, tf.keras.Model):
+        model, own = ensemble, None
+    else:
+        raise UsageError(
+            "calibrate: ensemble must be a QuantEnsemble (or the functional model of one, "
+            f"with bit_widths), got {type(ensemble).__name__}"
+        )
+    if bit_widths is None and own is None:
+        raise UsageError(
+            f"calibrate: ensemble is a {type(ensemble).__name__}, not a QuantEnsemble: pass "
+            "bit_widths, the members to calibrate"
+        )
+    members = check_bit_widths(own if bit_widths is None else bit_widths, "calibrate")
+    if own is not None:
+        stray = sorted(set(members) - set(own), reverse=True)
+        if stray:
+            raise UsageError(
+                f"calibrate: bit_widths: {stray} bits are not members ({' '.join(map(str, own))})"
+                ": name members of the ensemble, or leave bit_widths out for every one below 32"
+            )
+    missing = _missing_members(model, members)
+    if missing:
+        raise ConfigError(f"calibrate: bit_widths {' '.join(map(str, members))} do not fit "
+                          f"the model {model.name!r}: {missing}")
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(
+            f"calibrate: unknown calibration method {method!r}: choose one of "
+            f"{', '.join(CALIBRATION_METHODS)}"
+        )
+    for name, value in (("max_examples", max_examples), ("batch_size", batch_size)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"calibrate: {name} must be a whole number >= 1, got {value!r}")
+    return model, members
 
 
 def calibrate(ensemble, data, bit_widths=None, *, method: str = "mse",
@@ -293,28 +337,24 @@ def calibrate(ensemble, data, bit_widths=None, *, method: str = "mse",
         `{bits: {layer name: clip value}}` of every member calibrated.
 
     Raises:
-        ValueError: an unknown method, empty data, a member that is not one.
-        TypeError: data of another kind.
+        UsageError: (one line naming the argument) `ensemble` neither a
+            QuantEnsemble nor a Keras model (or a model without `bit_widths`),
+            bit-widths that are not members, an unknown method, `max_examples`
+            or `batch_size` below 1, data of another kind.
+        ConfigError: a model whose switchable layers lack one of the members.
+        DataError: empty data, or inputs of another shape than the model's.
     """
-    model = getattr(ensemble, "model", ensemble)
-    members = validate_bit_widths(bit_widths or getattr(ensemble, "bit_widths", None))
-    own = getattr(ensemble, "bit_widths", members)
-    stray = sorted(set(members) - set(own), reverse=True)
-    if stray:
-        raise ValueError(f"calibrate: {stray} bits are not members ({' '.join(map(str, own))})")
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(
-            f"unknown calibration method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}"
-        )
+    model, members = _checked_arguments(ensemble, bit_widths, method, max_examples, batch_size)
     batches = _batches(data, int(max_examples), int(batch_size))
     wanted = tuple(model.input_shape[1:])
     got = tuple(batches[0].shape[1:])
     if len(wanted) != len(got) or any(
             w is not None and w != g for w, g in zip(wanted, got, strict=True)):
-        raise ValueError(
+        raise DataError(
             f"calibration data has inputs of shape {got}, the model takes {wanted}: pass "
             "images of the training split as the model reads them"
         )
+    own = getattr(ensemble, "bit_widths", members)
     probes = _Probes(model, batch_norm)
     rng = np.random.default_rng(seed)
     low = [b for b in members if b != FULL_PRECISION]

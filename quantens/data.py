@@ -28,6 +28,7 @@ import concurrent.futures
 import dataclasses
 import numbers
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -382,6 +383,16 @@ def _select_part(ds: tf.data.Dataset, n: int, split: Split) -> tf.data.Dataset:
 
 # what tf.io.decode_image reads (PIL names; MPO is a multi-picture JPEG)
 _DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+
+MAX_IMAGE_PIXELS = 89_478_485
+"""The most pixels (width x height) an image of an image folder may have.
+
+PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, 1 GiB / 4 bytes /
+3 channels), fixed here so that a changed PIL setting does not move it: the
+input pipeline decodes a whole image before it crops, and holds it as float32
+RGB, 12 bytes a pixel, so an image at the cap takes 1 GiB, and several are
+decoded at once. Photos are far below it (a 24-megapixel camera: 24 million).
+"""
 _FOLDER_LAYOUT = "a folder with train/ and val/ subfolders, one subfolder per class in each"
 
 
@@ -469,16 +480,64 @@ def _image_names(class_dir: str) -> list[str]:
         )
 
 
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) in an image's header, read without PIL's decompression-bomb check.
+
+    `Image.open` refuses images above twice PIL's limit before it returns
+    their size; the format plugins it calls read the header alone.
+    """
+    from PIL import Image
+
+    Image.init()
+    with open(path, "rb") as f:
+        prefix = f.read(16)
+        for kind in Image.ID:
+            factory, accept = Image.OPEN[kind]
+            if accept and not accept(prefix):
+                continue
+            f.seek(0)
+            try:
+                return factory(f, path).size
+            except Exception:  # another format's header: try the next plugin
+                continue
+    return None
+
+
+def _too_large(size: tuple[int, int] | None) -> str | None:
+    """Why an image of `size` is refused (above `MAX_IMAGE_PIXELS`), or None."""
+    if size is None or size[0] * size[1] <= MAX_IMAGE_PIXELS:
+        return None
+    width, height = size
+    return (
+        f"is {width} x {height} pixels ({width * height:,}), above the cap of "
+        f"{MAX_IMAGE_PIXELS:,} pixels of an image folder's images "
+        "(quantens.data.MAX_IMAGE_PIXELS: decoding it would take more memory than training "
+        "can spare; downscale it)"
+    )
+
+
 def _image_problem(path: str) -> str | None:
-    """Why `path` is not an image TensorFlow can decode (its header), or None."""
+    """Why `path` is not an image TensorFlow can decode (its header), or None.
+
+    An image above `MAX_IMAGE_PIXELS` is refused by its header's size.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            kind = image.format
+            kind, size = image.format, image.size
+            too_large = _too_large(size)
+            if too_large:
+                return too_large
             image.verify()
-    except Image.DecompressionBombError:
-        return None  # a readable header, only a very large image
+    except Image.DecompressionBombError as error:  # above twice PIL's limit
+        try:
+            size = _header_size(path)
+        except OSError:
+            size = None
+        return _too_large(size) or (
+            f"is above the cap of {MAX_IMAGE_PIXELS:,} pixels of an image folder's images "
+            f"({one_line(error, 120)}; downscale it)")
     except Exception as error:  # PIL raises many kinds for a bad file
         return f"does not decode as an image ({type(error).__name__}: {one_line(error, 120)})"
     if kind not in _DECODABLE_FORMATS:
@@ -496,8 +555,12 @@ def _first_bad_image(paths: list[str], chunk: int = 256) -> tuple[str, str] | No
                 return path, problem
         return None
 
+    from PIL import Image
+
     parts = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-    with concurrent.futures.ThreadPoolExecutor() as pool:
+    # PIL warns about images above its limit: they are refused here, by name
+    with warnings.catch_warnings(), concurrent.futures.ThreadPoolExecutor() as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for found in pool.map(check, parts):  # in order: the first bad file of the list
             if found:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -520,7 +583,9 @@ def validate_image_folder(data_dir: str) -> FolderInfo:
     folder, to `data_dir` or to any of their ancestors is ignored, as is a link
     that leads outside. Images are the files of a class folder whose names end
     in one of `IMAGE_EXTENSIONS` (any case); other files and subfolders are
-    ignored. Each image's header is read (PIL, in a thread pool). A folder
+    ignored. Each image's header is read (PIL, in a thread pool): an image
+    above `MAX_IMAGE_PIXELS` (width x height) is refused, before training
+    decodes it. A folder
     checked before in this process is not read again while its class folders
     are unchanged (no file added, removed or renamed: their modification
     times), so `resolve` and `load` share one check.
@@ -545,7 +610,8 @@ def validate_image_folder(data_dir: str) -> FolderInfo:
         DataError: (one line) `train/` or `val/` missing; fewer than 2
             classes; `val/`'s classes differ from `train/`'s (the differences
             listed); a class folder without images (named); a file with an
-            image extension that does not decode (the first one named).
+            image extension that does not decode, or an image above
+            `MAX_IMAGE_PIXELS` (the first one named, with its size and the cap).
     """
     if not data_dir or not os.path.isdir(data_dir):
         raise DataError(f"--data-dir {data_dir!r} must be {_FOLDER_LAYOUT}")

@@ -30,17 +30,21 @@ loss = kd_loss(tf.constant([[1.0, 0.0]]), tf.constant([[0.0, 1.0]]), temperature
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
 from quantens import defaults
 from quantens.bits import bits as bits_scope
-from quantens.defaults import KD_MODES, TEACHER_MODES  # noqa: F401  (re-exported)
-
-TEACHER = "teacher"
-AVERAGE = "average"
-"""The target of `kd_mode="average"`: the members' mean logits (a self-ensemble teacher)."""
+from quantens.defaults import (  # noqa: F401  (re-exported)
+    AVERAGE,
+    KD_MODES,
+    TEACHER,
+    TEACHER_MODES,
+    kd_pairs,
+)
+from quantens.errors import UsageError
 
 Target = int | str
 
@@ -59,41 +63,6 @@ def kd_loss(student_logits, target_logits, temperature: float = 4.0) -> tf.Tenso
         axis=-1,
     )
     return t * t * kl
-
-
-def kd_pairs(mode: str, bit_widths: Sequence[int], has_teacher: bool) -> list[tuple[int, Target]]:
-    """The (student bits, target) pairs of a KD mode; a target is a bit-width, "teacher" or "average".
-
-    `simple`: the teacher teaches every member; `progressive`: (teacher ->)
-    highest -> next lower -> ... -> lowest; `highest`: (teacher -> highest,)
-    the highest member teaches every other; `average`: (teacher -> highest,)
-    every member learns from the members' mean logits (a self-ensemble).
-
-    ```python
-    from quantens.distillation import kd_pairs
-
-    assert kd_pairs("highest", (32, 4, 1), has_teacher=False) == [(4, 32), (1, 32)]
-    assert kd_pairs("average", (32, 1), has_teacher=False) == [(32, "average"), (1, "average")]
-    ```
-
-    Raises:
-        ValueError: unknown mode, or `simple` without a teacher.
-    """
-    bit_widths = sorted(bit_widths, reverse=True)
-    if mode not in KD_MODES:
-        raise ValueError(f"unknown kd mode {mode!r}: choose one of {', '.join(KD_MODES)}")
-    if mode == "none":
-        return []
-    if mode == "simple":
-        if not has_teacher:
-            raise ValueError("kd mode 'simple' needs a teacher (--teacher, --kd-teacher-mode)")
-        return [(b, TEACHER) for b in bit_widths]
-    pairs: list[tuple[int, Target]] = [(bit_widths[0], TEACHER)] if has_teacher else []
-    if mode == "highest":
-        return pairs + [(b, bit_widths[0]) for b in bit_widths[1:]]
-    if mode == "average":
-        return pairs + [(b, AVERAGE) for b in bit_widths]
-    return pairs + list(zip(bit_widths[1:], bit_widths[:-1], strict=True))
 
 
 def stage_outputs(model: tf.keras.Model) -> list:
@@ -141,12 +110,128 @@ def attention_loss(student_features, target_features) -> tf.Tensor:
     return tf.add_n(terms)
 
 
+def _number(value, argument: str, positive: bool = False) -> float:
+    """A finite number (> 0 when `positive`, else >= 0), or a UsageError naming `argument`."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise UsageError(
+            f"Distillation: {argument} must be a finite number {'> 0' if positive else '>= 0'}, "
+            f"got {value!r}"
+        )
+    return float(value)
+
+
+def _students(pairs, mode: str, has_teacher: bool, argument: str, values,
+              bit_widths: tuple[int, ...], positive: bool) -> dict[int, float]:
+    """Per-student values checked: members, numbers, and students of the plan only."""
+    from quantens.ensemble import _member_key
+
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise UsageError(
+            f"Distillation: {argument} must be a dict {{bits: value}}, e.g. {{1: 2.0}}, "
+            f"got {type(values).__name__}"
+        )
+    members = " ".join(map(str, bit_widths))
+    students = [b for b in bit_widths if any(s == b for s, _ in pairs)]
+    checked = {}
+    for b, v in values.items():
+        key = _member_key(b)
+        if key not in bit_widths:
+            raise UsageError(
+                f"Distillation: {argument} for {b!r} bits: not a member (members: {members})"
+            )
+        checked[key] = _number(v, f"{argument}[{key}]", positive)
+        if key not in students:
+            plan = f"mode {mode!r} {'with' if has_teacher else 'without'} a teacher"
+            raise UsageError(
+                f"Distillation: {argument} for {key} bits would have no effect: in {plan} the "
+                f"{key}-bit member learns from no target (students: "
+                f"{' '.join(map(str, students)) or 'none'}); give values for students only"
+            )
+    return checked
+
+
+def _checked_arguments(bit_widths, mode, teacher, teacher_mode, temperature, weight,
+                       teacher_optimizer, teacher_weight_decay, attention_weight, warmup_steps,
+                       student_weights, student_temperatures) -> dict:
+    """`Distillation`'s arguments checked, with the plan they make (`pairs`)."""
+    from quantens.ensemble import check_bit_widths
+
+    bit_widths = check_bit_widths(bit_widths, "Distillation")
+    if mode not in KD_MODES:
+        raise UsageError(f"Distillation: unknown mode {mode!r}: choose one of {', '.join(KD_MODES)}")
+    if teacher is not None and not isinstance(teacher, tf.keras.Model):
+        raise UsageError(
+            "Distillation: teacher must be a Keras model returning logits (tf.keras.Model) or "
+            f"None, got {type(teacher).__name__}"
+        )
+    if teacher_mode is None:
+        teacher_mode = "none" if teacher is None else "pretrained_external"
+    if teacher_mode not in TEACHER_MODES:
+        raise UsageError(
+            f"Distillation: unknown teacher_mode {teacher_mode!r}: choose one of "
+            f"{', '.join(TEACHER_MODES)}"
+        )
+    if teacher is None and teacher_mode != "none":
+        raise UsageError(
+            f"Distillation: teacher_mode {teacher_mode!r} needs a teacher model: pass "
+            "teacher=<a Keras model returning logits>, or leave teacher_mode out"
+        )
+    if teacher is not None and teacher_mode == "none":
+        raise UsageError(
+            "Distillation: teacher_mode 'none' but a teacher model was given: leave "
+            "teacher_mode out (a teacher is 'pretrained_external' by default), or pass "
+            "teacher=None"
+        )
+    if teacher_mode == "ensemble" and mode == "none":
+        mode = "simple"  # an ensemble teacher always teaches its own members
+    if mode == "simple" and teacher is None:
+        raise UsageError(
+            "Distillation: mode 'simple' needs a teacher (it teaches every member): pass "
+            "teacher=<a Keras model>, or choose mode 'progressive', 'highest' or 'average' "
+            "(distillation inside the ensemble)"
+        )
+    if teacher_mode == "untrained_external" and teacher_optimizer is None:
+        raise UsageError(
+            "Distillation: an untrained_external teacher needs its own optimizer: pass "
+            "teacher_optimizer=tf.keras.optimizers.SGD(...) (or another)"
+        )
+    if teacher_mode != "untrained_external" and teacher_optimizer is not None:
+        raise UsageError(
+            f"Distillation: teacher_optimizer would have no effect: only an untrained_external "
+            f"teacher is trained, this one is {teacher_mode!r}; leave teacher_optimizer out"
+        )
+    _number(temperature, "temperature", positive=True)
+    _number(weight, "weight")
+    _number(teacher_weight_decay, "teacher_weight_decay")
+    _number(attention_weight, "attention_weight")
+    integral = isinstance(warmup_steps, numbers.Real) and not isinstance(warmup_steps, bool) \
+        and math.isfinite(warmup_steps) and float(warmup_steps).is_integer()
+    if not integral or warmup_steps < 0:
+        raise UsageError(
+            "Distillation: warmup_steps must be a whole number >= 0 (optimizer steps before "
+            f"distillation starts), got {warmup_steps!r}"
+        )
+    has_teacher = teacher is not None
+    pairs = kd_pairs(mode, bit_widths, has_teacher=has_teacher)
+    return {
+        "bit_widths": bit_widths, "mode": mode, "teacher_mode": teacher_mode, "pairs": pairs,
+        "warmup_steps": int(warmup_steps),
+        "student_weights": _students(pairs, mode, has_teacher, "student_weights",
+                                     student_weights, bit_widths, positive=False),
+        "student_temperatures": _students(pairs, mode, has_teacher, "student_temperatures",
+                                          student_temperatures, bit_widths, positive=True),
+    }
+
+
 class Distillation(tf.Module):
     """The distillation terms of a `QuantEnsemble`'s loss, with the teacher.
 
     Arguments:
         bit_widths: the ensemble's members.
-        mode: `none`, `simple` or `progressive` (see `kd_pairs`).
+        mode: `none`, `simple`, `progressive`, `highest` or `average` (see `kd_pairs`).
         teacher: a Keras model returning logits (external teachers), or the
             functional model of a trained ensemble (`teacher_mode="ensemble"`);
             None for distillation inside the ensemble only (`progressive`).
@@ -165,6 +250,20 @@ class Distillation(tf.Module):
             pair that student learns in (one pair per student, except the
             highest member of `average` with a teacher: two).
         student_temperatures: T per student bit-width, replacing `temperature`.
+
+    A student is a member that learns from a target in the chosen plan: in
+    `progressive` and `highest` without a teacher the highest member only
+    teaches, so a weight or temperature for it is refused (it would have no
+    effect). The total number of training steps is not known here: a
+    warm-up as long as training is the caller's to refuse (train.py does).
+
+    Raises:
+        UsageError: (one line naming the argument) an unknown mode or teacher
+            mode, a teacher that is not a Keras model, a teacher mode without a
+            teacher (or `simple` without one), a temperature <= 0, a negative
+            or non-finite weight, a warm-up that is not a whole number >= 0,
+            per-student values for a non-member or a member that is no
+            student, a teacher optimizer for a teacher that is not trained.
 
     ```python
     import quantens
@@ -194,42 +293,27 @@ class Distillation(tf.Module):
         student_temperatures: Mapping[int, float] | None = None,
         name: str = "distillation",
     ):
+        c = _checked_arguments(
+            bit_widths, mode, teacher, teacher_mode, temperature, weight, teacher_optimizer,
+            teacher_weight_decay, attention_weight, warmup_steps, student_weights,
+            student_temperatures,
+        )
         super().__init__(name=name)
-        if teacher_mode is None:
-            teacher_mode = "none" if teacher is None else "pretrained_external"
-        if teacher_mode not in TEACHER_MODES:
-            raise ValueError(
-                f"unknown teacher mode {teacher_mode!r}: choose one of {', '.join(TEACHER_MODES)}"
-            )
-        if teacher is None and teacher_mode != "none":
-            raise ValueError(f"teacher mode {teacher_mode!r} needs a teacher model")
-        if temperature <= 0:
-            raise ValueError(f"kd temperature must be positive, got {temperature}")
-        if weight < 0:
-            raise ValueError(f"kd weight must not be negative, got {weight}")
-        self.bit_widths = tuple(sorted(bit_widths, reverse=True))
+        self.bit_widths = c["bit_widths"]
         self.teacher = teacher
-        self.teacher_mode = teacher_mode if teacher is not None else "none"
-        if self.teacher_mode == "ensemble" and mode == "none":
-            mode = "simple"  # an ensemble teacher always teaches its own members
-        self.mode = mode
-        self.pairs = kd_pairs(mode, self.bit_widths, has_teacher=teacher is not None)
+        self.teacher_mode = c["teacher_mode"]
+        self.mode = c["mode"]
+        self.pairs = c["pairs"]
         self.temperature = float(temperature)
         self.weight = float(weight)
-        if int(warmup_steps) < 0:
-            raise ValueError(f"kd warm-up steps must not be negative, got {warmup_steps}")
-        self.warmup_steps = int(warmup_steps)
-        self.student_weights = self._per_student(student_weights, "kd weight", zero=True)
-        self.student_temperatures = self._per_student(student_temperatures, "kd temperature")
+        self.warmup_steps = c["warmup_steps"]
+        self.student_weights = c["student_weights"]
+        self.student_temperatures = c["student_temperatures"]
         self.teacher_weight_decay = float(teacher_weight_decay)
-        if attention_weight < 0:
-            raise ValueError(f"attention weight must not be negative, got {attention_weight}")
         self.attention_weight = float(attention_weight)
         if self.attention_weight and teacher is not None:
             self.teacher = with_stage_outputs(teacher)  # shares the teacher's layers
         if self.teacher_mode == "untrained_external":
-            if teacher_optimizer is None:
-                raise ValueError("an untrained_external teacher needs its own optimizer")
             self.teacher_optimizer = teacher_optimizer
         elif teacher is not None:
             teacher.trainable = False
@@ -242,19 +326,6 @@ class Distillation(tf.Module):
         self._ce = tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.NONE
         )
-
-    def _per_student(self, values, what: str, zero: bool = False) -> dict[int, float]:
-        values = {int(b): float(v) for b, v in dict(values or {}).items()}
-        for b, v in values.items():
-            if b not in self.bit_widths:
-                raise ValueError(
-                    f"{what} for {b} bits: not a member (members: "
-                    f"{' '.join(map(str, self.bit_widths))})"
-                )
-            if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
-                kind = "a non-negative" if zero else "a positive"
-                raise ValueError(f"{what} for {b} bits must be {kind} number, got {v}")
-        return values
 
     @property
     def metrics(self) -> list[tf.keras.metrics.Metric]:

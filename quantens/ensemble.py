@@ -20,14 +20,142 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+import math
+import numbers
+import os
+import zipfile
+from collections.abc import Iterable, Mapping
 
 import tensorflow as tf
 from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import bits as bits_scope
 from quantens.bits import validate_bit_widths
-from quantens.defaults import BIT_WIDTHS
+from quantens.defaults import BIT_WIDTHS, FULL_PRECISION
+from quantens.errors import ConfigError, UsageError, WeightsError, one_line
+
+_BIT_WIDTHS_EXPECTED = "distinct integers from 1 to 32, e.g. (32, 8, 4, 2, 1)"
+
+
+def check_bit_widths(bit_widths, where: str, argument: str = "bit_widths") -> tuple[int, ...]:
+    """`validate_bit_widths` for a public function's argument: a `UsageError` naming both.
+
+    ```python
+    from quantens.ensemble import check_bit_widths
+    from quantens.errors import UsageError
+
+    assert check_bit_widths([1, 32], "f") == (32, 1)
+    try:
+        check_bit_widths(None, "f")
+    except UsageError as error:
+        assert str(error).startswith("f: bit_widths must list")
+    ```
+    """
+    if bit_widths is None or isinstance(bit_widths, (bool, float, Mapping)) or not isinstance(
+            bit_widths, (Iterable, numbers.Integral, str)):
+        raise UsageError(
+            f"{where}: {argument} must list the members' bit-widths, {_BIT_WIDTHS_EXPECTED}; "
+            f"got {bit_widths!r}"
+        )
+    try:
+        return validate_bit_widths(bit_widths)
+    except (TypeError, ValueError) as error:
+        raise UsageError(
+            f"{where}: {argument} {bit_widths!r}: {one_line(error)}"
+        ) from error
+
+
+def _member_key(b):
+    """A member_loss_weights key as an int ("4" and numpy integers too), else None."""
+    try:
+        value = int(b)
+        return value if not isinstance(b, bool) and value == float(b) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _layers(model) -> Iterable:
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from _layers(layer)
+
+
+def _missing_members(model: tf.keras.Model, bit_widths) -> str | None:
+    """Why `model` cannot run every member of `bit_widths` (a layer without one), or None."""
+    from quantens.layers import SwitchableBatchNormalization
+    from quantens.quantizers import ClipActivation
+
+    for layer in _layers(model):
+        owners = []
+        if isinstance(layer, SwitchableBatchNormalization) and not layer.shared:
+            owners.append((layer.bit_widths, bit_widths))
+        for key in ("quantizer", "input_quantizer"):
+            quantizer = getattr(layer, key, None)
+            if isinstance(quantizer, ClipActivation) and quantizer.bits is None:
+                low = [b for b in bit_widths if b != FULL_PRECISION]
+                owners.append((quantizer.member_bits, low))
+        for have, need in owners:
+            missing = sorted(set(need) - set(have), reverse=True)
+            if missing:
+                return (f"its layer {layer.name!r} has members {' '.join(map(str, have))} "
+                        f"only (no {' '.join(map(str, missing))})")
+    return None
+
+
+def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weight_decay):
+    """`QuantEnsemble`'s arguments checked: (bit_widths, target_bits, loss weights, decay)."""
+    where = "QuantEnsemble"
+    if not isinstance(model, tf.keras.Model):
+        raise UsageError(
+            f"{where}: model must be a Keras model (tf.keras.Model) built from quantens' "
+            f"switchable layers, got {type(model).__name__}: pass e.g. "
+            "zoo.create_model(name, bit_widths=...) or quantens.quantize_model(model, bit_widths)"
+        )
+    bit_widths = check_bit_widths(bit_widths, where)
+    members = " ".join(map(str, bit_widths))
+    missing = _missing_members(model, bit_widths)
+    if missing:
+        raise ConfigError(
+            f"{where}: bit_widths {members} do not fit the model {model.name!r}: {missing}; "
+            "build the model with the same bit_widths"
+        )
+    if target_bits is None:
+        target_bits = bit_widths[-1]
+    if _member_key(target_bits) not in bit_widths:
+        raise UsageError(
+            f"{where}: target_bits {target_bits!r} is not one of the bit-widths {members}: "
+            f"choose a member (default: the lowest, {bit_widths[-1]})"
+        )
+    if member_loss_weights is None:
+        member_loss_weights = {}
+    if not isinstance(member_loss_weights, Mapping):
+        raise UsageError(
+            f"{where}: member_loss_weights must be a dict {{bits: weight}}, e.g. {{1: 2.0}}, "
+            f"got {type(member_loss_weights).__name__}"
+        )
+    weights = {}
+    for b, w in member_loss_weights.items():
+        key = _member_key(b)
+        if key not in bit_widths:
+            raise UsageError(
+                f"{where}: member_loss_weights names bit-widths [{b!r}] that are not members "
+                f"({members}): give weights only for members"
+            )
+        number = isinstance(w, numbers.Real) and not isinstance(w, bool)
+        if not number or not math.isfinite(w) or w < 0:
+            raise UsageError(
+                f"{where}: member_loss_weights[{key}] must be a finite number >= 0, got {w!r}"
+            )
+        weights[key] = float(w)
+    weights = {b: weights.get(b, 1.0) for b in bit_widths}
+    if (not isinstance(weight_decay, numbers.Real) or isinstance(weight_decay, bool)
+            or not math.isfinite(weight_decay) or weight_decay < 0):
+        raise UsageError(
+            f"{where}: weight_decay must be a finite number >= 0 (an L2 coefficient such as "
+            f"1e-4), got {weight_decay!r}"
+        )
+    return bit_widths, _member_key(target_bits), weights, float(weight_decay)
 
 
 @contextlib.contextmanager
@@ -62,10 +190,18 @@ class QuantEnsemble(tf.keras.Model):
         bit_widths: the members' bit-widths, e.g. `(32, 8, 4, 2, 1)`.
         target_bits: the member that `predict` runs and checkpoints are chosen
             by; default the lowest bit-width.
-        member_loss_weights: cross-entropy weight per bit-width (default 1).
+        member_loss_weights: cross-entropy weight per bit-width (default 1), a
+            finite number >= 0; with every member at 0, training needs
+            distillation (`set_distillation`), else `fit` refuses to start.
         weight_decay: L2 coefficient of the full-precision variables (the
             seed's `--wd`: its gradient adds `wd * w`); quantized kernels get
             none, as BMXNet sets their `wd_mult` to 0.
+
+    Raises:
+        UsageError: an argument that cannot work (not a Keras model, bit-widths
+            that are not a list of 1..32, a target or loss weight of a
+            non-member, a negative or non-finite loss weight or weight decay).
+        ConfigError: a model whose switchable layers lack one of the members.
 
     ```python
     import quantens
@@ -87,27 +223,14 @@ class QuantEnsemble(tf.keras.Model):
         weight_decay: float = 0.0,
         **kwargs,
     ):
+        bit_widths, target_bits, weights, weight_decay = _checked_arguments(
+            model, bit_widths, target_bits, member_loss_weights, weight_decay)
         super().__init__(**kwargs)
         self.model = model
-        self.bit_widths = validate_bit_widths(bit_widths)
-        if target_bits is None:
-            target_bits = self.bit_widths[-1]
-        if target_bits not in self.bit_widths:
-            raise ValueError(
-                f"target bits {target_bits} is not one of the bit-widths "
-                f"{' '.join(map(str, self.bit_widths))}"
-            )
-        self.target_bits = int(target_bits)
-        weights = dict(member_loss_weights or {})
-        unknown = sorted(set(weights) - set(self.bit_widths))
-        if unknown:
-            raise ValueError(
-                f"member_loss_weights names bit-widths {unknown} that are not members"
-            )
-        self.member_loss_weights = {b: float(weights.get(b, 1.0)) for b in self.bit_widths}
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must not be negative, got {weight_decay}")
-        self.weight_decay = float(weight_decay)
+        self.bit_widths = bit_widths
+        self.target_bits = target_bits
+        self.member_loss_weights = weights
+        self.weight_decay = weight_decay
         self.distillation = None
         object.__setattr__(self, "_stages_model", None)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
@@ -159,7 +282,26 @@ class QuantEnsemble(tf.keras.Model):
 
         Its terms join the loss inside the gradient tape of `train_step`; its
         metrics (`kd_loss`, `teacher_loss`, `teacher_accuracy`) join the logs.
+        None removes it.
+
+        Raises:
+            UsageError: not a `Distillation`, or one built for other bit-widths.
         """
+        if distillation is not None:
+            from quantens.distillation import Distillation
+
+            if not isinstance(distillation, Distillation):
+                raise UsageError(
+                    "set_distillation: distillation must be a quantens.distillation."
+                    f"Distillation or None, got {type(distillation).__name__}"
+                )
+            if tuple(distillation.bit_widths) != tuple(self.bit_widths):
+                raise UsageError(
+                    "set_distillation: the distillation's bit_widths "
+                    f"{' '.join(map(str, distillation.bit_widths))} differ from the ensemble's "
+                    f"{' '.join(map(str, self.bit_widths))}: build it with "
+                    "Distillation(ensemble.bit_widths, ...)"
+                )
         self.distillation = distillation
         stages = None
         if distillation is not None and distillation.attention_weight:
@@ -239,6 +381,23 @@ class QuantEnsemble(tf.keras.Model):
             self.distillation.update_metrics(y, terms, teacher_outputs, sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
+    def make_train_function(self, force=False):
+        """Keras' train function (`fit`, `train_on_batch`), once training can change something.
+
+        Raises:
+            UsageError: every member's loss weight is 0 and no distillation pairs
+                members with targets: the loss would be constant.
+        """
+        distils = self.distillation is not None and bool(self.distillation.pairs)
+        if not any(self.member_loss_weights.values()) and not distils:
+            raise UsageError(
+                "QuantEnsemble: member_loss_weights are 0 for every member "
+                f"({' '.join(map(str, self.bit_widths))}) and no distillation is set: "
+                "training would change nothing; give at least one member a positive weight, "
+                "or set_distillation(...) before training"
+            )
+        return super().make_train_function(force=force)
+
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         teacher_outputs = None
@@ -272,9 +431,9 @@ class QuantEnsemble(tf.keras.Model):
     def get_config(self) -> dict:
         """The ensemble's config: the wrapped model's and the members'.
 
-        `ensemble.save("run.keras")` and `tf.keras.models.load_model("run.keras")`
-        round-trip it, weights and optimizer state included. Distillation is
-        not part of it: its teacher is a model of its own.
+        `ensemble.save("run.keras")` and `load_ensemble("run.keras")` (or
+        `tf.keras.models.load_model`) round-trip it, weights and optimizer state
+        included. Distillation is not part of it: its teacher is a model of its own.
 
         Raises:
             NotImplementedError: with distillation set (save `ensemble.model`
@@ -309,6 +468,7 @@ class QuantEnsemble(tf.keras.Model):
     def save(self, filepath, overwrite: bool = True, save_format=None, **kwargs) -> None:
         """Saves the ensemble as a `.keras` file (the only whole-model format it has).
 
+        `quantens.ensemble.load_ensemble(path)` reads it back, checking the file first.
         A SavedModel for serving, with one signature per member, is
         `quantens.export.save_serving_model(ensemble, path)`; the weights alone
         are `save_weights(...)`.
@@ -404,6 +564,105 @@ class QuantEnsemble(tf.keras.Model):
                 fixed.set_weights(layer.get_weights())
         member._name = f"{self.model.name}_{bits}bit"
         return member
+
+
+KERAS_FILE_ENTRIES = ("config.json", "model.weights.h5")
+"""What a `.keras` file of `QuantEnsemble.save` holds (and `metadata.json`)."""
+
+
+def _keras_file_problem(path: str) -> str | None:
+    """Why `path` is not a whole `.keras` file of a QuantEnsemble, or None.
+
+    Reads the zip's central directory and every entry's checksum (a truncated
+    or half-copied file fails here), then the class name in config.json.
+    """
+    import json
+
+    if not zipfile.is_zipfile(path):
+        return "not a complete .keras (zip) file: truncated or half-copied?"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = [n for n in KERAS_FILE_ENTRIES if n not in names]
+            if missing:
+                return f"the archive has no {' and no '.join(missing)}"
+            bad = archive.testzip()
+            if bad is not None:
+                return f"{bad} in the archive fails its checksum"
+            config = json.loads(archive.read("config.json"))
+    except Exception as error:  # zipfile, zlib and json raise many kinds
+        return f"{type(error).__name__}: {one_line(error, 160)}"
+    name = config.get("class_name") if isinstance(config, dict) else None
+    if name != QuantEnsemble.__name__:
+        return (f"it holds a {name or 'unknown'} model, not a QuantEnsemble (load it with "
+                "tf.keras.models.load_model)")
+    return None
+
+
+def load_ensemble(path, custom_objects=None, compile: bool = True) -> QuantEnsemble:
+    """The `QuantEnsemble` that `ensemble.save(path)` wrote to a `.keras` file.
+
+    `tf.keras.models.load_model(path)` with quantens' layers, quantizers and
+    the ensemble registered, after checking the file: it exists, is a zip
+    whose central directory and checksums read, holds `config.json` and the
+    weights, and its model is a QuantEnsemble. `custom_objects` and `compile`
+    are `load_model`'s (your own layers; `compile=False` skips the optimizer).
+
+    ```python
+    import os, tempfile
+    import quantens
+    from quantens.ensemble import load_ensemble
+    from zoo import create_model
+
+    bits = (32, 1)
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=4, bit_widths=bits),
+                                      bits)
+    path = os.path.join(tempfile.mkdtemp(), "run.keras")
+    ensemble.save(path)
+    assert load_ensemble(path).bit_widths == bits
+    ```
+
+    Raises:
+        WeightsError: (one line naming the file) it does not exist, is not a
+            `.keras` file, is damaged (truncated, a bad checksum, an entry
+            missing), holds another model, or Keras cannot load it.
+    """
+    from quantens import layers, quantizers  # noqa: F401  (register them with Keras)
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise WeightsError(
+            f"{path} {what}: load_ensemble reads the .keras file that ensemble.save(path) "
+            "wrote; check the path"
+        )
+    if not path.endswith(".keras"):
+        raise WeightsError(
+            f"{path} is not a .keras file: load_ensemble reads what ensemble.save('run.keras') "
+            "wrote (weights alone: ensemble.load_weights, or quantens.results.load_weights)"
+        )
+    problem = _keras_file_problem(path)
+    if problem:
+        raise WeightsError(
+            f"{path} is damaged ({problem}): use another copy of the file, or save the "
+            "ensemble again with ensemble.save(path)"
+        )
+    try:
+        with _quiet_logger("larq.layers_base"):
+            ensemble = tf.keras.models.load_model(path, custom_objects=custom_objects,
+                                                  compile=compile)
+    except Exception as error:  # Keras, h5py and larq raise many kinds
+        raise WeightsError(
+            f"{path} is damaged or not a QuantEnsemble file quantens can build: "
+            f"{type(error).__name__}: {one_line(error, 200)}; use another copy, or save the "
+            "ensemble again with ensemble.save(path)"
+        ) from error
+    if not isinstance(ensemble, QuantEnsemble):
+        raise WeightsError(
+            f"{path} holds a {type(ensemble).__name__}, not a QuantEnsemble: load it with "
+            "tf.keras.models.load_model"
+        )
+    return ensemble
 
 
 def member_table(ensemble: QuantEnsemble) -> list[dict]:

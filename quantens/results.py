@@ -31,6 +31,8 @@ import h5py
 import numpy as np
 import tensorflow as tf
 
+from quantens.errors import one_line
+
 
 @contextlib.contextmanager
 def atomic_path(path: str):
@@ -136,11 +138,18 @@ def read_model(path: str) -> tf.keras.Model:
         )
     try:
         with open(path, encoding="utf-8") as f:
-            return tf.keras.models.model_from_json(f.read())
+            model = tf.keras.models.model_from_json(f.read())
     except Exception as error:  # JSON, Keras and larq raise many kinds
         raise WeightsError(
             f"{path} is not a Keras model config quantens can build ({one_line(error)})"
         ) from error
+    if not isinstance(model, tf.keras.Model):  # e.g. an unknown class_name
+        raise WeightsError(
+            f"{path} is not a Keras model config quantens can build (it makes a "
+            f"{type(model).__name__}, not a model): re-run train.py with this --result-path "
+            "to record the model again"
+        )
+    return model
 
 
 def save_weights(model: tf.keras.Model, path: str) -> None:
@@ -191,7 +200,27 @@ def load_weights(model: tf.keras.Model, path: str) -> None:
     renamed (the seed's `first_stage.params`) is read in that format too, and
     it must hold exactly the model's weights (`WeightsError`, a ValueError,
     otherwise).
+
+    Raises:
+        WeightsError: (one line naming the file) weights of another
+            architecture, or a file that h5py cannot read: damaged (a
+            truncated, half-copied file: use another copy).
     """
+    from quantens.errors import WeightsError, one_line
+
+    path = os.fspath(path)
+    try:
+        _load_weights(model, path)
+    except OSError as error:  # h5py's, for a file it cannot read
+        if isinstance(error, FileNotFoundError) or not os.path.exists(path):
+            raise WeightsError(f"{path} does not exist: check the weights file's path") from error
+        raise WeightsError(
+            f"{path} is damaged (truncated? a half-copied file: {one_line(error, 160)}): use "
+            "another copy of the file"
+        ) from error
+
+
+def _load_weights(model: tf.keras.Model, path: str) -> None:
     from quantens.errors import WeightsError
 
     legacy = True
@@ -225,10 +254,29 @@ def _write_rows(path: str, rows: list[dict]) -> None:
 
 
 def read_history(path: str) -> list[dict]:
+    """The rows of a `history.csv` ([] when there is none).
+
+    Raises:
+        ResultDirError: a file whose rows have no whole epoch number (damaged:
+            the message says to remove or restore it).
+    """
+    from quantens.errors import ResultDirError
+
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            if int(row["epoch"]) < 1:
+                raise ValueError(f"epoch {row['epoch']}")
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as error:
+        raise ResultDirError(
+            f"{path} is damaged ({type(error).__name__}: {one_line(error, 80)}): restore it "
+            "from a copy, or remove it to start the run's history afresh (weights and "
+            "backup are kept)"
+        ) from None
+    return rows
 
 
 class HistoryCSV(tf.keras.callbacks.Callback):
@@ -384,6 +432,10 @@ class BackupLast(tf.keras.callbacks.BackupAndRestore):
     at any instant repeats at most that epoch, and its row once.
     """
 
+    def on_train_begin(self, logs=None):
+        check_backup(self.backup_dir)
+        super().on_train_begin(logs)
+
     def on_epoch_end(self, epoch, logs=None):
         pass  # see after_epoch
 
@@ -395,6 +447,30 @@ class BackupLast(tf.keras.callbacks.BackupAndRestore):
                 backup.on_epoch_end(epoch, logs)
 
         return _Backup()
+
+
+def check_backup(backup_dir: str) -> None:
+    """Raises ResultDirError when the backup a resumed run would start from cannot be read.
+
+    Keras would log a warning and train from epoch 1, overwriting the run's
+    progress; a damaged backup is one line saying what to do instead.
+    """
+    from quantens.errors import ResultDirError
+
+    for folder, _, names in os.walk(backup_dir):
+        if "checkpoint" not in names:
+            continue
+        try:
+            latest = tf.train.latest_checkpoint(folder)
+            if latest is None:
+                raise ValueError("its checkpoint file names no readable checkpoint")
+            tf.train.load_checkpoint(latest).get_variable_to_shape_map()
+        except (ValueError, tf.errors.OpError) as error:
+            raise ResultDirError(
+                f"{backup_dir} is damaged ({one_line(error, 120)}): the run cannot resume "
+                "from it; restore it from a copy, or remove that folder to train again "
+                "from epoch 1"
+            ) from None
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:

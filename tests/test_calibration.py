@@ -8,6 +8,7 @@ import quantens  # noqa: F401  (tf-keras before TensorFlow)
 import tensorflow as tf  # isort: skip
 
 from quantens.calibration import choose_clip
+from quantens.errors import ConfigError, DataError, UsageError
 from quantens.quantizers import ClipActivation, PACTActivation
 
 L = tf.keras.layers
@@ -149,7 +150,7 @@ def test_calibrate_refuses_bad_input_with_one_clear_line():
         quantens.calibrate(ensemble, np.zeros((4, 16), "float32"), method="minmax")
     with pytest.raises(ValueError, match=r"\[4\] bits are not members"):
         quantens.calibrate(ensemble, np.zeros((4, 16), "float32"), bit_widths=(4,))
-    with pytest.raises(TypeError, match="calibration data must be an array"):
+    with pytest.raises(UsageError, match="calibration data must be an array"):
         quantens.calibrate(ensemble, 3.0)
     with pytest.raises(ValueError, match=r"inputs of shape \(8,\), the model takes \(16,\)"):
         quantens.calibrate(ensemble, np.zeros((4, 8), "float32"))
@@ -297,3 +298,40 @@ def test_calibrate_without_batch_norm_leaves_every_bn_statistic_as_it_was():
                            batch_norm=share)  # a shared BN is never re-estimated
         for got, want in zip(converted.get_layer("bn").get_weights(), before, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_calibrate_refuses_misuse_with_a_typed_error_naming_the_argument():
+    bits = (32, 2)
+    ensemble = quantens.QuantEnsemble(quantens.quantize_model(_act_model(), bits), bits)
+    x = np.zeros((4, 16), "float32")
+    cases = [
+        ((np.zeros(3), x), {}, UsageError,
+         ["calibrate: ensemble must be a QuantEnsemble", "got ndarray"]),
+        ((ensemble.model, x), {}, UsageError,
+         ["calibrate: ensemble is a Functional, not a QuantEnsemble: pass bit_widths"]),
+        ((ensemble.model, x), {"bit_widths": (4,)}, ConfigError,
+         ["calibrate: bit_widths 4 do not fit the model", "(no 4)"]),
+        ((ensemble, x), {"bit_widths": (4,)}, UsageError,
+         ["calibrate: bit_widths: [4] bits are not members (32 2)"]),
+        ((ensemble, x), {"bit_widths": ()}, UsageError,
+         ["calibrate: bit_widths ()", "at least one bit-width"]),
+        ((ensemble, 3.0), {"method": "minmax"}, UsageError,  # before the data is read
+         ["calibrate: unknown calibration method 'minmax': choose one of mse, percentile"]),
+        ((ensemble, x), {"max_examples": 0}, UsageError,
+         ["calibrate: max_examples must be a whole number >= 1, got 0"]),
+        ((ensemble, x), {"batch_size": 0}, UsageError,
+         ["calibrate: batch_size must be a whole number >= 1, got 0"]),
+        ((ensemble, x), {"batch_size": 2.5}, UsageError,
+         ["calibrate: batch_size must be a whole number >= 1, got 2.5"]),
+        ((ensemble, np.zeros((0, 16), "float32")), {}, DataError,
+         ["calibration data is empty"]),
+        ((ensemble, 3.0), {}, UsageError, ["calibration data must be an array", "got float"]),
+    ]
+    for args, kwargs, kind, phrases in cases:
+        with pytest.raises(kind) as error:
+            quantens.calibrate(*args, **kwargs)
+        message = str(error.value)
+        assert type(error.value) is kind and "\n" not in message, message
+        assert all(p in message for p in phrases), (message, phrases)
+    # the functional model with its members named works as the ensemble does
+    assert set(quantens.calibrate(ensemble.model, x + 1.0, bit_widths=(2,))) == {2}

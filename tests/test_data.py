@@ -422,3 +422,33 @@ def test_folder_without_val_is_a_clear_error(tmp_path):
     shutil.rmtree(tmp_path / "val")
     with pytest.raises(qd.DataError, match="has no val/: it must be a folder with train/ and val/"):
         qd.validate_image_folder(str(tmp_path))
+
+
+def _forged_png(path, width, height):
+    """A 1 x 1 PNG whose header (IHDR, its CRC fixed) claims `width` x `height` pixels."""
+    import struct
+    import zlib
+
+    _save_image(path, size=(1, 1))
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"  # after the signature (8) and the chunk's length (4)
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("side", [100_000, 10_000])  # above twice PIL's limit, and between
+def test_folder_image_above_the_pixel_cap_is_named_with_its_size_before_training(tmp_path,
+                                                                                 side):
+    _image_folder(tmp_path)
+    huge = tmp_path / "train" / "dog" / "huge.png"
+    _forged_png(huge, side, side)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(qd.DataError) as error:
+        qd.resolve("folder", str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"{huge} is {side} x {side} pixels ({side * side:,})")
+    assert f"above the cap of {qd.MAX_IMAGE_PIXELS:,} pixels" in message
+    assert "MAX_IMAGE_PIXELS" in message and "\n" not in message
+    assert qd.MAX_IMAGE_PIXELS == 89_478_485
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written

@@ -327,9 +327,9 @@ def test_average_target_and_per_student_weights_and_temperatures_by_hand(rng):
         expected += alphas.get(b, 1.0) * np.mean(t * t * (p * (np.log(p) - np.log(q))).sum(-1))
     terms = kd.losses(logits)
     np.testing.assert_allclose(terms["kd_loss"], expected, rtol=1e-5)
-    with pytest.raises(ValueError, match="kd weight for 2 bits: not a member"):
+    with pytest.raises(ValueError, match="student_weights for 2 bits: not a member"):
         Distillation(BITS, "average", student_weights={2: 1.0})
-    with pytest.raises(ValueError, match="kd temperature for 1 bits must be a positive"):
+    with pytest.raises(ValueError, match=r"student_temperatures\[1\] must be a finite number > 0"):
         Distillation(BITS, "average", student_temperatures={1: 0.0})
 
 
@@ -383,3 +383,66 @@ def test_two_stage_trains_fp_weights_then_the_ensemble_teacher_from_it(tmp_path,
     refused = run_script(["train.py", "--two-stage", "--fp-weights", "--result-path",
                           str(tmp_path / "other")])
     assert refused.returncode == 2 and "leave out --fp-weights" in refused.stderr
+
+
+# ------------------------------------------------------- every input checked (issue 23)
+
+
+@pytest.fixture(scope="module")
+def small_teacher():
+    return tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(8, 8, 1)),
+                                tf.keras.layers.Dense(10)])
+
+
+def test_distillation_refuses_misuse_with_one_line_naming_the_argument(small_teacher):
+    from quantens.errors import UsageError
+
+    teacher = small_teacher
+    cases = [
+        ({"bit_widths": None}, ["bit_widths must list", "got None"]),
+        ({"mode": "mutual"}, ["unknown mode 'mutual': choose one of none, simple, progressive"]),
+        ({"mode": "simple"}, ["mode 'simple' needs a teacher", "'progressive'"]),
+        ({"teacher": "resnet20"}, ["teacher must be a Keras model", "got str"]),
+        ({"teacher": teacher, "teacher_mode": "frozen"}, ["unknown teacher_mode 'frozen'"]),
+        ({"teacher_mode": "pretrained_external"},
+         ["teacher_mode 'pretrained_external' needs a teacher model"]),
+        ({"teacher": teacher, "teacher_mode": "none"},
+         ["teacher_mode 'none' but a teacher model was given"]),
+        ({"teacher": teacher, "teacher_mode": "untrained_external"},
+         ["an untrained_external teacher needs its own optimizer", "teacher_optimizer="]),
+        ({"teacher": teacher, "teacher_optimizer": tf.keras.optimizers.SGD(0.1)},
+         ["teacher_optimizer would have no effect", "'pretrained_external'"]),
+        ({"temperature": 0.0}, ["temperature must be a finite number > 0, got 0.0"]),
+        ({"temperature": float("inf")}, ["temperature must be a finite number > 0, got inf"]),
+        ({"weight": -0.5}, ["weight must be a finite number >= 0, got -0.5"]),
+        ({"attention_weight": -1.0}, ["attention_weight must be a finite number >= 0"]),
+        ({"teacher": teacher, "teacher_weight_decay": -1.0},
+         ["teacher_weight_decay must be a finite number >= 0"]),
+        ({"warmup_steps": -1}, ["warmup_steps must be a whole number >= 0", "got -1"]),
+        ({"warmup_steps": 2.5}, ["warmup_steps must be a whole number >= 0", "got 2.5"]),
+        ({"student_weights": [1.0]}, ["student_weights must be a dict", "got list"]),
+        ({"student_weights": {2: 1.0}}, ["student_weights for 2 bits: not a member",
+                                         "members: 32 4 1"]),
+        ({"student_weights": {1: -1.0}}, ["student_weights[1] must be a finite number >= 0"]),
+        ({"student_temperatures": {4: 0.0}},
+         ["student_temperatures[4] must be a finite number > 0"]),
+        # the highest member teaches in progressive and highest modes without a teacher
+        ({"student_weights": {32: 2.0}},
+         ["student_weights for 32 bits would have no effect",
+          "in mode 'progressive' without a teacher the 32-bit member learns from no target",
+          "(students: 4 1)"]),
+        ({"mode": "highest", "student_temperatures": {32: 2.0}},
+         ["student_temperatures for 32 bits would have no effect", "mode 'highest'"]),
+        ({"mode": "none", "teacher": teacher, "student_weights": {1: 2.0}},
+         ["student_weights for 1 bits would have no effect", "(students: none)"]),
+    ]
+    for changes, phrases in cases:
+        kwargs = {"bit_widths": BITS, "mode": "progressive", "teacher": None, **changes}
+        with pytest.raises(UsageError) as error:
+            Distillation(**kwargs)
+        message = str(error.value)
+        assert message.startswith("Distillation: ") and "\n" not in message, message
+        assert all(p in message for p in phrases), (message, phrases)
+    # with a teacher, the highest member is a student too; a whole float is a step count
+    kd = Distillation(BITS, "progressive", teacher, student_weights={32: 2.0}, warmup_steps=3.0)
+    assert kd.student_weights == {32: 2.0} and kd.warmup_steps == 3

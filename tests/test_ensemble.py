@@ -177,7 +177,7 @@ def test_weights_save_and_load_round_trip(batch, trained_ensemble, tmp_path):
 
 
 def test_bad_target_bits_and_loss_weights_are_rejected():
-    with pytest.raises(ValueError, match="target bits 3 is not one of"):
+    with pytest.raises(ValueError, match="target_bits 3 is not one of"):
         quantens.QuantEnsemble(tiny_model((8, 1)), (8, 1), target_bits=3)
     with pytest.raises(ValueError, match="not members"):
         quantens.QuantEnsemble(tiny_model((8, 1)), (8, 1), member_loss_weights={4: 1.0})
@@ -374,3 +374,152 @@ def test_larq_summary_of_the_ensemble_describes_the_member_in_scope():
             assert "# 32-bit" in header and "-bit" not in header.replace("32-bit", "")
         else:
             assert f"# {b}-bit" in header and total.strip("| ").split()[1] == str(quantized)
+
+
+# ------------------------------------------------------- every input checked (issue 23)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A (32, 1) model for arguments that are refused before the model is used."""
+    return tiny_model((32, 1), width=4)
+
+
+def test_quant_ensemble_refuses_misuse_with_one_line_naming_the_argument(small_model):
+    from quantens.errors import ConfigError, UsageError
+
+    nan = float("nan")
+    cases = [
+        (("model", (32, 1)), {}, UsageError, ["model must be a Keras model", "got str"]),
+        ((small_model, None), {}, UsageError, ["bit_widths must list", "got None"]),
+        ((small_model, ()), {}, UsageError, ["bit_widths ()", "at least one bit-width"]),
+        ((small_model, 3.5), {}, UsageError, ["bit_widths must list", "got 3.5"]),
+        ((small_model, (32, 33)), {}, UsageError, ["bit_widths (32, 33)", "from 1 to 32"]),
+        ((small_model, (32, 4, 1)), {}, ConfigError,
+         ["bit_widths 32 4 1 do not fit the model", "has members 32 1 only (no 4)"]),
+        ((small_model, (32, 1)), {"target_bits": 4}, UsageError,
+         ["target_bits 4 is not one of the bit-widths 32 1"]),
+        ((small_model, (32, 1)), {"member_loss_weights": {4: 1.0}}, UsageError,
+         ["member_loss_weights names bit-widths [4] that are not members (32 1)"]),
+        ((small_model, (32, 1)), {"member_loss_weights": {1: -1.0}}, UsageError,
+         ["member_loss_weights[1] must be a finite number >= 0, got -1.0"]),
+        ((small_model, (32, 1)), {"member_loss_weights": {1: nan}}, UsageError,
+         ["member_loss_weights[1] must be a finite number >= 0, got nan"]),
+        ((small_model, (32, 1)), {"member_loss_weights": [1.0, 2.0]}, UsageError,
+         ["member_loss_weights must be a dict", "got list"]),
+        ((small_model, (32, 1)), {"weight_decay": -1e-4}, UsageError,
+         ["weight_decay must be a finite number >= 0", "got -0.0001"]),
+        ((small_model, (32, 1)), {"weight_decay": "1e-4"}, UsageError,
+         ["weight_decay must be a finite number >= 0", "got '1e-4'"]),
+    ]
+    for args, kwargs, kind, phrases in cases:
+        with pytest.raises(kind) as error:
+            quantens.QuantEnsemble(*args, **kwargs)
+        message = str(error.value)
+        assert type(error.value) is kind and message.startswith("QuantEnsemble: "), message
+        assert "\n" not in message and all(p in message for p in phrases), (message, phrases)
+    # keys as a config file gives them ("1") count as members
+    ensemble = quantens.QuantEnsemble(small_model, (32, 1), member_loss_weights={"1": 2.0})
+    assert ensemble.member_loss_weights == {32: 1.0, 1: 2.0}
+
+
+def test_all_zero_loss_weights_refuse_to_train_unless_distillation_teaches(small_model):
+    from quantens.distillation import Distillation
+    from quantens.errors import UsageError
+
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    y = np.arange(4)
+    ensemble = quantens.QuantEnsemble(small_model, (32, 1), member_loss_weights={32: 0, 1: 0.0})
+    ensemble.compile(optimizer=tf.keras.optimizers.SGD(0.1))
+    with pytest.raises(UsageError, match=r"member_loss_weights are 0 for every member \(32 1\) "
+                                         "and no distillation is set: training would change "
+                                         "nothing"):
+        ensemble.train_on_batch(x, y)
+    with pytest.raises(UsageError, match="are 0 for every member"):
+        ensemble.fit(x, y, verbose=0)
+    ensemble.set_distillation(Distillation((32, 1), "progressive", teacher=None))
+    logs = ensemble.train_on_batch(x, y, return_dict=True)  # the 1 bit learns from the 32
+    assert logs["kd_loss"] > 0 and logs["loss"] == pytest.approx(logs["kd_loss"])
+
+
+def test_set_distillation_refuses_another_object_or_other_bit_widths(small_model):
+    from quantens.distillation import Distillation
+    from quantens.errors import UsageError
+
+    ensemble = quantens.QuantEnsemble(small_model, (32, 1))
+    with pytest.raises(UsageError, match="distillation must be a quantens.distillation."
+                                         "Distillation or None, got str"):
+        ensemble.set_distillation("progressive")
+    with pytest.raises(UsageError, match=r"bit_widths 32 4 1 differ from the ensemble's 32 1: "
+                                         r"build it with Distillation\(ensemble.bit_widths"):
+        ensemble.set_distillation(Distillation((32, 4, 1), "progressive"))
+    assert ensemble.distillation is None
+
+
+def test_load_ensemble_round_trips_and_names_a_damaged_file(small_model, tmp_path):
+    from quantens.ensemble import load_ensemble
+    from quantens.errors import WeightsError
+
+    ensemble = quantens.QuantEnsemble(small_model, (32, 1), target_bits=32)
+    ensemble.compile(optimizer="adam")
+    path = tmp_path / "run.keras"
+    ensemble.save(str(path))
+    loaded = load_ensemble(path)
+    assert isinstance(loaded, quantens.QuantEnsemble)
+    assert (loaded.bit_widths, loaded.target_bits) == ((32, 1), 32)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), ensemble.predict(x, verbose=0),
+                               atol=1e-6)
+    data = path.read_bytes()
+
+    def refused(name, content, *phrases):
+        bad = tmp_path / name
+        if content is not None:
+            bad.write_bytes(content)
+        with pytest.raises(WeightsError) as error:
+            load_ensemble(str(bad))
+        message = str(error.value)
+        assert message.startswith(str(bad) + " ") and "\n" not in message, message
+        assert all(p in message for p in phrases), (message, phrases)
+        return bad
+
+    half = refused("half.keras", data[: len(data) // 2], "is damaged",
+                   "not a complete .keras (zip) file: truncated", "use another copy")
+    with pytest.raises(OSError, match="file signature not found"):  # what Keras says
+        tf.keras.models.load_model(str(half))
+    flipped = bytearray(data)
+    start = data.index(b"model.weights.h5") + 200  # inside the weights entry
+    flipped[start:start + 8] = bytes(b ^ 0xFF for b in flipped[start:start + 8])
+    refused("flipped.keras", bytes(flipped), "is damaged", "fails its checksum")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    refused("empty.keras", None, "is damaged", "has no config.json and no model.weights.h5")
+    plain = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])
+    plain.save(str(tmp_path / "plain.keras"))
+    refused("plain.keras", None, "holds a Sequential model, not a QuantEnsemble",
+            "tf.keras.models.load_model")
+    refused("missing.keras", None, "does not exist")
+    refused("run.h5", data, "is not a .keras file")
+
+
+def test_load_weights_of_a_truncated_file_names_it_as_damaged(small_model, tmp_path):
+    import h5py
+
+    from quantens.errors import WeightsError
+    from quantens.results import load_weights, save_weights
+
+    path = tmp_path / "ensemble.weights.h5"
+    save_weights(small_model, str(path))
+    data = path.read_bytes()
+    for name in ("half.weights.h5", "first_stage.params"):  # a .weights.h5 renamed: the seed's
+        bad = tmp_path / name
+        bad.write_bytes(data[: len(data) // 2])
+        assert h5py.is_hdf5(str(bad))  # the signature is there, the rest is not
+        with pytest.raises(WeightsError) as error:
+            load_weights(small_model, str(bad))
+        message = str(error.value)
+        assert message.startswith(f"{bad} is damaged (truncated?") and "\n" not in message
+        assert message.endswith("use another copy of the file")
+    load_weights(small_model, str(path))  # the whole file still loads

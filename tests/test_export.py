@@ -325,3 +325,40 @@ def test_weights_of_another_architecture_are_one_clear_error(trained, tmp_path, 
     _assert_one_line_error(result, "another architecture", phrase)
     # nothing written but the lock file of the export that owned the directory
     assert sorted(os.listdir(copy)) == [".lock", "config.json", "ensemble.weights.h5"]
+
+
+# ------------------------------------------------------- every input checked (issue 23)
+
+
+def test_export_ensemble_refuses_misuse_before_writing_anything(tmp_path, monkeypatch):
+    from quantens.errors import UsageError
+
+    ensemble = quantens.QuantEnsemble(tiny_model((32, 1), width=4), (32, 1))
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a directory")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out = str(tmp_path / "export")
+    cases = [
+        ((ensemble.model, out), {}, ["ensemble must be a QuantEnsemble, got Functional"]),
+        ((ensemble, ""), {}, ["out_dir must be the path of the export directory, got ''"]),
+        ((ensemble, str(a_file)), {}, [f"out_dir {a_file} is an existing file"]),
+        ((ensemble, str(a_file / "export")), {}, [f"lies below {a_file}, a file"]),
+        ((ensemble, "."), {}, ["is the current directory or one above it"]),
+        ((ensemble, str(tmp_path)), {}, ["is the current directory or one above it"]),
+        ((ensemble, out), {"batch_size": 0}, ["batch_size must be a whole number >= 1, got 0"]),
+        ((ensemble, out), {"max_val_examples": 0},
+         ["max_val_examples must be a whole number >= 1 or None, got 0"]),
+        ((ensemble, out), {"max_val_examples": -5}, ["max_val_examples", "got -5"]),
+        ((ensemble, out), {"extra": ["model"]}, ["extra must be a dict", "got list"]),
+        ((ensemble, out), {"lce_int8": "int4"},
+         ["lce_int8 must be one of exact, full, none, got 'int4'"]),
+    ]
+    for args, kwargs, phrases in cases:
+        with pytest.raises(UsageError) as error:
+            export.export_ensemble(*args, **kwargs)
+        message = str(error.value)
+        assert message.startswith("export_ensemble: ") and "\n" not in message, message
+        assert all(p in message for p in phrases), (message, phrases)
+    assert sorted(os.listdir(tmp_path)) == ["taken", "work"] and not os.listdir(work)

@@ -106,6 +106,7 @@ print(report["members"]["4"]["bytes"])
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import tempfile
@@ -114,7 +115,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import quantens  # noqa: F401  (selects tf-keras before TensorFlow loads)
-from quantens.errors import ExportError
+from quantens.errors import ExportError, UsageError
 from quantens.export.fidelity import DIFFERING_LOGIT_DIFF, fidelity
 from quantens.export.flatbuffer import (
     input_quantization,
@@ -172,14 +173,15 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
 
     Arguments:
         ensemble: a `QuantEnsemble`.
-        out_dir: the export directory (replaced if it exists).
+        out_dir: the export directory (replaced if it exists; not a file, nor
+            the current directory or one above it).
         val_data: validation inputs (a dataset of (x, y) batches, an array, or
             an (x, y) tuple of arrays); fidelity is reported when given.
         calibration_data: training inputs for the ranges of the int8 members'
             full-precision tensors (needed when a member has 2..8 bits).
-        batch_size: batch size for Keras predictions on numpy data.
-        max_val_examples: check fidelity on the first examples only (the
-            TFLite files run one example at a time).
+        batch_size: batch size for Keras predictions on numpy data (>= 1).
+        max_val_examples: check fidelity on the first examples only (>= 1;
+            None: all; the TFLite files run one example at a time).
         extra: more fields for export.json (e.g. the model name).
         remove_stale: first remove the temporary folders that killed exports
             of `out_dir` left beside it (`.export.*.tmp`, `.export.*.old`);
@@ -197,6 +199,14 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
 
     Returns the content of export.json.
 
+    Raises:
+        UsageError: (one line naming the argument, before anything is
+            written) not a QuantEnsemble; `out_dir` empty, an existing file
+            (or below one), or the current directory or one above it (the
+            export replaces `out_dir`); `batch_size` or `max_val_examples`
+            below 1; `extra` not a mapping; an unknown `lce_int8`.
+        ExportError: a member that cannot be exported (one line naming why).
+
     ```python
     import tempfile
     import numpy as np
@@ -211,10 +221,11 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
     assert sorted(report["members"]) == ["1", "32", "8"]
     ```
     """
+    out_dir = _checked_arguments(ensemble, out_dir, batch_size, max_val_examples, extra,
+                                 lce_int8)
     from quantens.ensemble import held_precision
     from quantens.results import write_json
 
-    out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     if remove_stale:
@@ -272,6 +283,66 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _whole_number(value, name: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        more = " or None" if allow_none else ""
+        raise UsageError(f"export_ensemble: {name} must be a whole number >= 1{more}, "
+                         f"got {value!r}")
+
+
+def _checked_arguments(ensemble, out_dir, batch_size, max_val_examples, extra,
+                       lce_int8) -> str:
+    """`export_ensemble`'s arguments checked; returns `out_dir` as an absolute path."""
+    from quantens.ensemble import QuantEnsemble
+    from quantens.export.lce import LCE_INT8_CHOICES
+
+    if not isinstance(ensemble, QuantEnsemble):
+        raise UsageError(
+            f"export_ensemble: ensemble must be a QuantEnsemble, got {type(ensemble).__name__}: "
+            "wrap the model as quantens.QuantEnsemble(model, bit_widths)"
+        )
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise UsageError(
+            f"export_ensemble: out_dir must be the path of the export directory, got {out_dir!r}"
+        )
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(
+            f"export_ensemble: out_dir {out_dir} is an existing file, not a directory: choose "
+            "another path (the export is a directory of saved_model/, member_<b>.tflite and "
+            "export.json)"
+        )
+    above = os.path.dirname(out_dir)
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise UsageError(
+            f"export_ensemble: out_dir {out_dir} lies below {above}, a file: choose a path in "
+            "a directory"
+        )
+    cwd = os.getcwd()
+    if cwd == out_dir or cwd.startswith(out_dir.rstrip(os.sep) + os.sep):
+        raise UsageError(
+            f"export_ensemble: out_dir {out_dir} is the current directory or one above it, "
+            "and the export replaces out_dir: choose a directory of its own, e.g. ./export"
+        )
+    _whole_number(batch_size, "batch_size")
+    _whole_number(max_val_examples, "max_val_examples", allow_none=True)
+    if extra is not None and not isinstance(extra, Mapping):
+        raise UsageError(
+            "export_ensemble: extra must be a dict of fields for export.json, got "
+            f"{type(extra).__name__}"
+        )
+    if lce_int8 not in LCE_INT8_CHOICES:
+        raise UsageError(
+            f"export_ensemble: lce_int8 must be one of {', '.join(LCE_INT8_CHOICES)}, "
+            f"got {lce_int8!r}"
+        )
+    return out_dir
 
 
 def _logits(serve):
