@@ -280,3 +280,15 @@ def test_a_tag_configures_its_own_architecture(tfds_dir):
         zoo.create_model("digits_resnet_e", weights="digits_w8", width=16)
     with pytest.raises(pretrained.PretrainedError, match=r"bit_widths=\(32, 1\)"):
         zoo.create_model("digits_resnet_e", weights="digits", bit_widths=(32, 1))
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["digits_resnet_e", "nosuchtag"], "unknown pretrained tag 'nosuchtag'"),
+    (["digits_resnet_e", "digits", "--weights", "/nonexistent.weights.h5"], "no such file"),
+])
+def test_evaluate_command_bad_input_is_one_line_without_tensorflow_start_up_lines(argv, phrase):
+    """No absl/oneDNN/CUDA lines of TensorFlow's start-up before the error: stderr is it."""
+    result = run_script(["-m", "zoo.evaluate", *argv], timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr[-3000:]
+    assert result.stderr.startswith("python -m zoo.evaluate: error: ") and phrase in result.stderr

@@ -8,9 +8,12 @@ import csv
 import errno
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -84,17 +87,85 @@ def test_a_result_path_that_is_a_file_is_refused(tmp_path):
     assert path.read_text() == "not a directory"
 
 
+NOBODY = 65534  # a user that owns nothing here ("nobody")
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+# what uid NOBODY's interpreter must show: its own prefix, Python >= 3.10, and no
+# TensorFlow/numpy on its path (-S: no site-packages), so importing them would fail
+NOBODY_PROBE = (
+    "import importlib.util as u, sys; print(sys.prefix); print(sys.version_info >= (3, 10), "
+    "[m for m in ('tensorflow', 'numpy') if u.find_spec(m)])"
+)
+
+
+def _python_for_nobody(home):
+    """An interpreter that uid NOBODY runs with its own standard library, or pytest.skip.
+
+    The venv's python (sys.executable) may lie in a directory others cannot read
+    (a checkout inside a mode-700 directory; pyenv under /root): its real file
+    first, then the system's python3. Only the standard library is used (-S).
+    """
+    candidates = [os.path.realpath(sys.executable)]
+    candidates += [os.path.realpath(p) for p in (shutil.which("python3"), "/usr/bin/python3")
+                   if p and os.path.isfile(p)]
+    reasons = []
+    for python in dict.fromkeys(candidates):
+        command = [python, "-E", "-S", "-c", NOBODY_PROBE]
+        mine = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        theirs = subprocess.run([*AS_NOBODY, *command], capture_output=True, text=True,
+                                timeout=60, cwd=home, env={"HOME": home, "PATH": "/usr/bin:/bin"})
+        if theirs.returncode != 0:
+            error = (theirs.stderr.strip().splitlines() or ["no output"])[-1]
+            reasons.append(f"{python}: uid {NOBODY} cannot run it ({error})")
+        elif mine.returncode != 0 or theirs.stdout != mine.stdout:
+            seen, own = (r.stdout.partition("\n")[0] for r in (theirs, mine))
+            reasons.append(f"{python}: uid {NOBODY} cannot read its standard library (it "
+                           f"finds the prefix {seen!r}, not {own!r})")
+        elif theirs.stdout.splitlines()[-1] != "True []":
+            reasons.append(f"{python}: {theirs.stdout.strip()!r} (want Python >= 3.10 "
+                           "without TensorFlow and numpy outside site-packages)")
+        else:
+            return python
+    pytest.skip(f"no interpreter uid {NOBODY} can use: " + "; ".join(reasons))
+
+
+@pytest.fixture
+def world_readable():
+    """A fresh directory every user can read (pytest's tmp_path is private to root)."""
+    top = tempfile.mkdtemp(prefix="quantens-nobody-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        closed = [d for d in (os.path.dirname(top), "/") if not os.stat(d).st_mode & stat.S_IXOTH]
+        if closed:
+            pytest.skip(f"{closed[0]} does not let other users through")
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs a command as another user (needs root)")
-def test_an_unwritable_result_path_is_refused_before_tensorflow_loads(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o755)
-    os.chmod(tmp_path, 0o755)
-    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-               sys.executable, "train.py", "--result-path", str(locked / "run")]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HOME": str(tmp_path)})
-    one_line_error(result, 2, "not writable")
-    assert not (locked / "run").exists()
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_an_unwritable_result_path_is_refused_before_tensorflow_loads(world_readable):
+    """uid 65534 runs train.py with a result path below root's directory: one line, exit 2.
+
+    The command runs from a copy of train.py and the packages in a world-readable
+    directory (the checkout may be private to its owner) with the standard
+    library only: a TensorFlow or numpy import before the refusal fails the test.
+    """
+    python = _python_for_nobody(world_readable)
+    checkout = os.path.join(world_readable, "checkout")
+    for package in ("quantens", "zoo"):
+        shutil.copytree(os.path.join(ROOT, package), os.path.join(checkout, package),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.h5"))
+    shutil.copy(os.path.join(ROOT, "train.py"), checkout)
+    locked = os.path.join(world_readable, "locked")  # root's, mode 755
+    os.mkdir(locked, 0o755)
+    command = [*AS_NOBODY, python, "-E", "-S", "-B", "train.py",
+               "--result-path", os.path.join(locked, "run")]
+    result = subprocess.run(command, cwd=checkout, capture_output=True, text=True, timeout=120,
+                            env={"HOME": world_readable, "PATH": "/usr/bin:/bin",
+                                 "TF_CPP_MIN_LOG_LEVEL": "2"})
+    one_line_error(result, 2, f"{locked} is not writable by this user")
+    assert os.listdir(locked) == []
 
 
 def test_run_main_turns_a_full_disk_and_ctrl_c_into_one_line(capsys):
@@ -294,18 +365,33 @@ def test_val_split_holds_out_part_of_train_for_datasets_without_one(tmp_path):
 # ------------------------------------------------- one run owns its result directory
 
 
-def _start_train(result_path, tfds_dir, epochs=40):
+# More epochs than any machine trains while a test waits: a run started with them
+# is still training when it is signalled (and that is checked just before).
+ENDLESS_EPOCHS = 1_000_000
+
+
+def _start_train(result_path, tfds_dir, output_dir, epochs=ENDLESS_EPOCHS):
+    """train.py in the background; its stdout and stderr go to files in output_dir
+    (pipes that nobody reads while it trains would fill up and stall it)."""
     argv = [sys.executable, "train.py", "--width", "4", "--epochs", str(epochs), "--data-dir",
             tfds_dir, "--result-path", result_path]
-    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    with open(os.path.join(output_dir, "train.stdout"), "w") as stdout, \
+            open(os.path.join(output_dir, "train.stderr"), "w") as stderr:
+        return subprocess.Popen(argv, cwd=ROOT, stdout=stdout, stderr=stderr,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
-def _wait_for_epochs(process, result_path, n=1):
-    deadline = time.time() + 300
+def _output(output_dir, name="train.stderr"):
+    with open(os.path.join(output_dir, name)) as f:
+        return f.read()
+
+
+def _wait_for_epochs(process, result_path, output_dir, n=1):
+    deadline = time.time() + 600  # start-up and an epoch, on a busy machine
     history = os.path.join(result_path, "history.csv")
     while not (os.path.exists(history) and len(history_epochs(result_path)) >= n):
-        assert process.poll() is None and time.time() < deadline, process.communicate()
+        assert process.poll() is None, _output(output_dir)[-3000:]
+        assert time.time() < deadline, f"no epoch {n} in 600 s"
         time.sleep(0.2)
 
 
@@ -314,12 +400,14 @@ def test_a_second_run_or_export_on_a_running_directory_exits_2_and_ctrl_c_resume
         tmp_path, tfds_dir):
     """One run owns the directory; Ctrl-C ends it with exit 130 and the same command resumes.
 
+    The run has ENDLESS_EPOCHS: it holds the directory for as long as the test
+    takes and is interrupted mid-training, however slow the machine.
     (kill -9 releases the lock as well: test_kill_between_history_and_backup_...)
     """
     result_path = str(tmp_path / "r")
-    first = _start_train(result_path, tfds_dir)
+    first = _start_train(result_path, tfds_dir, str(tmp_path))
     try:
-        _wait_for_epochs(first, result_path)
+        _wait_for_epochs(first, result_path, str(tmp_path))
         config = open(os.path.join(result_path, "config.json")).read()
         before = {n: os.path.getmtime(os.path.join(result_path, n))
                   for n in ("config.json", "model.json")}
@@ -336,9 +424,13 @@ def test_a_second_run_or_export_on_a_running_directory_exits_2_and_ctrl_c_resume
         assert open(os.path.join(result_path, "config.json")).read() == config
         assert before == {n: os.path.getmtime(os.path.join(result_path, n)) for n in before}
         assert json.loads(config)["width"] == 4
-        # Ctrl-C: one line, exit 130, no final weights; the lock goes with the process
+        # Ctrl-C mid-training: one line, exit 130, no final weights; the lock goes with it
+        assert first.poll() is None, _output(str(tmp_path))[-3000:]
+        assert history_epochs(result_path)[-1] < ENDLESS_EPOCHS
+        assert not os.path.exists(os.path.join(result_path, "metrics.json"))  # written after fit
         first.send_signal(signal.SIGINT)
-        _, stderr = first.communicate(timeout=120)
+        first.wait(timeout=300)
+        stderr = _output(str(tmp_path))
         assert first.returncode == 130, stderr[-3000:]
         assert stderr.strip().splitlines()[-1] == (
             "train.py: interrupted: re-run the same command to resume")
@@ -346,7 +438,7 @@ def test_a_second_run_or_export_on_a_running_directory_exits_2_and_ctrl_c_resume
     finally:
         if first.poll() is None:
             first.kill()
-            first.communicate()
+            first.wait()
     done = history_epochs(result_path)
     resumed = run_script(["train.py", "--width", "4", "--epochs", str(done[-1] + 1),
                           "--data-dir", tfds_dir, "--result-path", result_path])
@@ -409,19 +501,19 @@ def test_a_bad_tf_config_is_one_line_and_nothing_is_written(tmp_path, tf_config,
 
 
 HOLD_AS_EXPORT = """
-import sys, time
+import sys
 from quantens.locking import ResultDirLock
 
 with ResultDirLock(sys.argv[1], "quantens.export"):
     print("locked", flush=True)
-    time.sleep(60)
+    sys.stdin.read()  # holds the lock until the test ends it, however long train.py takes
 """
 
 
 def test_train_on_a_directory_an_export_holds_exits_2(tmp_path):
     result_path = tmp_path / "r"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_AS_EXPORT, str(result_path)],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         result = run_script(["train.py", "--result-path", str(result_path)])

@@ -349,7 +349,10 @@ def _is_converted(name: str) -> bool:
     return applications.is_converted(name)
 
 
-from zoo import applications, resnet, resnet_e  # noqa: E402,F401  (registers the builders)
+from quantens.startup import quiet_native_logs  # noqa: E402
+
+with quiet_native_logs():  # TensorFlow's start-up lines would bury a command's one-line error
+    from zoo import applications, resnet, resnet_e  # noqa: E402,F401  (registers the builders)
 
 _PRETRAINED = ("create_pretrained", "list_pretrained", "load_pretrained", "pretrained_config")
 

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import quantens  # noqa: E402,F401  (tf-keras before TensorFlow)
+from quantens.errors import one_line  # noqa: E402
 from quantens.layout import ResultDir  # noqa: E402
 from zoo import pretrained  # noqa: E402
 
@@ -169,13 +170,44 @@ def publish(
     return entry
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors `prog: error: ...` and exit code 2 (no usage wall)."""
+
+    def error(self, message):
+        self.fail(f"{message} (see --help)")
+
+    def fail(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _check_before_tensorflow(parser: _Parser, args: argparse.Namespace):
+    """The checks that need no TensorFlow; returns the tag's registry entry (None with
+    --publish). A bad argument ends here with one line and exit code 2."""
+    if args.weights is not None and not os.path.isfile(args.weights):
+        parser.fail(f"--weights {args.weights}: no such file")
+    if not args.publish:
+        try:
+            return pretrained.pretrained_config(args.model, args.tag)
+        except ValueError as error:
+            parser.fail(one_line(error, limit=1000))
+    if not args.command:
+        parser.error("--publish needs --command: the command that trained the run")
+    run = ResultDir(args.publish)
+    for path in (run.config, run.weights):
+        if not os.path.isfile(path):
+            parser.fail(f"--publish {args.publish}: no {os.path.basename(path)} in it "
+                        "(the --result-path of a finished train.py run)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m zoo.evaluate MODEL TAG` (`quantens-evaluate`): exit 0 when the measurement
-    matches the registry."""
+    matches the registry. Bad arguments end with one line `prog: error: ...` and exit
+    code 2, checked before TensorFlow loads where they can be."""
     # `quantens-evaluate` when started as that console script (setup.py), as the
     # command line's `quantens.cli.program_name` decides (the zoo does not import it)
     script = os.path.basename(sys.argv[0]).removesuffix(".exe")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="quantens-evaluate" if script == "quantens-evaluate" else "python -m zoo.evaluate",
         description="Evaluate a pretrained tag per member (or publish a run as a tag).",
     )
@@ -189,22 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", default=None, help="with --publish: the training command")
     parser.add_argument("--description", default="", help="with --publish: one line")
     args = parser.parse_args(argv)
+    config = _check_before_tensorflow(parser, args)
     from quantens.startup import load_tensorflow
 
-    load_tensorflow()
+    load_tensorflow()  # quietly: its start-up lines would bury a one-line error
     try:
         if args.publish:
-            if not args.command:
-                parser.error("--publish needs --command: the command that trained the run")
             entry = publish(args.publish, args.model, args.tag, args.command,
                             args.description, args.data_dir)
             print(f"registered {args.model}.{args.tag}: {entry.file} ({entry.size} bytes)")
             print(accuracy_table(entry.accuracy, entry.accuracy))
             return 0
-        config = pretrained.pretrained_config(args.model, args.tag)
         measured = evaluate_pretrained(args.model, args.tag, args.data_dir, args.weights)
     except (ValueError, OSError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        parser.fail(one_line(error, limit=1000))
     print(f"{args.model}.{args.tag} on {config.dataset} (test split)")
     print(accuracy_table(config.accuracy, measured))
     same = measured == dict(config.accuracy)
