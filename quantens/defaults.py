@@ -141,16 +141,18 @@ def kd_pairs(mode: str, bit_widths, has_teacher: bool) -> list:
     ```
 
     Raises:
-        ValueError: unknown mode, or `simple` without a teacher.
+        UsageError: unknown mode, or `simple` without a teacher.
     """
+    from quantens.errors import UsageError
+
     bit_widths = sorted(bit_widths, reverse=True)
     if mode not in KD_MODES:
-        raise ValueError(f"unknown kd mode {mode!r}: choose one of {', '.join(KD_MODES)}")
+        raise UsageError(f"unknown kd mode {mode!r}: choose one of {', '.join(KD_MODES)}")
     if mode == "none":
         return []
     if mode == "simple":
         if not has_teacher:
-            raise ValueError("kd mode 'simple' needs a teacher (--teacher, --kd-teacher-mode)")
+            raise UsageError("kd mode 'simple' needs a teacher (--teacher, --kd-teacher-mode)")
         return [(b, TEACHER) for b in bit_widths]
     pairs: list = [(bit_widths[0], TEACHER)] if has_teacher else []
     if mode == "highest":

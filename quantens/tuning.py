@@ -155,7 +155,8 @@ def trial_args(
 
     Teacher flags that followed the student's (`--teacher-lr` defaults to
     `--lr`, ...) follow the trial's values; `tuner/epochs` (Hyperband)
-    becomes `--epochs`.
+    becomes `--epochs`; KD settings for members that the trial's `kd_mode`
+    does not teach are dropped (they would have no effect).
 
     ```python
     from quantens import cli, tuning
@@ -179,6 +180,7 @@ def trial_args(
             setattr(new, f"teacher_{flag}", getattr(new, flag))
     if "tuner/epochs" in values:
         new.epochs = max(1, min(int(values["tuner/epochs"]), args.epochs))
+    _keep_kd_of_students(new)  # what the search keeps for one of its modes, this trial's
     new.result_path = result_path
     new.log = None  # each trial logs into its own directory
     new.tune = None
@@ -197,17 +199,20 @@ def best_flags(args: argparse.Namespace, values: dict) -> dict:
     for flag in TEACHER_FOLLOWS:
         if flags.get(f"teacher_{flag}") == flags[flag]:
             flags[f"teacher_{flag}"] = None
-    # KD entries of members the chosen mode does not teach would be refused by --config
-    mode = flags["kd_mode"]
+    return {k: v for k, v in flags.items() if k not in NOT_IN_BEST}
+
+
+def _keep_kd_of_students(args: argparse.Namespace) -> None:
+    """Drops the KD settings the trial's mode gives no member (refused by Distillation)."""
+    mode = args.kd_mode
     if mode == "none" and has_teacher(args):
         mode = "simple"
     students = {s for s, _ in defaults.kd_pairs(mode, args.bit_widths, has_teacher(args))}
     for flag in ("kd_weights", "kd_temperatures"):
-        kept = [pair for pair in flags.get(flag) or [] if pair[0] in students]
-        flags[flag] = kept or None
+        kept = [pair for pair in getattr(args, flag) or [] if pair[0] in students]
+        setattr(args, flag, kept or None)
     if not students:
-        flags["kd_warmup_epochs"], flags["kd_attention_weight"] = 0.0, 0.0
-    return {k: v for k, v in flags.items() if k not in NOT_IN_BEST}
+        args.kd_warmup_epochs, args.kd_attention_weight = 0.0, 0.0
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:

@@ -41,10 +41,12 @@ def one_line(main, argv, capsys, code, *phrases):
 
 
 def snapshot(root):
-    """Every file under `root` with its bytes (what 'unchanged' means)."""
+    """Every file under `root` with its bytes (what 'unchanged' means; the lock file aside)."""
     files = {}
     for folder, _, names in os.walk(root):
         for name in names:
+            if name == ".lock":
+                continue
             path = os.path.join(folder, name)
             with open(path, "rb") as f:
                 files[os.path.relpath(path, root)] = f.read()
@@ -254,3 +256,58 @@ def test_a_search_keeps_kd_entries_some_mode_uses_and_best_json_only_those_of_it
 def test_found_beyond_the_issue_are_one_line_too(tmp_path, capsys, argv, phrase):
     one_line(train_cli.main, [*argv, "--result-path", str(tmp_path / "r")], capsys, 2, phrase)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_trial_drops_kd_entries_its_mode_does_not_use(tmp_path):
+    from quantens import cli, tuning
+
+    args = cli.parse_args(["--tune", "random", "--kd-mode", "progressive", "--kd-weights",
+                           "32:0.5", "1:2", "--result-path", str(tmp_path / "search")])
+    trial = tuning.trial_args(args, {"kd_mode": "highest"}, str(tmp_path / "t"))
+    assert trial.kd_weights == [[1, 2.0]]  # "highest" teaches every member but the 32-bit one
+    assert tuning.trial_args(args, {"kd_mode": "average"}, None).kd_weights == args.kd_weights
+
+
+# ------------------------------------------- damaged files of a result directory (found here)
+
+
+def _copy_run(trained, tmp_path):
+    copy = str(tmp_path / "copy")
+    shutil.copytree(trained, copy, ignore=shutil.ignore_patterns(".lock"))
+    return copy
+
+
+def test_resuming_from_a_damaged_backup_or_history_is_one_line_and_changes_nothing(
+        trained, tmp_path, capsys):
+    run_dir = _copy_run(trained, tmp_path)
+    index = next(os.path.join(d, n) for d, _, names in os.walk(os.path.join(run_dir, "backup"))
+                 for n in names if n.endswith(".index"))
+    with open(index, "wb") as f:
+        f.write(b"garbage")  # Keras would warn and train again from epoch 1
+    before = snapshot(run_dir)
+    argv = [*SMALL, "--no-tensorboard", "--epochs", "2", "--result-path", run_dir]
+    one_line(train_cli.main, argv, capsys, 2, f"{run_dir}/backup is damaged",
+             "remove that folder to train again from epoch 1")
+    assert snapshot(run_dir) == before
+    shutil.rmtree(run_dir)
+    run_dir = _copy_run(trained, tmp_path)
+    with open(os.path.join(run_dir, "history.csv"), "w") as f:
+        f.write("epoch,loss\nxx,1\n")
+    before = snapshot(run_dir)
+    one_line(train_cli.main, argv, capsys, 2, f"{run_dir}/history.csv is damaged",
+             "remove it to start the run's history afresh")
+    assert snapshot(run_dir) == before
+
+
+def test_a_model_json_of_an_unknown_class_is_named_by_export(trained, tmp_path, capsys):
+    run_dir = _copy_run(trained, tmp_path)
+    path = os.path.join(run_dir, "model.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["class_name"] = "NoSuchModel"
+    with open(path, "w") as f:
+        json.dump(config, f)
+    before = snapshot(run_dir)
+    one_line(export_cli.main, [run_dir, "--out", str(tmp_path / "out")], capsys, 2,
+             f"{path} is not a Keras model config quantens can build")
+    assert snapshot(run_dir) == before and not (tmp_path / "out").exists()

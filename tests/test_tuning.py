@@ -131,7 +131,8 @@ def test_search_space_offers_simple_kd_only_with_a_teacher(tmp_path):
 
 
 def test_recipe_levers_of_a_trial_become_flags_and_the_objective_can_be_the_mean(tmp_path):
-    args = make_args(tmp_path, "--kd-mode", "progressive", "--kd-weights", "32:0.5")
+    args = make_args(tmp_path, "--tune", "random", "--kd-mode", "progressive",
+                     "--kd-weights", "32:0.5")  # the average mode teaches 32 bits
     trial = tuning.trial_args(args, {"kd_mode": "average", "kd_warmup_epochs": 1.0,
                                      "kd_weight_lowest": 2.5, "member_weight_lowest": 3.0},
                               "/tmp/t")
@@ -141,7 +142,7 @@ def test_recipe_levers_of_a_trial_become_flags_and_the_objective_can_be_the_mean
     assert trial.member_loss_weights == [[lowest, 3.0]]
     assert args.kd_weights == [[32, 0.5]]  # the search's flags are untouched
     assert tuning.objective_name(args) == f"val_accuracy_{args.target_bits}"
-    mean = make_args(tmp_path, "--tune-objective", "mean")
+    mean = make_args(tmp_path, "--tune", "random", "--tune-objective", "mean")
     assert tuning.objective_name(mean) == "val_accuracy_mean"
     metrics = {"val_accuracy": {"32": 0.9, "1": 0.5}}
     assert tuning.flat_metrics(metrics)["val_accuracy_mean"] == pytest.approx(0.7)

@@ -344,6 +344,9 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
     run_dir = ResultDir(args.result_path)
     os.makedirs(out.root, exist_ok=True)
     results.remove_stale_temporaries(out.root)  # of a killed run: never taken for a result
+    # what a resumed run starts from, checked before anything of the directory is rewritten
+    results.read_history(out.history)
+    results.check_backup(run_dir.backup)
     config = cli.config_dict(args)
     results.write_json(out.config, config)
     results.write_model(model, out.model)
