@@ -5,7 +5,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -77,15 +76,22 @@ def test_two_cpu_replicas_equal_one_device_at_the_same_global_batch(bits, steps,
         np.testing.assert_allclose(x, y, rtol=0, atol=max(1e-6, 1e-3 * float(np.abs(x).max())))
 
 
-def wait_for(path, text, process, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path) and text in open(path).read():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"training ended before {text!r}: {process.stderr.read()}")
-        time.sleep(0.02)
-    raise AssertionError(f"no {text!r} in {path} after {timeout} s")
+# kill -9 from inside the run, right after it logs epoch 2 batch 20: a point it certainly
+# reaches and cannot have passed, however slow the machine (no race with a watcher)
+KILLED_AT_BATCH = """
+import os, signal, sys
+import train
+from quantens import results
+
+log_batch = results.LogFile.on_train_batch_end
+def killing(self, batch, logs=None):
+    log_batch(self, batch, logs)
+    if (self.epoch + 1, batch + 1) == (2, 20):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+results.LogFile.on_train_batch_end = killing
+sys.exit(train.main(sys.argv[1:]))
+"""
 
 
 def test_a_killed_run_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(
@@ -93,17 +99,12 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(
 ):
     flags = base_flags(tfds_dir, "--epochs", "2", "--batch-size", "32", "--log-interval", "10")
     killed = tmp_path / "killed"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen(
-        [sys.executable, *flags, "--result-path", str(killed)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for(killed / "train.log", "Epoch[2] Batch[20]", process)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        process.kill()
+    script = tmp_path / "killed_train.py"
+    script.write_text(KILLED_AT_BATCH)
+    result = run_script([str(script), *flags[1:], "--result-path", str(killed)],
+                        env={"PYTHONPATH": ROOT})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert "Epoch[2] Batch[20]" in (killed / "train.log").read_text()
     rows = list(csv.DictReader(open(killed / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1]
     again = run_script([*flags, "--result-path", str(killed)])
