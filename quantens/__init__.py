@@ -62,6 +62,9 @@ _LAZY = {
     "ClipActivation": "quantens.quantizers",
     "calibrate": "quantens.calibration",
     "quantize_model": "quantens.convert",
+    "logits_model": "quantens.convert",
+    "SoftmaxRemovedWarning": "quantens.convert",
+    "load_ensemble": "quantens.ensemble",
 }
 
 
@@ -89,11 +92,14 @@ __all__ = [
     "QuantConv2D",
     "QuantDense",
     "QuantEnsemble",
+    "SoftmaxRemovedWarning",
     "SwitchableBatchNormalization",
     "WeightQuantizer",
     "active_bits",
     "bits",
     "calibrate",
+    "load_ensemble",
+    "logits_model",
     "quantize_model",
     "validate_bit_widths",
 ]

@@ -48,8 +48,17 @@ of α_b / (2^b - 1), with straight-through gradients inside [0, α_b]:
 
 A fused activation (`Conv2D(..., activation="relu")`) becomes its own
 `QuantActivation` named `<layer>_relu` (or `_relu6`) after the layer. Other
-activations (sigmoid, swish, softmax, leaky relu, `ReLU` with a threshold or
-negative slope), fused or not, are kept as they are, in full precision.
+activations inside the model (sigmoid, swish, softmax, leaky relu, `ReLU` with
+a threshold or negative slope), fused or not, are kept as they are, in full
+precision.
+
+The output must be logits (quantens trains with a from-logits cross-entropy):
+`logits_model` checks every output and removes a final softmax (a `Softmax` or
+`Activation("softmax")` layer, the last layer's `activation="softmax"`, the last
+layer of a nested model, a `tf.nn.softmax` op), with a `SoftmaxRemovedWarning`:
+the converted model outputs the logits the original fed into its softmax. An
+output that cannot be told to be logits (a sigmoid, a relu, a `Lambda`, an
+unknown layer or TF op at the end) is a `ConfigError` naming the layer.
 
 Tensors that are not the output of a ReLU-like activation (the input image,
 residual sums, MobileNetV2's linear bottlenecks, pooled features, the logits)
@@ -97,18 +106,22 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import warnings
 from collections.abc import Callable, Mapping
 
 import larq as lq
+import numpy as np
 import tensorflow as tf
 
-from quantens.bits import _check_one, validate_bit_widths
+from quantens.bits import _check_one
 from quantens.defaults import (
     BIT_WIDTHS,
     CONVERTED_WEIGHT_QUANTIZATION,
     FULL_PRECISION,
     WEIGHT_QUANTIZATIONS,
 )
+from quantens.ensemble import check_bit_widths
+from quantens.errors import ConfigError, UsageError
 from quantens.layers import (
     QuantActivation,
     QuantConv2D,
@@ -186,22 +199,22 @@ def _describe(layer) -> str:
 
 
 def _kind(layer) -> str:
-    """What `quantize_model` does with `layer`; ValueError for what it cannot convert."""
+    """What `quantize_model` does with `layer`; ConfigError for what it cannot convert."""
     layers = tf.keras.layers
     if isinstance(layer, (lq.layers_base.BaseLayer, SwitchableBatchNormalization,
                           QuantActivation)):
-        raise ValueError(
+        raise ConfigError(
             f"layer {_describe(layer)} is already quantized: {SUPPORTED} of a float model"
         )
     if isinstance(layer, tf.keras.Model):
         if getattr(layer, "_is_graph_network", False):
             return _NESTED
-        raise ValueError(
+        raise ConfigError(
             f"layer {_describe(layer)} is a subclassed model without a functional graph: "
             f"{SUPPORTED}, in functional or Sequential models"
         )
     if isinstance(layer, (layers.RNN, layers.Wrapper)):
-        raise ValueError(
+        raise ConfigError(
             f"layer {_describe(layer)} is not supported (recurrent and wrapper layers are "
             f"not): {SUPPORTED}"
         )
@@ -218,7 +231,7 @@ def _kind(layer) -> str:
     if kind is not None:
         return kind
     if layer.weights and not isinstance(layer, layers.Normalization):
-        raise ValueError(f"layer {_describe(layer)} has weights and is not supported: {SUPPORTED}")
+        raise ConfigError(f"layer {_describe(layer)} has weights and is not supported: {SUPPORTED}")
     return _KEEP
 
 
@@ -269,17 +282,362 @@ def _network_nodes(model) -> list:
             if not node.is_input]
 
 
-def _check_graph_model(model) -> None:
+def _check_graph_model(model, what: str = "quantize_model") -> None:
     if not isinstance(model, tf.keras.Model):
-        raise ValueError(
-            f"quantize_model needs a tf.keras Model, got {type(model).__name__}"
+        keras3 = type(model).__module__.split(".")[0] == "keras"
+        raise UsageError(
+            f"{what} needs a tf.keras functional or Sequential model, got "
+            f"{type(model).__module__}.{type(model).__name__}"
+            + ("; this is a Keras 3 model: build it with tf.keras after `import quantens` "
+               "(tf-keras, the Keras 2 API larq needs)" if keras3 else "")
         )
     if not getattr(model, "_is_graph_network", False):
-        raise ValueError(
+        raise ConfigError(
             f"model {_describe(model)} is a subclassed (or unbuilt Sequential) model without a "
-            "functional graph: quantize_model needs a functional or Sequential model with "
+            f"functional graph: {what} needs a functional or Sequential model with "
             "an input shape"
         )
+
+
+# ------------------------------------------------------------- logits at the output
+
+
+class SoftmaxRemovedWarning(UserWarning):
+    """A model's final softmax was removed: quantens trains on logits."""
+
+
+def _layer_classes(*names: str) -> tuple:
+    return tuple(getattr(tf.keras.layers, n) for n in names if hasattr(tf.keras.layers, n))
+
+
+_AFFINE_OUTPUT = _layer_classes(
+    "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D",
+    "SeparableConv1D", "SeparableConv2D", "LocallyConnected1D", "LocallyConnected2D",
+    "BatchNormalization", "LayerNormalization")
+"""Layers whose output is logits when they have no activation (or a linear one)."""
+
+_IDENTITY_LAYERS = _layer_classes("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                                  "ActivityRegularization", "Identity")
+"""The identity at inference: may stand between a final softmax and the output."""
+
+_RESHAPE_LAYERS = _layer_classes("Flatten", "Reshape")
+"""Shape only: between a final softmax and the output while the last (class) axis stays."""
+
+_LOGITS_LAYERS = _layer_classes(
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "ZeroPadding1D", "ZeroPadding2D",
+    "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Permute", "Rescaling",
+    "Normalization", "Add", "Subtract", "Average", "Maximum", "Minimum", "Concatenate")
+"""Logits in, logits out (linear maps, pooling, selection, shape): may end a model, but
+not stand after a softmax (which would then not be the model's last step)."""
+
+_SOFTMAX_OPS = ("nn.softmax", "math.softmax")
+_IDENTITY_OPS = ("identity",)
+_RESHAPE_OPS = ("reshape", "squeeze", "compat.v1.squeeze", "expand_dims",
+                "compat.v1.expand_dims")
+_LOGITS_OPS = ("math.reduce_mean", "math.reduce_sum", "math.reduce_max", "math.negative",
+               "nn.log_softmax", "math.log_softmax", "nn.bias_add", "concat",
+               "__operators__.getitem", "compat.v1.gather", "gather")
+_SUM_OPS = ("__operators__.add", "math.add", "math.subtract", "math.add_n")
+"""Logits + logits (or + a constant): every tensor argument must be logits."""
+_SCALE_OPS = ("math.multiply", "math.truediv", "math.divide")
+"""Logits times (or divided by) a constant: logits; two model tensors are not."""
+
+_IDENTITY, _THROUGH, _SOFTMAX, _FUSED_SOFTMAX, _LOGITS = (
+    "identity", "through", "softmax", "fused softmax", "logits")
+"""What a layer does to logits (`_role`); "" for what cannot give logits."""
+
+_LOGITS_HINT = ("quantens trains on logits: end the model in a layer without activation "
+                "(e.g. Dense(classes)) or in a softmax (removed for you)")
+
+
+def _is_softmax(function) -> bool:
+    return function is tf.keras.activations.softmax or function is tf.nn.softmax
+
+
+def _is_linear(function) -> bool:
+    return function is None or function is tf.keras.activations.linear
+
+
+def _function_name(function) -> str:
+    return getattr(function, "__name__", type(function).__name__)
+
+
+def _op_name(layer) -> str | None:
+    """The TF function a `TFOpLambda` layer records (`"nn.softmax"`), else None."""
+    symbol = getattr(layer, "symbol", None)
+    return symbol if isinstance(symbol, str) and hasattr(layer, "function") else None
+
+
+def _last_axis(axis, rank) -> bool:
+    """Whether a softmax `axis` of a tensor of `rank` is its last axis (the classes)."""
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return False
+        axis = axis[0]
+    if axis is None:
+        return True
+    try:
+        axis = int(axis)
+    except (TypeError, ValueError):
+        return False
+    return axis == -1 or (rank is not None and axis == rank - 1)
+
+
+def _keeps_last_axis(node) -> bool:
+    before, after = node.keras_inputs[0].shape, tf.nest.flatten(node.outputs)[0].shape
+    return (before.rank is not None and after.rank is not None and before.rank > 0
+            and after.rank > 0 and before[-1] is not None and before[-1] == after[-1])
+
+
+def _data_inputs(node) -> list:
+    """The model tensors of a TF op's first argument (its data; later ones are options)."""
+    ids = {id(x) for x in node.keras_inputs}
+    first = node.call_args[0] if node.call_args else None
+    return [x for x in tf.nest.flatten(first) if id(x) in ids]
+
+
+def _what(layer) -> str:
+    """A layer as an error names it: its name, class and what it computes."""
+    op = _op_name(layer)
+    if op is not None:
+        return f"{layer.name!r} (the TF op tf.{op})"
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, tf.keras.layers.Activation):
+        return f"{layer.name!r} (Activation {_function_name(activation)!r})"
+    if activation is not None and not _is_linear(activation):
+        return (f"{layer.name!r} ({type(layer).__name__} with "
+                f"activation={_function_name(activation)!r})")
+    return _describe(layer)
+
+
+def _role(layer, node) -> tuple[str, list]:
+    """What `layer` (called at `node`) does to logits, and the tensors to follow.
+
+    "" where its output cannot be told to be logits (a sigmoid, a `Lambda`, an input).
+    """
+    layers = tf.keras.layers
+    op = _op_name(layer)
+    if op is not None:
+        if op in _SOFTMAX_OPS:
+            axis = node.call_kwargs.get("axis", node.call_args[1] if len(node.call_args) > 1
+                                        else -1)
+            if _last_axis(axis, node.keras_inputs[0].shape.rank):
+                return _SOFTMAX, _data_inputs(node)
+        elif op in _IDENTITY_OPS + _RESHAPE_OPS and len(_data_inputs(node)) == 1:
+            keeps = op in _IDENTITY_OPS or _keeps_last_axis(node)
+            return (_IDENTITY if keeps else _THROUGH), _data_inputs(node)
+        elif op in _LOGITS_OPS:
+            return _THROUGH, _data_inputs(node)
+        elif op in _SUM_OPS:
+            return _THROUGH, list(node.keras_inputs)
+        elif op in _SCALE_OPS and len(node.keras_inputs) == 1:
+            return _THROUGH, list(node.keras_inputs)
+        return "", []
+    inputs = list(node.keras_inputs)
+    if isinstance(layer, layers.Softmax):
+        rank = inputs[0].shape.rank if len(inputs) == 1 else None
+        return (_SOFTMAX if _last_axis(layer.axis, rank) else ""), inputs
+    if isinstance(layer, layers.Activation):
+        if _is_softmax(layer.activation):
+            return _SOFTMAX, inputs
+        if _is_linear(layer.activation):
+            return _IDENTITY, inputs
+        return "", inputs
+    if isinstance(layer, _AFFINE_OUTPUT):
+        activation = getattr(layer, "activation", None)
+        if _is_linear(activation):
+            return _LOGITS, []
+        return (_FUSED_SOFTMAX if _is_softmax(activation) else ""), inputs
+    if isinstance(layer, _IDENTITY_LAYERS) and len(inputs) == 1:
+        return _IDENTITY, inputs
+    if isinstance(layer, _RESHAPE_LAYERS) and len(inputs) == 1:
+        return (_IDENTITY if _keeps_last_axis(node) else _THROUGH), inputs
+    if isinstance(layer, _LOGITS_LAYERS):
+        return _THROUGH, inputs
+    return "", inputs
+
+
+class _Reuse:
+    """A tensor_dict entry for `Node.map_arguments` that can be popped any number of times."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def pop(self):
+        return self.value
+
+
+def _call_again(layer, node, replace: dict):
+    """Calls `layer` with `node`'s arguments, the tensors in `replace` (by id) replaced."""
+    values = {str(id(x)): _Reuse(replace.get(id(x), x)) for x in node.keras_inputs}
+    args, kwargs = node.map_arguments(values)
+    return layer(*args, **kwargs)
+
+
+def _copy_layer(layer, **changes):
+    config = {**layer.get_config(), **changes}
+    return layer.__class__.from_config(config)
+
+
+class _LogitsFinder:
+    """Follows a model's outputs back to their logits; rebuilds what a softmax removal changes.
+
+    Nothing of the model is changed: a layer that must compute something else (a
+    fused softmax made linear, a layer after a removed softmax) is a copy, called on
+    the original's tensors.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.removed: list[str] = []
+        self._seen: dict = {}
+        self._inside: list = []  # (nested model, its node): the graphs being walked
+
+    def logits(self, tensor, reader=None):
+        """The tensor of logits that replaces `tensor` (itself when nothing changes).
+
+        `reader`: the first layer between `tensor` and the model's output that is not
+        the identity for a softmax (None: there is none, a softmax here is final).
+        """
+        key = (id(tensor), reader is None, id(self._inside[-1][1]) if self._inside else None)
+        if key not in self._seen:
+            self._seen[key] = self._logits(tensor, reader)
+        return self._seen[key]
+
+    def _logits(self, tensor, reader):
+        layer, node_index, tensor_index = tensor._keras_history
+        node = layer._inbound_nodes[node_index]
+        if isinstance(layer, tf.keras.Model):
+            return self._nested(layer, node, tensor_index, reader)
+        if isinstance(layer, tf.keras.layers.InputLayer) and self._inside:
+            return self._outside(tensor, reader)
+        role, inputs = _role(layer, node)
+        if role in (_SOFTMAX, _FUSED_SOFTMAX):
+            if reader is not None:
+                raise ConfigError(
+                    f"model {self.model.name!r}: the softmax of {_what(layer)} is not its last "
+                    f"step ({_what(reader)} reads the probabilities), so it cannot be removed; "
+                    f"{_LOGITS_HINT}"
+                )
+            self.removed.append(layer.name)
+            if role == _SOFTMAX:
+                return inputs[0]
+            linear = _copy_layer(layer, activation="linear")
+            y = _call_again(linear, node, {})
+            linear.set_weights(layer.get_weights())
+            return tf.nest.flatten(y)[tensor_index]
+        if role == _LOGITS:
+            return tensor
+        if role == _IDENTITY:
+            new = self.logits(inputs[0], reader)
+            if new is inputs[0]:
+                return tensor
+            copy = _copy_layer(layer)
+            y = _call_again(copy, node, {id(inputs[0]): new})
+            if layer.weights:
+                copy.set_weights(layer.get_weights())
+            return tf.nest.flatten(y)[tensor_index]
+        if role == _THROUGH and inputs:
+            for x in inputs:  # a softmax below raises: nothing changes
+                self.logits(x, layer)
+            return tensor
+        raise ConfigError(
+            f"model {self.model.name!r} does not end in logits: its output comes from "
+            f"{_what(layer)}; {_LOGITS_HINT}"
+        )
+
+    def _nested(self, inner, node, index: int, reader):
+        if not getattr(inner, "_is_graph_network", False):
+            raise ConfigError(
+                f"model {self.model.name!r}: its output comes from {_describe(inner)}, a "
+                "subclassed model whose layers quantens cannot see; build it as a functional "
+                "or Sequential model"
+            )
+        inside = inner.outputs[index]
+        self._inside.append((inner, node))
+        try:
+            new = self.logits(inside, reader)
+        finally:
+            self._inside.pop()
+        if new is inside:
+            return tf.nest.flatten(node.outputs)[index]
+        outputs = list(inner.outputs)
+        outputs[index] = new
+        rebuilt = tf.keras.Model(
+            getattr(inner, "_nested_inputs", inner.inputs),
+            tf.nest.pack_sequence_as(getattr(inner, "_nested_outputs", inner.outputs), outputs),
+            name=inner.name,
+        )
+        return tf.nest.flatten(_call_again(rebuilt, node, {}))[index]
+
+    def _outside(self, tensor, reader):
+        """An input of the nested model being walked: follow what the outer graph feeds it.
+
+        A softmax out there is not removed: the nested model's layers read it.
+        """
+        inner, node = self._inside.pop()
+        try:
+            position = [id(x) for x in inner.inputs].index(id(tensor))
+            self.logits(tf.nest.flatten(node.keras_inputs)[position], reader or inner)
+        finally:
+            self._inside.append((inner, node))
+        return tensor
+
+
+def logits_model(model: tf.keras.Model) -> tuple[tf.keras.Model, tuple[str, ...]]:
+    """`model` without a final softmax, and the names of the layers whose softmax was removed.
+
+    quantens trains on logits (a from-logits cross-entropy). A model that ends in
+    a softmax computes the softmax of logits: the returned model outputs those
+    logits. A final softmax is found wherever it is computed: a `Softmax` or
+    `Activation("softmax")` layer, the `activation="softmax"` of the last layer,
+    the last layer of a nested model (a functional or Sequential model used as a
+    layer, at any depth), or a TF op (`tf.nn.softmax(x)`, `tf.keras.activations.softmax`)
+    on the last axis, followed by nothing but layers that are the identity for it
+    (`Dropout`, `Flatten` or `Reshape` that keep the class axis, a linear
+    `Activation`). Without one, the model is returned as it is (the same object)
+    with `()`. `model` is not changed: the returned model shares its layers but
+    for the ones that change (a fused softmax: a copy of the layer without it).
+
+    Every output must be logits: the output of a layer without activation that
+    computes them (`Dense`, a convolution, `EinsumDense`, a normalization), seen
+    through layers that map logits to logits (dropout, reshapes, pooling,
+    padding, `Add`, `Rescaling`, a nested model's output, `x * constant`, ...).
+
+    Raises:
+        ConfigError: an output that cannot be told to be logits (a sigmoid, a relu, a
+            `Lambda`, an unknown layer or TF op: the message names the layer), or a
+            softmax that is not the last step (pooling after it); a subclassed model.
+        UsageError: `model` is not a tf.keras model.
+
+    ```python
+    import numpy as np
+    import quantens  # before TensorFlow: selects tf-keras
+    import tensorflow as tf
+    from quantens.convert import logits_model
+
+    inputs = tf.keras.Input((4,))
+    logits = tf.keras.layers.Dense(3, name="logits")(inputs)
+    model = tf.keras.Model(inputs, tf.nn.softmax(logits))
+    plain, removed = logits_model(model)
+    x = np.ones((1, 4), "float32")
+    np.testing.assert_allclose(tf.nn.softmax(plain(x)), model(x), atol=1e-6)
+    assert removed == (model.layers[-1].name,)  # "tf.nn.softmax", the TF op's layer
+    assert logits_model(plain) == (plain, ())
+    ```
+    """
+    _check_graph_model(model, "logits_model")
+    finder = _LogitsFinder(model)
+    outputs = [finder.logits(x) for x in model.outputs]
+    if not finder.removed:
+        return model, ()
+    nested_outputs = getattr(model, "_nested_outputs", model.outputs)
+    plain = tf.keras.Model(getattr(model, "_nested_inputs", model.inputs),
+                           tf.nest.pack_sequence_as(nested_outputs, outputs), name=model.name)
+    return plain, tuple(finder.removed)
 
 
 class _Unit:
@@ -342,7 +700,7 @@ class _Plan:
             layer = node.layer
             self._calls[id(layer)] += 1
             if self._calls[id(layer)] > 1:
-                raise ValueError(
+                raise ConfigError(
                     f"layer {_describe(layer)} is called more than once (a shared layer): "
                     "quantize_model needs every layer called once; give each call its own layer"
                 )
@@ -355,7 +713,7 @@ class _Plan:
 
     def _add_name(self, layer, owner) -> None:
         if layer.name in self.names:
-            raise ValueError(
+            raise ConfigError(
                 f"layer name {layer.name!r} appears twice once nested model {owner.name!r} is "
                 "flattened: quantize_model needs unique layer names; rename one"
             )
@@ -400,7 +758,7 @@ def _policy_bits(value, what: str) -> int | None:
     try:
         return _check_one(value, "fixed bit-width")
     except ValueError as error:
-        raise ValueError(f"policy for {what}: {error}") from None
+        raise UsageError(f"policy for {what}: {error}") from None
 
 
 def _resolve_policy(policy: Policy, plan: _Plan) -> dict[str, int | None]:
@@ -410,29 +768,19 @@ def _resolve_policy(policy: Policy, plan: _Plan) -> dict[str, int | None]:
     if callable(policy) and not isinstance(policy, Mapping):
         return {u.name: _policy_bits(policy(u.layer), f"layer {u.name!r}") for u in plan.units}
     if not isinstance(policy, Mapping):
-        raise ValueError(
+        raise UsageError(
             f"policy must map layer-name patterns to bit-widths or be a callable "
             f"layer -> bits, got {type(policy).__name__}"
         )
     patterns = {str(p): _policy_bits(v, f"pattern {p!r}") for p, v in policy.items()}
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in plan.names):
-            raise ValueError(f"policy pattern {pattern!r} matches no layer of the model")
+            raise UsageError(f"policy pattern {pattern!r} matches no layer of the model")
     resolved = {}
     for unit in plan.units:
         matches = [b for p, b in patterns.items() if fnmatch.fnmatchcase(unit.name, p)]
         resolved[unit.name] = matches[0] if matches else None
     return resolved
-
-
-class _Reuse:
-    """A tensor_dict entry for `Node.map_arguments` that can be popped any number of times."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def pop(self):
-        return self.value
 
 
 class _Builder:
@@ -465,7 +813,7 @@ class _Builder:
             inner_training = kwargs.pop("training", training)
             flat = tf.nest.flatten(args[0] if len(args) == 1 else args)
             if len(flat) != len(layer.inputs):
-                raise ValueError(
+                raise ConfigError(
                     f"nested model {_describe(layer)} is called with {len(flat)} tensors for "
                     f"its {len(layer.inputs)} inputs"
                 )
@@ -522,13 +870,13 @@ class _Builder:
 def _check_options(options: dict) -> dict:
     unknown = sorted(set(options) - set(QUANTIZER_OPTIONS))
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown quantizer option {unknown[0]!r}: choose from "
             f"{', '.join(QUANTIZER_OPTIONS)}"
         )
     options = {**QUANTIZER_OPTIONS, **options}
     if options["weight_quantization"] not in WEIGHT_QUANTIZATIONS:
-        raise ValueError(
+        raise UsageError(
             f"unknown weight_quantization {options['weight_quantization']!r}: choose one of "
             f"{', '.join(WEIGHT_QUANTIZATIONS)}"
         )
@@ -536,19 +884,53 @@ def _check_options(options: dict) -> dict:
     if relu_range is not None:
         if isinstance(relu_range, bool) or not isinstance(relu_range, (int, float)) \
                 or not relu_range > 0:
-            raise ValueError(
+            raise UsageError(
                 f"relu_range must be a positive number (or None: a clip value per member), "
                 f"got {relu_range!r}")
         options["relu_range"] = float(relu_range)
-    options["learn_ranges"] = bool(options["learn_ranges"])
     if options["depthwise_bits"] is not None:
         try:
             options["depthwise_bits"] = _check_one(options["depthwise_bits"], "depthwise_bits")
         except ValueError as error:
-            raise ValueError(f"{error} (or None: the member's own bits)") from None
-    options["share_bn"] = bool(options["share_bn"])
-    options["sync_bn"] = bool(options["sync_bn"])
+            raise UsageError(f"{error} (or None: the member's own bits)") from None
+    for name in ("learn_ranges", "share_bn", "sync_bn"):
+        value = options[name]
+        if not isinstance(value, (bool, np.bool_)):
+            raise UsageError(f"{name} must be True or False, got {value!r}")
+        options[name] = bool(value)
     return options
+
+
+def _check_something_varies(model, plan: _Plan, fixed_bits: dict, bit_widths, options) -> None:
+    """ConfigError when every member would compute the same function (nothing to quantize)."""
+    if len(bit_widths) < 2:
+        return
+    weights_vary = options["weight_quantization"] != "identity"
+    varying = [u for u in plan.units if fixed_bits.get(u.name) is None
+               and (u.kind == _ACT or weights_vary)]
+    if varying:
+        return
+    start = (f"model {model.name!r} has nothing to quantize: its members "
+             f"{', '.join(map(str, bit_widths))} would all compute the same, because")
+    if not plan.units:
+        raise ConfigError(
+            f"{start} it has no Conv2D, DepthwiseConv2D, SeparableConv2D or Dense layer and no "
+            "ReLU-like activation (what quantize_model quantizes); convert a model with some"
+        )
+    free = [u for u in plan.units if fixed_bits.get(u.name) is None]
+    if free:  # all of them kernels, under identity weights
+        raise ConfigError(
+            f"{start} weight_quantization='identity' keeps every kernel full precision and no "
+            "ReLU-like activation follows the member; use weight_quantization='narrow' (the "
+            "default)"
+        )
+    fixed = [u.name for u in plan.units][:6] + (["..."] if len(plan.units) > 6 else [])
+    raise ConfigError(
+        f"{start} the policy fixes the precision of every layer it could quantize "
+        f"({', '.join(fixed)}; by default the first convolution and the last Dense stay at "
+        "32 bits); pass a policy that leaves some to follow the member (policy={} fixes "
+        "nothing)"
+    )
 
 
 def _new_input(x):
@@ -567,9 +949,10 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
     The converted model holds one kernel per convolution / dense layer for
     every member, the original's weights, and per member a BN initialised
     from the original's; its 32-bit member computes what `model` computes (see
-    the module docstring for what each layer becomes). Train it with
-    `quantens.QuantEnsemble(converted, bit_widths)`; run member b with
-    `quantens.bits(b)` or `ensemble.member(b)`.
+    the module docstring for what each layer becomes), in logits: a final
+    softmax is removed (`logits_model`), with a `SoftmaxRemovedWarning`. Train
+    it with `quantens.QuantEnsemble(converted, bit_widths)`; run member b with
+    `quantens.bits(b)` or `ensemble.member(b)`. `model` itself is not changed.
 
     Arguments:
         model: a functional or Sequential Keras model (nested ones are flattened).
@@ -594,11 +977,16 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
             BN for all members), `sync_bn` (BN statistics synchronised across
             replicas).
 
-    Raises:
-        ValueError: for a subclassed model, a layer called more than once, a
+    Raises (all `ValueError`s, one line each):
+        UsageError: `model` is not a tf.keras model; bad `bit_widths`, policy,
+            option name or option value.
+        ConfigError: a subclassed model, a layer called more than once, a
             layer with weights it cannot convert (RNNs, `Conv1D`,
-            `Conv2DTranspose`, `Embedding`, ...), an already quantized layer, a
-            bad policy or option; the message names the layer.
+            `Conv2DTranspose`, `Embedding`, ...), an already quantized layer
+            (the message names the layer); an output that is not logits
+            (`logits_model`); nothing to quantize (no convolution, dense layer
+            or ReLU-like activation follows the member: every member would
+            compute the same).
 
     ```python
     import numpy as np
@@ -623,11 +1011,21 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
             assert fixed.get_layer("conv").kernel_quantizer.precision == b
     ```
     """
-    bit_widths = validate_bit_widths(bit_widths)
+    bit_widths = check_bit_widths(bit_widths, "quantize_model")
     options = _check_options(quantizer_options)
     _check_graph_model(model)
-    plan = _Plan(model)
+    plan = _Plan(model)  # what cannot be converted, before looking at the output
+    model, removed = logits_model(model)
+    if removed:
+        plan = _Plan(model)
+        warnings.warn(
+            f"model {model.name!r}: removed the final softmax "
+            f"({', '.join(map(repr, removed))}); quantens trains on logits: the converted "
+            "model outputs them (softmax them for probabilities)",
+            SoftmaxRemovedWarning, stacklevel=2,
+        )
     fixed_bits = _resolve_policy(policy, plan)
+    _check_something_varies(model, plan, fixed_bits, bit_widths, options)
     builder = _Builder(plan, bit_widths, fixed_bits, options)
     from quantens.ensemble import _quiet_logger
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import numbers
 import os
 import warnings
@@ -802,16 +803,28 @@ def _tfds_source(spec, split: Split, training, data_dir, shuffle_seed):
     manual_dir = data_dir if spec.tfds_name == "imagenet2012" else None
     tfds_dir = None if manual_dir else data_dir
     builder = tfds.builder(spec.tfds_name, data_dir=tfds_dir)
+    urllib3 = logging.getLogger("urllib3")
+    level = urllib3.level
+    urllib3.setLevel(logging.ERROR)  # its retry warnings: the DataError below says it all
     try:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
         )
+    except OSError as error:  # requests' ConnectionError & co.: no network here
+        raise DataError(
+            f"{spec.tfds_name} is not prepared in {builder.data_dir} and cannot be downloaded "
+            f"here ({type(error).__name__}: no network?): prepare it on a machine with "
+            f"network (`tfds build {spec.tfds_name} --data_dir DIR`), copy DIR here and pass "
+            "--data-dir DIR"
+        ) from None
     except AssertionError as error:  # TFDS's way of saying "manual files missing"
         raise DataError(
             f"{spec.tfds_name} is not prepared and cannot be: {one_line(error)} "
             "(put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in --data-dir, or "
             "give --data-dir a folder with train/ and val/ image subfolders)"
         ) from None
+    finally:
+        urllib3.setLevel(level)
     if split.part == "all":
         read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
         shuffle_files = training

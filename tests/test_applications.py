@@ -7,6 +7,7 @@ through train.py as a user would.
 
 import json
 import os
+import re
 import socket
 import time
 import warnings
@@ -365,3 +366,100 @@ def test_train_py_refuses_a_saved_model_of_another_shape_in_one_line(tmp_path, t
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith("train.py: error: --model ") and "input shape" in lines[0]
     assert not result_path.exists()
+
+
+# ------------------------------------------------- saved models: softmax and damage
+
+
+def _saved_softmax_model(path, where):
+    """A tiny saved model whose softmax is in a nested head or a TF op; its logits model."""
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    dense = tf.keras.layers.Dense(10, name="logits")
+    if where == "nested":
+        head_in = tf.keras.Input((4,))
+        head = tf.keras.Model(head_in, tf.keras.layers.Softmax(name="probs")(dense(head_in)),
+                              name="head")
+        outputs = head(x)
+    else:
+        outputs = tf.nn.softmax(dense(x))
+    model = tf.keras.Model(inputs, outputs, name=f"softmax_{where}")
+    model.save(str(path))
+    features = tf.keras.Model(inputs, x)
+    return lambda images: features(images).numpy() @ dense.kernel.numpy() + dense.bias.numpy()
+
+
+@pytest.mark.parametrize("where, removed", [("nested", "probs"), ("tf_op", None)])
+def test_a_saved_models_softmax_in_a_nested_model_or_tf_op_is_removed(tmp_path, rng, where,
+                                                                      removed):
+    assert applications.SoftmaxRemovedWarning is quantens.SoftmaxRemovedWarning  # the CLI's
+    path = str(tmp_path / f"{where}.keras")
+    logits = _saved_softmax_model(path, where)
+    if removed is None:  # the TF op's layer: tf.nn.softmax, tf.nn.softmax_1, ...
+        removed = tf.keras.models.load_model(path, compile=False).layers[-1].name
+        assert removed.startswith("tf.nn.softmax")
+    x = rng.normal(size=(3, 8, 8, 1)).astype("float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = zoo.create_model(path, input_shape=(8, 8, 1), num_classes=10, bit_widths=(32, 2))
+    notes = [str(w.message) for w in caught if w.category is applications.SoftmaxRemovedWarning]
+    assert notes == [f"{path}: removed the final softmax ('{removed}'); quantens trains on "
+                     "logits (the ensemble's predictions are logits, softmax them for "
+                     "probabilities)"]
+    with quantens.bits(32):
+        np.testing.assert_allclose(model(x, training=False), logits(x), atol=1e-5)
+    teacher = applications.float_teacher(path, (8, 8, 1), 10)
+    np.testing.assert_allclose(teacher(x, training=False), logits(x), atol=1e-5)
+
+
+def test_a_saved_model_that_does_not_end_in_logits_is_one_config_error(tmp_path):
+    inputs = tf.keras.Input((8, 8, 1))
+    x = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(inputs))
+    path = str(tmp_path / "sigmoid.keras")
+    tf.keras.Model(inputs, tf.keras.layers.Dense(10, activation="sigmoid", name="out")(x)).save(
+        path)
+    with pytest.raises(ConfigError, match=f"^{path}: model .* does not end in logits: its output "
+                                          "comes from 'out' \\(Dense with activation='sigmoid'\\)"
+                       ) as error:
+        zoo.create_model(path, input_shape=(8, 8, 1), num_classes=10)
+    assert "\n" not in str(error.value)
+
+
+def _damage(path, how):
+    """A saved model file cut short or overwritten, as a half-finished copy leaves it."""
+    data = bytearray(open(path, "rb").read())
+    if how == "truncated":
+        data = data[:len(data) // 2]
+    elif how == "central_directory":  # the zip's index, found from its end record
+        start = int.from_bytes(data[-6:-2], "little")
+        data[start:start + 16] = b"\xff" * 16
+    else:  # bytes in the middle: a member's data no longer fits its checksum
+        data[len(data) // 3:len(data) // 3 + 256] = b"\xa5" * 256
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+@pytest.mark.parametrize("suffix, how, reason", [
+    (".h5", "truncated", "truncated file"),
+    (".keras", "truncated", "its zip archive has no end"),
+    (".keras", "central_directory", "central directory"),
+    (".keras", "middle", "fails its checksum"),
+])
+def test_a_damaged_model_file_is_one_config_error_naming_it(tmp_path, monkeypatch, suffix, how,
+                                                           reason):
+    path = str(tmp_path / f"copied model{suffix}")
+    tf.keras.Sequential([tf.keras.layers.Conv2D(4, 3, input_shape=(8, 8, 1)),
+                         tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)]).save(path)
+    _damage(path, how)
+    damaged = f"^{re.escape(path)} is damaged \\(truncated or partly copied\\?\\): .*"
+    with pytest.raises(ConfigError, match=f"{damaged}{reason}.*; save the model again$") as error:
+        zoo.get_builder(path)  # checked before anything is built or written
+    assert "\n" not in str(error.value)
+    # and where the loader itself meets the damage: still one line naming the file
+    monkeypatch.setattr(applications, "check_model_file", lambda path: None)
+    with pytest.raises(ConfigError, match=damaged) as error:
+        applications.load_float_model(path)
+    assert "\n" not in str(error.value)

@@ -595,3 +595,182 @@ def test_depthwise_convolutions_and_the_activation_they_read_keep_depthwise_bits
         assert plain.get_layer("dw").depthwise_quantizer.precision == 1
     with pytest.raises(ValueError, match="depthwise_bits"):
         quantize_model(model, bits, depthwise_bits=0)
+
+
+# ------------------------------------------------------------ the output: logits
+
+
+def _features():
+    """A tiny CNN's pooled features: (input, features tensor)."""
+    tf.keras.utils.set_random_seed(0)
+    inputs = tf.keras.Input((8, 8, 2))
+    x = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    return inputs, L.GlobalAveragePooling2D(name="gap")(x)
+
+
+def _softmax_model(where):
+    """A model whose softmax is in `where`; the Dense 'd' computes the logits."""
+    inputs, x = _features()
+    if where == "layer":
+        outputs = L.Softmax(name="probs")(L.Dense(5, name="d")(x))
+    elif where == "activation_layer":
+        outputs = L.Activation("softmax", name="probs")(L.Dense(5, name="d")(x))
+    elif where == "fused":
+        outputs = L.Dense(5, activation="softmax", name="d")(x)
+    elif where == "nested":  # two levels deep: head -> inner -> Dense(softmax)
+        inner = tf.keras.Sequential([L.Dense(5, activation="softmax", name="d")], name="inner")
+        head = tf.keras.Sequential([L.Dropout(0.5, name="drop"), inner], name="head")
+        head.build((None, 4))
+        outputs = head(x)
+    else:  # a TF op in the functional graph: a TFOpLambda layer
+        outputs = tf.nn.softmax(L.Dense(5, name="d")(x), axis=-1)
+    return tf.keras.Model(inputs, outputs, name=f"softmax_{where}")
+
+
+def _pre_softmax_logits(model, x):
+    """What the model feeds its softmax: its pooled features times Dense 'd''s weights."""
+    features = tf.keras.Model(model.inputs, model.get_layer("gap").output)(x).numpy()
+    dense = next(layer for layer in _all_layers(model) if layer.name == "d")
+    kernel, bias = dense.get_weights()
+    return features @ kernel + bias
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, tf.keras.Model):
+            yield from _all_layers(layer)
+
+
+@pytest.mark.parametrize("where, removed", [
+    ("layer", "probs"), ("activation_layer", "probs"), ("fused", "d"), ("nested", "d"),
+    ("tf_op", None),  # the TF op's layer: tf.nn.softmax, tf.nn.softmax_1, ...
+])
+def test_a_final_softmax_is_removed_wherever_it_is_computed(where, removed):
+    import warnings
+
+    model = _softmax_model(where)
+    removed = removed or model.layers[-1].name
+    assert removed.startswith("tf.nn.softmax") or where != "tf_op"
+    x = inputs_for(model, n=3)
+    probabilities = model(x).numpy()
+    expected = _pre_softmax_logits(model, x)
+    np.testing.assert_allclose(tf.nn.softmax(expected), probabilities, atol=1e-5)  # the reference
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = quantize_model(model, (32, 2))
+    notes = [w for w in caught if w.category is quantens.SoftmaxRemovedWarning]
+    assert len(notes) == 1 and f"removed the final softmax ('{removed}')" in str(notes[0].message)
+    np.testing.assert_allclose(run(converted, x, 32), expected, atol=1e-5)
+    # logits_model: the same logits; the user's model is left as it was
+    plain, names = quantens.logits_model(model)
+    assert names == (removed,)
+    np.testing.assert_allclose(plain(x).numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(model(x).numpy(), probabilities)
+    assert quantens.logits_model(plain) == (plain, ())
+
+
+def test_logits_seen_through_linear_layers_are_kept_as_they_are():
+    inputs, x = _features()
+    a, b = L.Dense(5, name="a")(x), L.Dense(5, name="b")(x)
+    summed = L.Dropout(0.1, name="drop")(L.Add(name="add")([a, b])) / 2.0  # a temperature
+    conv = L.Conv2D(5, 1, name="conv_logits")(L.Reshape((1, 1, 4), name="to_map")(x))
+    head = tf.keras.Sequential([L.Flatten(name="flat")], name="head")  # a nested model's output
+    model = tf.keras.Model(inputs, [summed, head(conv)], name="two_heads")
+    assert quantens.logits_model(model) == (model, ())
+    converted = quantize_model(model, (32, 2), policy={})
+    x = inputs_for(model, n=2)
+    with quantens.bits(32):
+        for got, want in zip(converted(x), model(x), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _ends_in(kind):
+    inputs, x = _features()
+    logits = L.Dense(5, name="d")(x)
+    if kind == "fused_sigmoid":
+        outputs = L.Dense(5, activation="sigmoid", name="out")(x)
+    elif kind == "sigmoid_layer":
+        outputs = L.Activation("sigmoid", name="out")(logits)
+    elif kind == "relu":
+        outputs = L.ReLU(name="out")(logits)
+    elif kind == "lambda":
+        outputs = L.Lambda(lambda t: t * 2.0, name="out")(logits)
+    elif kind == "tf_op":
+        outputs = tf.math.sigmoid(logits, name="out")
+    else:  # a softmax that is not the last step: pooled after it
+        probs = L.Conv2D(5, 1, activation="softmax", name="out")(L.Reshape((1, 1, 4))(x))
+        outputs = L.GlobalAveragePooling2D(name="pool")(probs)
+    return tf.keras.Model(inputs, outputs, name=f"ends_in_{kind}")
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("fused_sigmoid", r"'out' \(Dense with activation='sigmoid'\)"),
+    ("sigmoid_layer", r"'out' \(Activation 'sigmoid'\)"),
+    ("relu", r"'out' \(ReLU\)"),
+    ("lambda", r"'out' \(Lambda\)"),
+    ("tf_op", r"\(the TF op tf\.math\.sigmoid\)"),
+    ("softmax_then_pooling", r"the softmax of 'out' .* is not its last step \('pool'"),
+])
+def test_an_output_that_is_not_logits_is_one_config_error(kind, match):
+    from quantens.errors import ConfigError
+
+    model = _ends_in(kind)
+    for convert in (lambda: quantize_model(model, (32, 2)), lambda: quantens.logits_model(model)):
+        with pytest.raises(ConfigError, match=match) as error:
+            convert()
+        message = str(error.value)
+        assert "\n" not in message and message.startswith(f"model 'ends_in_{kind}'")
+        assert "end the model in a layer without activation" in message
+
+
+def test_misused_arguments_are_typed_one_line_errors():
+    from quantens.errors import ConfigError, UsageError
+
+    model = build("sequential")
+    cases = [
+        (lambda: quantize_model(model, bit_widths=None), UsageError,
+         r"quantize_model: bit_widths must list the members' bit-widths, distinct integers "
+         r"from 1 to 32, e\.g\. \(32, 8, 4, 2, 1\); got None"),
+        (lambda: quantize_model(model, (32, 64)), UsageError,
+         r"quantize_model: bit_widths \(32, 64\): invalid bit-width 64"),
+        (lambda: quantize_model("model.keras", BITS), UsageError,
+         r"quantize_model needs a tf.keras functional or Sequential model, got builtins\.str"),
+        (lambda: quantize_model(Subclassed(), BITS), ConfigError, r"is a subclassed"),
+        (lambda: quantize_model(model, BITS, bits=4), UsageError,
+         r"unknown quantizer option 'bits'"),
+        (lambda: quantize_model(model, BITS, learn_ranges="no"), UsageError,
+         r"learn_ranges must be True or False, got 'no'"),
+        (lambda: quantize_model(model, BITS, weight_quantization="sign"), UsageError,
+         r"unknown weight_quantization 'sign'"),
+        (lambda: quantize_model(model, BITS, policy=[("c1", 8)]), UsageError,
+         r"policy must map layer-name patterns"),
+    ]
+    for call, kind, match in cases:
+        with pytest.raises(kind, match=match) as error:
+            call()
+        assert "\n" not in str(error.value)
+
+
+def test_a_model_with_nothing_to_quantize_is_a_config_error():
+    """Every member would compute the same: nothing varies with the bit-width."""
+    from quantens.errors import ConfigError
+
+    inputs = tf.keras.Input((4,))
+    dense_only = tf.keras.Model(inputs, L.Dense(3, name="logits")(inputs), name="dense_only")
+    bn_only = tf.keras.Model(inputs, L.BatchNormalization(name="bn")(inputs), name="bn_only")
+    cases = [
+        (dense_only, {}, r"'dense_only' has nothing to quantize: its members 32, 2 would all "
+                         r"compute the same, because the policy fixes the precision of every "
+                         r"layer it could quantize \(logits;.*policy=\{\} fixes nothing"),
+        (dense_only, {"policy": {}, "weight_quantization": "identity"},
+         r"weight_quantization='identity' keeps every kernel full precision"),
+        (bn_only, {}, r"'bn_only' has nothing to quantize.*no Conv2D, DepthwiseConv2D, "
+                      r"SeparableConv2D or Dense layer and no ReLU-like activation"),
+    ]
+    for model, kwargs, match in cases:
+        with pytest.raises(ConfigError, match=match) as error:
+            quantize_model(model, (32, 2), **kwargs)
+        assert "\n" not in str(error.value)
+    assert quantize_model(dense_only, (32, 2), policy={}).get_layer("logits")  # it varies
+    assert quantize_model(dense_only, (4,))  # one member: nothing to compare

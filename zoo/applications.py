@@ -62,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import os
 import socket
 import warnings
@@ -70,6 +71,7 @@ import tensorflow as tf
 
 import quantens
 from quantens import defaults
+from quantens.convert import SoftmaxRemovedWarning, logits_model
 from quantens.errors import ConfigError, DownloadError, PretrainedError, WeightsError, one_line
 from zoo import register_model
 
@@ -83,10 +85,6 @@ DOWNLOAD_TIMEOUT = 30.0
 KERAS_PREFIX = defaults.KERAS_MODEL_PREFIX
 
 _REGISTERED = {"mobilenet_v2": "MobileNetV2", "resnet50": "ResNet50"}
-
-
-class SoftmaxRemovedWarning(UserWarning):
-    """A saved model's final softmax was removed: quantens trains on logits."""
 
 
 # ------------------------------------------------------------------ names
@@ -151,13 +149,39 @@ def builder_for(name: str):
     return None
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+"""How a zip archive (a `.keras` file) starts: a first member, or no member at all."""
+
+
+def _damaged(path: str, reason) -> ConfigError:
+    """The error for a file cut short or damaged (`reason`: an exception or a phrase)."""
+    if isinstance(reason, BaseException):
+        reason = one_line(reason)
+    return ConfigError(
+        f"{path} is damaged (truncated or partly copied?): {reason}; save the model again"
+    )
+
+
+def _read_all(name: str, item) -> None:
+    """Reads an HDF5 object's attributes and data (h5py raises where the file is damaged)."""
+    import h5py
+
+    for key in item.attrs:
+        item.attrs[key]  # noqa: B018  (the read is the check)
+    if isinstance(item, h5py.Dataset):
+        item[()]  # noqa: B018
+
+
 def check_model_file(path: str) -> None:
     """Raises ConfigError unless `path` is a readable `.keras` or `.h5` file of a whole model.
 
-    Reads only the file's header (no TensorFlow), so that a command can check
-    it before it writes anything.
+    Reads the file without TensorFlow (every member of a `.keras` archive against
+    its checksum, every object of an `.h5` file), so that a command can check it
+    before it writes anything: a file cut short or damaged while copied is one
+    line naming it ("... is damaged (...): save the model again").
     """
     import zipfile
+    import zlib
 
     import h5py
 
@@ -172,21 +196,39 @@ def check_model_file(path: str) -> None:
     if not os.access(path, os.R_OK):
         raise ConfigError(f"{path} is not readable by this user")
     if path.lower().endswith(".keras"):
-        if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic not in _ZIP_MAGIC:
             raise ConfigError(f"{path} is not a .keras file (a zip archive); {hint}")
-        with zipfile.ZipFile(path) as archive:
-            if "config.json" not in archive.namelist():
-                raise ConfigError(f"{path} holds no model config; {hint}")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                broken = archive.testzip()
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+                NotImplementedError) as error:
+            reason = error if zipfile.is_zipfile(path) else \
+                "its zip archive has no end (no central directory)"
+            raise _damaged(path, reason) from error
+        if broken is not None:
+            raise _damaged(path, f"{broken!r} in its zip archive fails its checksum")
+        if "config.json" not in names:
+            raise ConfigError(f"{path} holds no model config; {hint}")
         return
     if path.lower().endswith(".h5"):
         if not h5py.is_hdf5(path):
             raise ConfigError(f"{path} is not an HDF5 file; {hint}")
-        with h5py.File(path, "r") as f:
-            if "model_config" not in f.attrs:
-                raise ConfigError(
-                    f"{path} holds weights only, not a model; {hint}, or pass the weights "
-                    "to a zoo model (zoo.create_model(NAME, weights=PATH))"
-                )
+        try:
+            with h5py.File(path, "r") as f:
+                whole = "model_config" in f.attrs
+                _read_all("/", f)
+                f.visititems(_read_all)
+        except Exception as error:  # h5py's OSError, RuntimeError, KeyError of a damaged file
+            raise _damaged(path, error) from error
+        if not whole:
+            raise ConfigError(
+                f"{path} holds weights only, not a model; {hint}, or pass the weights "
+                "to a zoo model (zoo.create_model(NAME, weights=PATH))"
+            )
         return
     raise ConfigError(
         f"{path}: a saved model is a {' or '.join(defaults.MODEL_FILE_SUFFIXES)} file; {hint}"
@@ -538,29 +580,21 @@ def resnet50(
 # ------------------------------------------------------------ saved models
 
 
-def _final_softmax(model) -> str | None:
-    """How the model's single output ends in a softmax: "layer", "fused" or None."""
-    last = model.layers[-1]
-    if isinstance(last, tf.keras.layers.Softmax):
-        return "layer"
-    activation = getattr(last, "activation", None)
-    if activation is tf.keras.activations.softmax or activation is tf.nn.softmax:
-        return "layer" if isinstance(last, tf.keras.layers.Activation) else "fused"
-    return None
-
-
 def load_float_model(path: str, input_shape=None, num_classes: int | None = None):
     """A user's saved float model (`.keras`/`.h5`), checked, ending in logits.
 
-    A final softmax (a `Softmax`/`Activation("softmax")` layer or a layer's
-    `activation="softmax"`) is removed, with a `SoftmaxRemovedWarning`:
-    quantens trains on logits, and the softmax of the logits is what the
-    saved model computed. `input_shape` and `num_classes` (a dataset's),
-    when given, must match the model's.
+    A final softmax (a `Softmax`/`Activation("softmax")` layer, the last
+    layer's `activation="softmax"`, a nested model's last softmax, a
+    `tf.nn.softmax` op) is removed by `quantens.convert.logits_model`, with a
+    `SoftmaxRemovedWarning`: quantens trains on logits, and the softmax of the
+    logits is what the saved model computed. `input_shape` and `num_classes`
+    (a dataset's), when given, must match the model's.
 
     Raises:
-        ConfigError: not a saved model, more than one input or output, another
-            input shape or number of classes.
+        ConfigError: not a saved model, a damaged file (cut short, partly
+            copied: "PATH is damaged ..."), a file Keras cannot load, more than
+            one input or output, another input shape or number of classes, an
+            output that is not logits (a sigmoid, a `Lambda`, ...).
 
     ```python
     import os, tempfile, warnings
@@ -585,8 +619,12 @@ def load_float_model(path: str, input_shape=None, num_classes: int | None = None
     check_model_file(path)
     try:
         model = tf.keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras' ValueError/TypeError, unknown custom layers, ...
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:  # ValueErrors of a damaged file
+        raise _damaged(path, error) from error
+    except (ValueError, TypeError) as error:  # Keras' own: unknown custom layers, bad config
         raise ConfigError(f"cannot load {path} as a Keras model: {one_line(error)}") from error
+    except Exception as error:  # h5py's OSError/RuntimeError/KeyError, zipfile.BadZipFile
+        raise _damaged(path, error) from error
     if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
         raise ConfigError(
             f"{path} holds a subclassed model: quantize_model needs a functional or "
@@ -612,16 +650,15 @@ def load_float_model(path: str, input_shape=None, num_classes: int | None = None
             f"{path}: the model's output has shape {output}, the dataset has {num_classes} "
             f"classes; its last layer must give one logit per class, shape ({num_classes},)"
         )
-    how = _final_softmax(model)
-    if how is not None:
-        last = model.layers[-1]
-        if how == "fused":
-            last.activation = tf.keras.activations.linear
-        else:
-            model = tf.keras.Model(model.inputs, last.input, name=model.name)
+    try:
+        model, removed = logits_model(model)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    if removed:
         warnings.warn(
-            f"{path}: removed the final softmax ({last.name!r}); quantens trains on logits "
-            "(the ensemble's predictions are logits, softmax them for probabilities)",
+            f"{path}: removed the final softmax ({', '.join(map(repr, removed))}); quantens "
+            "trains on logits (the ensemble's predictions are logits, softmax them for "
+            "probabilities)",
             SoftmaxRemovedWarning, stacklevel=2,
         )
     return model
