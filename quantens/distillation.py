@@ -110,39 +110,14 @@ def attention_loss(student_features, target_features) -> tf.Tensor:
     return tf.add_n(terms)
 
 
-def _number(value, argument: str, positive: bool = False) -> float:
-    """A finite number (> 0 when `positive`, else >= 0), or a UsageError naming `argument`."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        raise UsageError(
-            f"Distillation: {argument} must be a finite number {'> 0' if positive else '>= 0'}, "
-            f"got {value!r}"
-        )
-    return float(value)
-
-
 def _students(pairs, mode: str, has_teacher: bool, argument: str, values,
               bit_widths: tuple[int, ...], positive: bool) -> dict[int, float]:
     """Per-student values checked: members, numbers, and students of the plan only."""
-    from quantens.ensemble import _member_key
+    from quantens.ensemble import check_per_member
 
-    if values is None:
-        return {}
-    if not isinstance(values, Mapping):
-        raise UsageError(
-            f"Distillation: {argument} must be a dict {{bits: value}}, e.g. {{1: 2.0}}, "
-            f"got {type(values).__name__}"
-        )
-    members = " ".join(map(str, bit_widths))
+    checked = check_per_member(values, bit_widths, "Distillation", argument, positive)
     students = [b for b in bit_widths if any(s == b for s, _ in pairs)]
-    checked = {}
-    for b, v in values.items():
-        key = _member_key(b)
-        if key not in bit_widths:
-            raise UsageError(
-                f"Distillation: {argument} for {b!r} bits: not a member (members: {members})"
-            )
-        checked[key] = _number(v, f"{argument}[{key}]", positive)
+    for key in checked:
         if key not in students:
             plan = f"mode {mode!r} {'with' if has_teacher else 'without'} a teacher"
             raise UsageError(
@@ -157,7 +132,7 @@ def _checked_arguments(bit_widths, mode, teacher, teacher_mode, temperature, wei
                        teacher_optimizer, teacher_weight_decay, attention_weight, warmup_steps,
                        student_weights, student_temperatures) -> dict:
     """`Distillation`'s arguments checked, with the plan they make (`pairs`)."""
-    from quantens.ensemble import check_bit_widths
+    from quantens.ensemble import check_bit_widths, check_number
 
     bit_widths = check_bit_widths(bit_widths, "Distillation")
     if mode not in KD_MODES:
@@ -203,10 +178,11 @@ def _checked_arguments(bit_widths, mode, teacher, teacher_mode, temperature, wei
             f"Distillation: teacher_optimizer would have no effect: only an untrained_external "
             f"teacher is trained, this one is {teacher_mode!r}; leave teacher_optimizer out"
         )
-    _number(temperature, "temperature", positive=True)
-    _number(weight, "weight")
-    _number(teacher_weight_decay, "teacher_weight_decay")
-    _number(attention_weight, "attention_weight")
+    for argument, value, positive in (
+            ("temperature", temperature, True), ("weight", weight, False),
+            ("teacher_weight_decay", teacher_weight_decay, False),
+            ("attention_weight", attention_weight, False)):
+        check_number(value, "Distillation", argument, positive)
     integral = isinstance(warmup_steps, numbers.Real) and not isinstance(warmup_steps, bool) \
         and math.isfinite(warmup_steps) and float(warmup_steps).is_integer()
     if not integral or warmup_steps < 0:

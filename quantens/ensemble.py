@@ -127,35 +127,59 @@ def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weig
             f"{where}: target_bits {target_bits!r} is not one of the bit-widths {members}: "
             f"choose a member (default: the lowest, {bit_widths[-1]})"
         )
-    if member_loss_weights is None:
-        member_loss_weights = {}
-    if not isinstance(member_loss_weights, Mapping):
+    weights = check_per_member(member_loss_weights, bit_widths, where, "member_loss_weights")
+    weights = {b: weights.get(b, 1.0) for b in bit_widths}
+    weight_decay = check_number(weight_decay, where, "weight_decay",
+                                hint=" (an L2 coefficient such as 1e-4)")
+    return bit_widths, _member_key(target_bits), weights, weight_decay
+
+
+def check_number(value, where: str, argument: str, positive: bool = False,
+                 hint: str = "") -> float:
+    """A finite number (> 0 when `positive`, else >= 0), or a UsageError naming `argument`.
+
+    ```python
+    from quantens.ensemble import check_number
+
+    assert check_number(2, "f", "weight") == 2.0
+    ```
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
         raise UsageError(
-            f"{where}: member_loss_weights must be a dict {{bits: weight}}, e.g. {{1: 2.0}}, "
-            f"got {type(member_loss_weights).__name__}"
+            f"{where}: {argument} must be a finite number {'> 0' if positive else '>= 0'}"
+            f"{hint}, got {value!r}"
         )
-    weights = {}
-    for b, w in member_loss_weights.items():
+    return float(value)
+
+
+def check_per_member(values, bit_widths, where: str, argument: str,
+                     positive: bool = False) -> dict[int, float]:
+    """`{bits: number}` of members checked (None: {}), or a UsageError naming `argument`.
+
+    ```python
+    from quantens.ensemble import check_per_member
+
+    assert check_per_member({"1": 2}, (32, 1), "f", "weights") == {1: 2.0}
+    ```
+    """
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise UsageError(
+            f"{where}: {argument} must be a dict {{bits: value}}, e.g. {{1: 2.0}}, "
+            f"got {type(values).__name__}"
+        )
+    checked = {}
+    for b, v in values.items():
         key = _member_key(b)
         if key not in bit_widths:
             raise UsageError(
-                f"{where}: member_loss_weights names bit-widths [{b!r}] that are not members "
-                f"({members}): give weights only for members"
+                f"{where}: {argument} names bit-widths [{b!r}] that are not members "
+                f"({' '.join(map(str, bit_widths))}): give values only for members"
             )
-        number = isinstance(w, numbers.Real) and not isinstance(w, bool)
-        if not number or not math.isfinite(w) or w < 0:
-            raise UsageError(
-                f"{where}: member_loss_weights[{key}] must be a finite number >= 0, got {w!r}"
-            )
-        weights[key] = float(w)
-    weights = {b: weights.get(b, 1.0) for b in bit_widths}
-    if (not isinstance(weight_decay, numbers.Real) or isinstance(weight_decay, bool)
-            or not math.isfinite(weight_decay) or weight_decay < 0):
-        raise UsageError(
-            f"{where}: weight_decay must be a finite number >= 0 (an L2 coefficient such as "
-            f"1e-4), got {weight_decay!r}"
-        )
-    return bit_widths, _member_key(target_bits), weights, float(weight_decay)
+        checked[key] = check_number(v, where, f"{argument}[{key}]", positive)
+    return checked
 
 
 @contextlib.contextmanager

@@ -421,8 +421,8 @@ def test_distillation_refuses_misuse_with_one_line_naming_the_argument(small_tea
         ({"warmup_steps": -1}, ["warmup_steps must be a whole number >= 0", "got -1"]),
         ({"warmup_steps": 2.5}, ["warmup_steps must be a whole number >= 0", "got 2.5"]),
         ({"student_weights": [1.0]}, ["student_weights must be a dict", "got list"]),
-        ({"student_weights": {2: 1.0}}, ["student_weights for 2 bits: not a member",
-                                         "members: 32 4 1"]),
+        ({"student_weights": {2: 1.0}}, ["student_weights names bit-widths [2] that are not "
+                                         "members (32 4 1)"]),
         ({"student_weights": {1: -1.0}}, ["student_weights[1] must be a finite number >= 0"]),
         ({"student_temperatures": {4: 0.0}},
          ["student_temperatures[4] must be a finite number > 0"]),
