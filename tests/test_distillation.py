@@ -327,7 +327,7 @@ def test_average_target_and_per_student_weights_and_temperatures_by_hand(rng):
         expected += alphas.get(b, 1.0) * np.mean(t * t * (p * (np.log(p) - np.log(q))).sum(-1))
     terms = kd.losses(logits)
     np.testing.assert_allclose(terms["kd_loss"], expected, rtol=1e-5)
-    with pytest.raises(ValueError, match="student_weights for 2 bits: not a member"):
+    with pytest.raises(ValueError, match=r"student_weights names bit-widths \[2\] that are not"):
         Distillation(BITS, "average", student_weights={2: 1.0})
     with pytest.raises(ValueError, match=r"student_temperatures\[1\] must be a finite number > 0"):
         Distillation(BITS, "average", student_temperatures={1: 0.0})
