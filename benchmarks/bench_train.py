@@ -9,7 +9,16 @@ Three ways to train the same architecture on the same batches:
   (b) separate  five models built with `bit_widths=(b,)`, each in its own
                 `QuantEnsemble(model_b, (b,))` with its own optimizer, trained one after
                 the other on each batch (a "step" of (b) = five train steps);
-  (c) float     one model with `bit_widths=(32,)` (a single float network).
+  (c) float     one model with `bit_widths=(32,)` (a single float network);
+  (d) sequential  (a) with `member_backward="sequential"`: each member's forward and
+                backward in turn, gradients added, one update (issue 25: the memory of
+                one member; goals time(d)/time(a) <= 1.05, memory(d)/memory(c) <= 1.5).
+
+`--members N` trains N members instead of 5: the N-1 highest of 32 16 12 8 7 6 5 4 3 2,
+and 1 (10 members: 32 16 12 8 7 6 5 4 3 1). Memory per variant: the process's peak RSS over the RSS before
+the model was built (includes tracing and TensorFlow's caches), and `step MiB`: the
+peak of TensorFlow's allocator during one traced step over what it held before the
+step (the activations and gradients of the step).
 
 Ratios are TIME ratios of the median step times, time(a) / time(b) and
 time(a) / time(c): below 1 means (a) is faster. The goal of issue 8 is
@@ -57,12 +66,19 @@ from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BITS = (32, 8, 4, 2, 1)
-VARIANTS = ("shared", "separate", "float")
+MEMBER_BITS = (32, 16, 12, 8, 7, 6, 5, 4, 3, 2, 1)  # --members N: the N highest, then 1 bit
+VARIANTS = ("shared", "sequential", "separate", "float")
 LABELS = {
-    "shared": "(a) shared 5-member",
-    "separate": "(b) 5 separate models",
+    "shared": "(a) shared, joint",
+    "sequential": "(d) shared, sequential",
+    "separate": "(b) separate models",
     "float": "(c) float model only",
 }
+
+
+def member_bits(n: int) -> tuple[int, ...]:
+    """The bit-widths of an n-member ensemble: (32, 8, 4, 2, 1) for 5, else from MEMBER_BITS."""
+    return BITS if n == len(BITS) else (*MEMBER_BITS[:n - 1], 1)
 GOAL = 0.85  # issue 8: time(a) / time(b) <= 0.85
 
 MODELS = {
@@ -152,7 +168,7 @@ class _Worker:
 
     # ---------------------------------------------------------------- models
 
-    def build(self, bit_widths: Sequence[int]):
+    def build(self, bit_widths: Sequence[int], member_backward: str = "joint"):
         """A compiled QuantEnsemble of `bit_widths` and its tf.function train step."""
         import quantens
         import zoo
@@ -162,16 +178,19 @@ class _Worker:
             spec["name"], input_shape=spec["input_shape"], num_classes=spec["num_classes"],
             bit_widths=tuple(bit_widths), **spec["kwargs"],
         )
-        ensemble = quantens.QuantEnsemble(model, bit_widths)
+        ensemble = quantens.QuantEnsemble(model, bit_widths, member_backward=member_backward)
         ensemble.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
         step = tf.function(ensemble.train_step, jit_compile=self.spec["jit"])
         return ensemble, step
 
     def build_variant(self, variant: str) -> list:
+        bits = member_bits(self.spec.get("members", len(BITS)))
         if variant == "shared":
-            return [self.build(BITS)]
+            return [self.build(bits)]
+        if variant == "sequential":
+            return [self.build(bits, member_backward="sequential")]
         if variant == "separate":
-            return [self.build((b,)) for b in BITS]
+            return [self.build((b,)) for b in bits]
         return [self.build((32,))]
 
     def run_steps(self, members: list, steps: int, offset: int = 0) -> float:
@@ -215,7 +234,8 @@ class _Worker:
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         cpu_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for r in range(spec["repeats"]):
-            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            k = r % len(VARIANTS)
+            order = VARIANTS[k:] + VARIANTS[:k]
             for v in order:
                 wall, cpu = self.run_steps_timed(variants[v], spec["steps"])
                 times[v].append(wall / spec["steps"])
@@ -252,6 +272,12 @@ class _Worker:
                                                         strict=True)],
             "a_over_c_per_round": [a / c for a, c in zip(times["shared"], times["float"],
                                                         strict=True)],
+            "d_over_a": med["sequential"] / med["shared"],
+            "d_over_b": med["sequential"] / med["separate"],
+            "d_over_c": med["sequential"] / med["float"],
+            "d_over_a_cpu": cpu["sequential"] / cpu["shared"],
+            "d_over_a_per_round": [d / a for d, a in zip(times["sequential"], times["shared"],
+                                                        strict=True)],
         }
         return result
 
@@ -261,11 +287,17 @@ class _Worker:
             tf.config.experimental.reset_memory_stats("GPU:0")
         _progress(f"memory of {LABELS[variant]}")
         members = self.build_variant(variant)
-        self.run_steps(members, 2)  # the first traces; peaks come in the first steps
+        self.run_steps(members, 1)  # traces
+        device = "GPU:0" if self.gpu else "CPU:0"
+        tf.config.experimental.reset_memory_stats(device)
+        held = tf.config.experimental.get_memory_info(device)["current"]
+        self.run_steps(members, 1, offset=1)
         result = {
             "variant": variant,
             "rss_before_build_bytes": self.data_rss,
             "peak_rss_bytes": _peak_rss_bytes(),
+            # TensorFlow's allocator during one traced step, over what it held before it
+            "step_peak_bytes": tf.config.experimental.get_memory_info(device)["peak"] - held,
         }
         result["peak_rss_over_baseline_bytes"] = result["peak_rss_bytes"] - self.data_rss
         if self.gpu:
@@ -527,6 +559,7 @@ def _configurations(args) -> list[dict]:
                     "steps": args.steps or defaults["steps"],
                     "repeats": args.repeats or defaults["repeats"],
                     "warmup": args.warmup, "data_dir": args.data_dir,
+                    "members": args.members,
                 })
     return configurations
 
@@ -539,7 +572,7 @@ def format_table(entries: list[dict]) -> str:
     """The table of a benchmark run: one row per variant, ratios per configuration."""
     header = (f"{'model':<16} {'dtype':<8} {'xla':<3} {'batch':>5}  {'variant':<22} "
               f"{'step ms':>9} {'CPU ms':>8} {'images/s':>9} {'1st step s':>10} "
-              f"{'peak RSS MiB':>12} {'(+build)':>9}")
+              f"{'peak RSS MiB':>12} {'(+build)':>9} {'step MiB':>9}")
     lines = [header, "-" * len(header)]
     for entry in entries:
         config, timing, memory = entry["config"], entry["timing"], entry.get("memory", {})
@@ -556,7 +589,8 @@ def format_table(entries: list[dict]) -> str:
                 f"{t['median_step_seconds'] * 1e3:>9.1f} "
                 f"{t['median_cpu_step_seconds'] * 1e3:>8.1f} {t['images_per_second']:>9.0f} "
                 f"{t['first_step_seconds']:>10.1f} {_mib(m.get('peak_rss_bytes')):>12} "
-                f"{_mib(m.get('peak_rss_over_baseline_bytes')):>9}"
+                f"{_mib(m.get('peak_rss_over_baseline_bytes')):>9} "
+                f"{_mib(m.get('step_peak_bytes')):>9}"
                 + (f"  GPU peak {_mib(m['gpu_peak_bytes'])} MiB" if "gpu_peak_bytes" in m else "")
             )
         r = timing["ratios"]
@@ -566,6 +600,27 @@ def format_table(entries: list[dict]) -> str:
         lines.append(
             f"{pad}  time(a)/time(b) = {r['a_over_b']:.3f} ({verdict} the goal <= {GOAL})   "
             f"time(a)/time(c) = {r['a_over_c']:.3f}"
+        )
+        memory_ratio = ""
+        if memory.get("sequential", {}).get("step_peak_bytes") and memory.get("float", {}).get(
+                "step_peak_bytes"):
+            d_mem, c_mem = memory["sequential"], memory["float"]
+            memory_ratio = (
+                f"   memory(d)/memory(c): step {d_mem['step_peak_bytes'] / c_mem['step_peak_bytes']:.2f}"
+                f", RSS (+build) {d_mem['peak_rss_over_baseline_bytes'] / c_mem['peak_rss_over_baseline_bytes']:.2f}"
+            )
+            if memory.get("shared", {}).get("step_peak_bytes"):
+                a_mem = memory["shared"]
+                memory_ratio += (
+                    f"; memory(a)/memory(c): step "
+                    f"{a_mem['step_peak_bytes'] / c_mem['step_peak_bytes']:.2f}, RSS (+build) "
+                    f"{a_mem['peak_rss_over_baseline_bytes'] / c_mem['peak_rss_over_baseline_bytes']:.2f}"
+                )
+        lines.append(
+            f"{pad}  time(d)/time(a) = {r['d_over_a']:.3f} (goal <= 1.05, by CPU time "
+            f"{r['d_over_a_cpu']:.3f}, median per-round "
+            f"{statistics.median(r['d_over_a_per_round']):.3f})   time(d)/time(b) = "
+            f"{r['d_over_b']:.3f} (goal <= {GOAL})" + memory_ratio
         )
         lines.append(
             f"{pad}    a/b by CPU time {r['a_over_b_cpu']:.3f}, fastest rounds "
@@ -671,6 +726,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None,
                    help="rounds; the median is reported (default: 10 digits, 3 resnet18)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after tracing")
+    p.add_argument("--members", type=int, default=len(BITS),
+                   help="members of the ensemble: 5 is (32, 8, 4, 2, 1); other N the N-1 "
+                   "highest of 32 16 12 8 7 6 5 4 3 2, and 1")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the per-variant peak-memory subprocesses")
     p.add_argument("--profile", action="store_true",
@@ -687,6 +745,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         p.error("--warmup must not be negative")
+    if not 2 <= args.members <= len(MEMBER_BITS):
+        p.error(f"--members must be from 2 to {len(MEMBER_BITS)}")
     return args
 
 

@@ -162,6 +162,13 @@ def kd_pairs(mode: str, bit_widths, has_teacher: bool) -> list:
     return pairs + list(zip(bit_widths[1:], bit_widths[:-1], strict=True))
 
 
+MEMBER_BACKWARDS = ("joint", "sequential")
+"""How `QuantEnsemble.train_step` gets the members' gradients: one backward pass through
+every member's forward pass (joint), or member after member, adding them up (sequential:
+the memory of one member's activations)."""
+MEMBER_BACKWARD = "joint"
+"""The default of `member_backward` / `--member-backward`."""
+
 KD_TEACHER_MODES = ("none", "pretrained_external", "untrained_external")
 """`--kd-teacher-mode`: the teacher's training level."""
 

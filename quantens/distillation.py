@@ -398,14 +398,23 @@ class Distillation(tf.Module):
             return (TEACHER, student)
         return target
 
-    def pair_losses(self, member_logits, targets, sample_weight=None) -> dict:
+    @property
+    def needs_average(self) -> bool:
+        """Whether a pair learns from the members' mean (every member's logits first)."""
+        return any(target == AVERAGE for _, target in self.pairs)
+
+    def _pairs_of(self, students) -> list:
+        return [p for p in self.pairs if students is None or p[0] in students]
+
+    def pair_losses(self, member_logits, targets, sample_weight=None, students=None) -> dict:
         """α·T²·KL per pair, averaged per global batch: `{(student, target): loss}`.
 
         α and T are the student's (`student_weights`, `student_temperatures`)
-        where given, else `weight` and `temperature`.
+        where given, else `weight` and `temperature`. `students`: only the
+        pairs of these members (default all).
         """
         losses = {}
-        for student, target in self.pairs:
+        for student, target in self._pairs_of(students):
             per_example = kd_loss(
                 member_logits[student], targets[self._key(student, target)],
                 self.student_temperatures.get(student, self.temperature),
@@ -421,7 +430,8 @@ class Distillation(tf.Module):
             return tf.constant(1.0)
         return tf.cast(tf.greater_equal(step, self.warmup_steps), tf.float32)
 
-    def attention_losses(self, member_features, target_features, sample_weight=None) -> dict:
+    def attention_losses(self, member_features, target_features, sample_weight=None,
+                         students=None) -> dict:
         """β·Σ_stages ‖Q_s − Q_t‖ per pair, averaged per global batch."""
         return {
             (student, target): self.attention_weight * tf.nn.compute_average_loss(
@@ -430,8 +440,28 @@ class Distillation(tf.Module):
                 ),
                 sample_weight=sample_weight,
             )
-            for student, target in self.pairs
+            for student, target in self._pairs_of(students)
         }
+
+    def student_losses(self, student, logits, features, targets, target_features,
+                       sample_weight=None) -> dict[str, tf.Tensor]:
+        """The terms of one student's pairs (ungated): `{"kd_loss": ..., "attention_loss": ...}`.
+
+        `targets` / `target_features` hold every target the student's pairs
+        read (as `targets()` makes them); the per-member backward of
+        `QuantEnsemble(member_backward="sequential")` calls it member by member.
+        Empty when `student` learns from nothing.
+        """
+        pairs = self._pairs_of((student,))
+        if not pairs:
+            return {}
+        terms = {"kd_loss": tf.add_n(list(self.pair_losses(
+            {student: logits}, targets, sample_weight, students=(student,)).values()))}
+        if self.attention_weight:
+            terms["attention_loss"] = tf.add_n(list(self.attention_losses(
+                {student: features}, target_features, sample_weight,
+                students=(student,)).values()))
+        return terms
 
     def losses(self, member_logits, member_features=None, teacher_outputs=None,
                sample_weight=None, step=None) -> dict[str, tf.Tensor]:

@@ -31,7 +31,7 @@ from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import bits as bits_scope
 from quantens.bits import validate_bit_widths
-from quantens.defaults import BIT_WIDTHS, FULL_PRECISION
+from quantens.defaults import BIT_WIDTHS, FULL_PRECISION, MEMBER_BACKWARD, MEMBER_BACKWARDS
 from quantens.errors import ConfigError, UsageError, WeightsError, one_line
 
 _BIT_WIDTHS_EXPECTED = "distinct integers from 1 to 32, e.g. (32, 8, 4, 2, 1)"
@@ -220,6 +220,11 @@ class QuantEnsemble(tf.keras.Model):
         weight_decay: L2 coefficient of the full-precision variables (the
             seed's `--wd`: its gradient adds `wd * w`); quantized kernels get
             none, as BMXNet sets their `wd_mult` to 0.
+        member_backward: `"joint"` (one backward pass through all members'
+            forward passes: every member's activations alive at once) or
+            `"sequential"` (each member's forward, loss and backward in turn,
+            the gradients added and applied once: the activation memory of one
+            member, the same update up to float rounding).
 
     Raises:
         UsageError: an argument that cannot work (not a Keras model, bit-widths
@@ -245,16 +250,23 @@ class QuantEnsemble(tf.keras.Model):
         target_bits: int | None = None,
         member_loss_weights: Mapping[int, float] | None = None,
         weight_decay: float = 0.0,
+        member_backward: str = MEMBER_BACKWARD,
         **kwargs,
     ):
         bit_widths, target_bits, weights, weight_decay = _checked_arguments(
             model, bit_widths, target_bits, member_loss_weights, weight_decay)
+        if member_backward not in MEMBER_BACKWARDS:
+            raise UsageError(
+                f"QuantEnsemble: member_backward must be one of {', '.join(MEMBER_BACKWARDS)}, "
+                f"got {member_backward!r}"
+            )
         super().__init__(**kwargs)
         self.model = model
         self.bit_widths = bit_widths
         self.target_bits = target_bits
         self.member_loss_weights = weights
         self.weight_decay = weight_decay
+        self.member_backward = member_backward
         self.distillation = None
         object.__setattr__(self, "_stages_model", None)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
@@ -365,14 +377,7 @@ class QuantEnsemble(tf.keras.Model):
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
         if training:
-            regularization = list(self.model.losses)
-            if self.weight_decay:
-                regularization += [
-                    0.5 * self.weight_decay * tf.reduce_sum(tf.square(v))
-                    for v in self.decayed_variables()
-                ]
-            if regularization:
-                total += tf.nn.scale_regularization_loss(tf.add_n(regularization))
+            total += self._regularization()
         terms = {}
         if self.distillation is not None:
             if teacher_outputs is None:
@@ -384,6 +389,18 @@ class QuantEnsemble(tf.keras.Model):
             )
             total += tf.add_n(list(terms.values()))
         return total, losses, terms, teacher_outputs
+
+    def _regularization(self) -> tf.Tensor:
+        """The model's own losses and weight decay, scaled per replica (0 without them)."""
+        regularization = list(self.model.losses)
+        if self.weight_decay:
+            regularization += [
+                0.5 * self.weight_decay * tf.reduce_sum(tf.square(v))
+                for v in self.decayed_variables()
+            ]
+        if not regularization:
+            return tf.constant(0.0)
+        return tf.nn.scale_regularization_loss(tf.add_n(regularization))
 
     def decayed_variables(self) -> list[tf.Variable]:
         """Trainable variables that weight decay applies to: all but quantized kernels."""
@@ -428,12 +445,101 @@ class QuantEnsemble(tf.keras.Model):
         if self.distillation is not None and self.distillation.trains_teacher:
             # the untrained teacher's own step; its logits become the targets
             teacher_outputs = self.distillation.train_teacher(x, y, sample_weight)
+        if self.member_backward == "sequential":
+            return self._sequential_step(x, y, sample_weight, teacher_outputs)
         with tf.GradientTape() as tape:
             member_logits, features = self.member_outputs(x, training=True)
             total, losses, terms, teacher_outputs = self._loss_terms(
                 x, y, member_logits, sample_weight, True, features, teacher_outputs
             )
         self.optimizer.minimize(total, self.model.trainable_variables, tape=tape)
+        return self._update_metrics(
+            y, member_logits, total, losses, sample_weight, terms, teacher_outputs
+        )
+
+    def _member_forward(self, x, bits: int, training=None):
+        """(logits as float32, stage outputs or None) of one member."""
+        with bits_scope(bits):
+            if self._stages_model is None:
+                return tf.cast(self.model(x, training=training), tf.float32), None
+            outputs = self._stages_model(x, training=training)
+        return tf.cast(outputs[0], tf.float32), list(outputs[1:])
+
+    def _average_targets(self, x) -> tuple[dict, dict | None]:
+        """Every member's outputs of a forward pass that leaves the BN statistics as they were.
+
+        The `average` target needs all members' logits before any student's
+        backward; the sequential pass then updates each member's moving
+        statistics once, as the joint step does.
+        """
+        statistics = self.model.non_trainable_variables
+        saved = [tf.identity(v) for v in statistics]
+        with tf.control_dependencies(saved):
+            logits, features = self.member_outputs(x, training=True)
+        with tf.control_dependencies(list(logits.values())):
+            for variable, value in zip(statistics, saved, strict=True):
+                variable.assign(value)
+        return logits, features
+
+    def _sequential_step(self, x, y, sample_weight, teacher_outputs):
+        """One optimizer update from the members' gradients, computed member after member.
+
+        Each member's forward pass, loss and backward pass run before the next
+        member's forward pass starts (control dependencies), so one member's
+        activations are alive at a time; the gradients add up and the optimizer
+        applies their sum once (one all-reduce under `tf.distribute`). What a
+        student learns from is computed first and held constant: the teacher's
+        outputs, higher members' logits (the members run highest first), and
+        for `average` the members' mean from an extra forward pass.
+        """
+        d = self.distillation
+        variables = self.model.trainable_variables
+        optimizer = self.optimizer
+        scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        targets, target_features, gate = {}, {}, None
+        if d is not None:
+            if teacher_outputs is None:
+                teacher_outputs = d.teacher_outputs(x, training=False)
+            first = self._average_targets(x) if d.needs_average else ({}, None)
+            targets, target_features = d.targets(*first, teacher_outputs)
+            gate = d.active(optimizer.iterations)
+        grads = [None] * len(variables)
+        member_logits, losses, total = {}, {}, tf.constant(0.0)
+        collected: dict[str, list] = {}
+        done: list = []
+        for index, b in enumerate(self.bit_widths):
+            with tf.control_dependencies(done):  # the previous member's backward is over
+                with tf.GradientTape() as tape:
+                    logits, features = self._member_forward(x, b, training=True)
+                    losses[b] = tf.nn.compute_average_loss(
+                        self.member_loss_fn(y, logits), sample_weight=sample_weight)
+                    loss = self.member_loss_weights[b] * losses[b]
+                    if index == 0:
+                        loss += self._regularization()
+                    if d is not None:
+                        for name, term in d.student_losses(
+                                b, logits, features, targets, target_features,
+                                sample_weight).items():
+                            collected.setdefault(name, []).append(gate * term)
+                            loss += gate * term
+                    scaled_loss = optimizer.get_scaled_loss(loss) if scaled else loss
+                member_grads = tape.gradient(scaled_loss, variables)
+            grads = [g if a is None else a if g is None else a + g
+                     for a, g in zip(grads, member_grads, strict=True)]
+            done = [g for g in grads if g is not None]
+            member_logits[b] = logits
+            targets[b] = tf.stop_gradient(logits)  # what lower members learn from
+            if features is not None:
+                target_features[b] = [tf.stop_gradient(f) for f in features]
+            total += loss
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None])
+        terms = {}
+        if d is not None:
+            terms = {"kd_loss": tf.constant(0.0)}
+            terms.update({name: tf.add_n(values) for name, values in collected.items()})
         return self._update_metrics(
             y, member_logits, total, losses, sample_weight, terms, teacher_outputs
         )
@@ -476,6 +582,7 @@ class QuantEnsemble(tf.keras.Model):
             "target_bits": self.target_bits,
             "member_loss_weights": {str(b): w for b, w in self.member_loss_weights.items()},
             "weight_decay": self.weight_decay,
+            "member_backward": self.member_backward,
         }
 
     @classmethod

@@ -279,6 +279,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", choices=defaults.DTYPES,
                    help="compute dtype (float16/bfloat16: mixed precision)")
     g.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    g.add_argument("--member-backward", default=defaults.MEMBER_BACKWARD,
+                   choices=defaults.MEMBER_BACKWARDS,
+                   help="joint: one backward pass through every member (the activations of "
+                   "all members alive at once); sequential: each member's forward and backward "
+                   "in turn, gradients added (the memory of one member, the same update)")
     g.add_argument("--test-run", action="store_true",
                    help="one batch per epoch (smoke runs)")
     g.add_argument("--dry-run", action="store_true",

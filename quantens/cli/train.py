@@ -329,6 +329,7 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
         ensemble = quantens.QuantEnsemble(
             model, args.bit_widths, args.target_bits, weight_decay=args.wd,
             member_loss_weights=dict(args.member_loss_weights or []),
+            member_backward=args.member_backward,
         )
         if distillation is not None:
             ensemble.set_distillation(distillation)

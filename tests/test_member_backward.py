@@ -1,0 +1,208 @@
+"""`QuantEnsemble(member_backward="sequential")`: the joint step's update, one member at a time.
+
+Two ensembles start from the same weights and take the same steps, one with
+`member_backward="joint"` (one backward pass through every member) and one
+with "sequential" (forward, loss, backward per member, gradients added):
+their updates, BN statistics and PACT ranges must agree.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT, tiny_model
+
+import quantens
+from quantens.distillation import Distillation
+
+BITS = (32, 4, 1)
+
+
+def teacher_model():
+    return tf.keras.Sequential([
+        tf.keras.layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
+        tf.keras.layers.GlobalAveragePooling2D(),
+        tf.keras.layers.Dense(10),
+    ], name="teacher")
+
+
+def batch(seed=0, n=16):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 8, 8, 1)).astype("float32"), (np.arange(n) % 10).astype("int32")
+
+
+def ensemble_pair(kd=None, optimizer=lambda: tf.keras.optimizers.SGD(1.0), model_kwargs=None,
+                  **ensemble_kwargs):
+    """(joint, sequential) ensembles of one model's weights (and one teacher's)."""
+    tf.keras.utils.set_random_seed(0)
+    teacher = teacher_model() if kd and kd.get("teacher") else None
+    made = []
+    for mode in ("joint", "sequential"):
+        model = tiny_model(BITS, width=4, **(model_kwargs or {}))
+        if made:
+            model.set_weights(made[0].model.get_weights())
+        ensemble = quantens.QuantEnsemble(model, BITS, member_backward=mode, **ensemble_kwargs)
+        if kd is not None:
+            options = {k: v for k, v in kd.items() if k != "teacher"}
+            ensemble.set_distillation(Distillation(BITS, teacher=teacher, **options))
+        ensemble.compile(optimizer=optimizer())
+        made.append(ensemble)
+    return made
+
+
+def relative_difference(a, b):
+    scale = max(float(np.abs(a).max()), 1e-12)
+    return float(np.abs(a - b).max()) / scale
+
+
+KD_CASES = {  # every KD mode; attention matching and the warm-up below
+    "none": None,
+    "progressive, attention": {"mode": "progressive", "attention_weight": 0.5},
+    "highest": {"mode": "highest", "weight": 2.0},
+    "average": {"mode": "average", "temperature": 2.0},
+    "simple teacher": {"mode": "simple", "teacher": True},
+}
+
+
+@pytest.mark.parametrize("kd", KD_CASES.values(), ids=KD_CASES.keys())
+def test_one_step_updates_equal_the_joint_step(kd):
+    joint, sequential = ensemble_pair(kd, member_loss_weights={32: 0.5, 1: 2.0})
+    before = [w.numpy() for w in joint.model.trainable_weights]
+    x, y = batch()
+    logs = [e.train_on_batch(x, y, return_dict=True) for e in (joint, sequential)]
+    for w0, a, b in zip(before, joint.model.trainable_weights, sequential.model.trainable_weights,
+                        strict=True):
+        step_a, step_b = a.numpy() - w0, b.numpy() - w0  # -gradient (SGD, lr 1)
+        if np.abs(step_a).max() > 0:
+            assert relative_difference(step_a, step_b) < 1e-6, a.name
+        else:
+            assert np.abs(step_b).max() == 0, a.name
+    for key, value in logs[0].items():  # the same loss, per-member metrics and KD terms
+        assert logs[1][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    # BN moving statistics (one per member) and PACT ranges: updated exactly once
+    for a, b in zip(joint.model.non_trainable_weights, sequential.model.non_trainable_weights,
+                    strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.name)
+
+
+def test_three_adam_steps_with_pact_ranges_and_a_kd_warm_up_give_the_same_weights():
+    joint, sequential = ensemble_pair(  # KD from the second step on
+        {"mode": "progressive", "warmup_steps": 1},
+        optimizer=lambda: tf.keras.optimizers.Adam(1e-2),
+        model_kwargs={"activation_method": "pact"}, weight_decay=1e-3)
+    alphas = [w for w in sequential.model.trainable_weights if "alpha" in w.name]
+    assert alphas, "no PACT ranges in the model"
+    for step in range(3):
+        x, y = batch(step)
+        for ensemble in (joint, sequential):
+            ensemble.train_on_batch(x, y)
+    for a, b in zip(joint.model.weights, sequential.model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.name)
+
+
+def test_the_mode_is_part_of_the_config_and_checked():
+    model = tiny_model(BITS, width=4)
+    ensemble = quantens.QuantEnsemble(model, BITS, member_backward="sequential")
+    assert ensemble.get_config()["member_backward"] == "sequential"
+    again = quantens.QuantEnsemble.from_config(ensemble.get_config())
+    assert again.member_backward == "sequential"
+    with pytest.raises(ValueError, match="member_backward must be one of joint, sequential"):
+        quantens.QuantEnsemble(model, BITS, member_backward="serial")
+
+
+REPLICAS = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "tests")
+    import quantens, numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import test_member_backward as t
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        joint, sequential = t.ensemble_pair({"mode": "progressive"},
+                                            member_loss_weights={1: 2.0})
+    before = [w.numpy() for w in joint.model.trainable_weights]
+    x, y = t.batch()
+    for e in (joint, sequential):
+        e.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    worst = max(t.relative_difference(a.numpy() - w0, b.numpy() - w0)
+                for w0, a, b in zip(before, joint.model.trainable_weights,
+                                    sequential.model.trainable_weights)
+                if np.abs(a.numpy() - w0).max() > 0)
+    print("worst", worst)
+""")
+
+
+def test_two_cpu_replicas_sequential_equals_joint():
+    result = subprocess.run([sys.executable, "-c", REPLICAS], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    worst = float(result.stdout.split("worst")[-1])
+    assert worst < 1e-6
+
+
+MEMORY = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "tests")
+    import quantens, numpy as np, tensorflow as tf
+    from conftest import tiny_model
+
+    x = np.random.default_rng(0).random((128, 16, 16, 1)).astype("float32")
+    y = np.arange(128) % 10
+    def batches(size):
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(size).take(1)
+    for mode in ("joint", "sequential"):
+        for bits in ((32, 1), (32, 16, 12, 8, 6, 4, 2, 1)):
+            model = tiny_model(bits, width=16, input_shape=(16, 16, 1))
+            ensemble = quantens.QuantEnsemble(model, bits, member_backward=mode)
+            ensemble.compile(optimizer=tf.keras.optimizers.SGD(0.01))
+            ensemble.fit(batches(2), verbose=0)  # traced for any batch size
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            base = tf.config.experimental.get_memory_info("CPU:0")["current"]
+            ensemble.fit(batches(128), verbose=0)
+            peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+            print("peak", mode, len(bits), peak - base)
+""")
+
+
+def test_peak_memory_grows_with_members_when_joint_and_stays_flat_when_sequential():
+    """The TensorFlow allocator's peak of one step of batch 128 over what it held before."""
+    result = subprocess.run([sys.executable, "-c", MEMORY], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    peak = {(mode, int(n)): int(value) for _, mode, n, value in
+            (line.split() for line in result.stdout.splitlines() if line.startswith("peak"))}
+    assert len(peak) == 4, result.stdout
+    # 8 members: each adds its activations to the joint step; the sequential step holds one
+    assert peak["joint", 8] > 1.4 * peak["joint", 2], peak
+    assert peak["sequential", 8] < 1.15 * peak["sequential", 2], peak
+    assert peak["joint", 8] > 2 * peak["sequential", 8], peak
+
+
+def test_float16_loss_scaling_of_the_members_equals_scaling_their_sum():
+    """mixed_float16: each member's loss is scaled, the summed gradients unscaled once."""
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        joint, sequential = ensemble_pair(
+            {"mode": "progressive"},
+            optimizer=lambda: tf.keras.mixed_precision.LossScaleOptimizer(
+                tf.keras.optimizers.SGD(1.0)))
+        assert isinstance(sequential.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        before = [w.numpy() for w in joint.model.trainable_weights]
+        x, y = batch()
+        for ensemble in (joint, sequential):
+            ensemble.train_on_batch(x, y)
+        for w0, a, b in zip(before, joint.model.trainable_weights,
+                            sequential.model.trainable_weights, strict=True):
+            step_a, step_b = a.numpy() - w0, b.numpy() - w0
+            if np.abs(step_a).max() > 0:  # float16 activations: agreement to their precision
+                assert relative_difference(step_a, step_b) < 1e-3, a.name
+        assert float(joint.optimizer.loss_scale) == float(sequential.optimizer.loss_scale)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
