@@ -36,8 +36,13 @@ def batch(seed=0, n=16):
 
 
 def ensemble_pair(kd=None, optimizer=lambda: tf.keras.optimizers.SGD(1.0), model_kwargs=None,
-                  **ensemble_kwargs):
-    """(joint, sequential) ensembles of one model's weights (and one teacher's)."""
+                  run_eagerly=True, **ensemble_kwargs):
+    """(joint, sequential) ensembles of one model's weights (and one teacher's).
+
+    Eager by default: a few steps cost less than tracing them (the traced step,
+    with its control dependencies, is tested under 2 replicas, with float16 and
+    in the memory test).
+    """
     tf.keras.utils.set_random_seed(0)
     teacher = teacher_model() if kd and kd.get("teacher") else None
     made = []
@@ -49,7 +54,7 @@ def ensemble_pair(kd=None, optimizer=lambda: tf.keras.optimizers.SGD(1.0), model
         if kd is not None:
             options = {k: v for k, v in kd.items() if k != "teacher"}
             ensemble.set_distillation(Distillation(BITS, teacher=teacher, **options))
-        ensemble.compile(optimizer=optimizer())
+        ensemble.compile(optimizer=optimizer(), run_eagerly=run_eagerly)
         made.append(ensemble)
     return made
 
@@ -89,10 +94,12 @@ def test_one_step_updates_equal_the_joint_step(kd):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.name)
 
 
-def test_three_adam_steps_with_pact_ranges_and_a_kd_warm_up_give_the_same_weights():
+def test_three_momentum_steps_with_pact_ranges_and_a_kd_warm_up_give_the_same_weights():
+    # SGD with momentum: Adam divides each gradient by its own running scale, so the
+    # rounding of gradients near 0 (summed in another order) can move a weight by lr
     joint, sequential = ensemble_pair(  # KD from the second step on
         {"mode": "progressive", "warmup_steps": 1},
-        optimizer=lambda: tf.keras.optimizers.Adam(1e-2),
+        optimizer=lambda: tf.keras.optimizers.SGD(0.1, momentum=0.9),
         model_kwargs={"activation_method": "pact"}, weight_decay=1e-3)
     alphas = [w for w in sequential.model.trainable_weights if "alpha" in w.name]
     assert alphas, "no PACT ranges in the model"
@@ -123,7 +130,7 @@ REPLICAS = textwrap.dedent("""
     import test_member_backward as t
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        joint, sequential = t.ensemble_pair({"mode": "progressive"},
+        joint, sequential = t.ensemble_pair({"mode": "progressive"}, run_eagerly=False,
                                             member_loss_weights={1: 2.0})
     before = [w.numpy() for w in joint.model.trainable_weights]
     x, y = t.batch()
@@ -192,7 +199,7 @@ def test_float16_loss_scaling_of_the_members_equals_scaling_their_sum():
         joint, sequential = ensemble_pair(
             {"mode": "progressive"},
             optimizer=lambda: tf.keras.mixed_precision.LossScaleOptimizer(
-                tf.keras.optimizers.SGD(1.0)))
+                tf.keras.optimizers.SGD(1.0)), run_eagerly=False)
         assert isinstance(sequential.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
         before = [w.numpy() for w in joint.model.trainable_weights]
         x, y = batch()
