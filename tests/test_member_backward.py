@@ -213,3 +213,32 @@ def test_float16_loss_scaling_of_the_members_equals_scaling_their_sum():
         assert float(joint.optimizer.loss_scale) == float(sequential.optimizer.loss_scale)
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--width", "4", "--epochs", "1"],  # make train's run, smaller
+    ["--width", "4", "--epochs", "2", "--test-run", "--bit-widths", "32", "8", "4", "2",
+     "--target-bits", "4", "--kd-mode", "progressive", "--teacher", "cifar_resnet20_v1",
+     "--kd-teacher-mode", "untrained_external", "--teacher-lr", "0.1",
+     "--teacher-optimizer", "sgd", "--wd", "0.0001"],  # the seed's example 3, on digits
+], ids=["make-train", "seed-example-3"])
+def test_train_py_gives_the_same_run_in_both_modes(tmp_path, argv):
+    import csv
+    import json
+
+    from quantens.cli import train as train_cli
+
+    runs = {}
+    for mode in ("joint", "sequential"):
+        path = tmp_path / mode
+        assert train_cli.main([*argv, "--no-tensorboard", "--member-backward", mode,
+                               "--result-path", str(path)]) == 0
+        with open(path / "history.csv") as f:
+            history = list(csv.DictReader(f))
+        runs[mode] = json.loads((path / "metrics.json").read_text()), history
+        assert json.loads((path / "config.json").read_text())["member_backward"] == mode
+    (joint, joint_history), (sequential, sequential_history) = runs.values()
+    assert sequential["test_accuracy"] == joint["test_accuracy"]  # to the last digit
+    for a, b in zip(joint_history, sequential_history, strict=True):
+        for key in a:
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-7), key
