@@ -261,6 +261,9 @@ class _Worker:
         med = {v: result["variants"][v]["median_step_seconds"] for v in VARIANTS}
         cpu = {v: result["variants"][v]["median_cpu_step_seconds"] for v in VARIANTS}
         fastest = {v: result["variants"][v]["min_step_seconds"] for v in VARIANTS}
+        def per_round(x: str, y: str) -> list[float]:
+            return [p / q for p, q in zip(times[x], times[y], strict=True)]
+
         result["ratios"] = {
             "a_over_b": med["shared"] / med["separate"],
             "a_over_c": med["shared"] / med["float"],
@@ -268,16 +271,13 @@ class _Worker:
             "a_over_c_cpu": cpu["shared"] / cpu["float"],
             "a_over_b_min": fastest["shared"] / fastest["separate"],
             "a_over_c_min": fastest["shared"] / fastest["float"],
-            "a_over_b_per_round": [a / b for a, b in zip(times["shared"], times["separate"],
-                                                        strict=True)],
-            "a_over_c_per_round": [a / c for a, c in zip(times["shared"], times["float"],
-                                                        strict=True)],
+            "a_over_b_per_round": per_round("shared", "separate"),
+            "a_over_c_per_round": per_round("shared", "float"),
             "d_over_a": med["sequential"] / med["shared"],
             "d_over_b": med["sequential"] / med["separate"],
             "d_over_c": med["sequential"] / med["float"],
             "d_over_a_cpu": cpu["sequential"] / cpu["shared"],
-            "d_over_a_per_round": [d / a for d, a in zip(times["sequential"], times["shared"],
-                                                        strict=True)],
+            "d_over_a_per_round": per_round("sequential", "shared"),
         }
         return result
 
