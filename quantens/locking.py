@@ -104,6 +104,7 @@ def check_unlocked(directory: str) -> None:
     with ResultDirLock(run, "train.py"):
         try:
             check_unlocked(run)
+            raise AssertionError("a held directory passed")
         except LockedError as error:
             assert "in use by train.py" in str(error)
     ```

@@ -76,6 +76,7 @@ def check_arguments(name: str, arguments) -> None:
 
     try:
         zoo.check_arguments("digits_resnet_e", ["width", "alpha"])
+        raise AssertionError("alpha passed")
     except ConfigError as error:
         assert "digits_resnet_e takes no alpha (--alpha)" in str(error)
     ```
