@@ -376,8 +376,9 @@ class QuantEnsemble(tf.keras.Model):
         """(total, CE per member, distillation terms, teacher outputs)."""
         losses = self.member_losses(y, member_logits, sample_weight)
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
-        if training:
-            total += self._regularization()
+        regularization = self._regularization() if training else None
+        if regularization is not None:
+            total += regularization
         terms = {}
         if self.distillation is not None:
             if teacher_outputs is None:
@@ -390,8 +391,8 @@ class QuantEnsemble(tf.keras.Model):
             total += tf.add_n(list(terms.values()))
         return total, losses, terms, teacher_outputs
 
-    def _regularization(self) -> tf.Tensor:
-        """The model's own losses and weight decay, scaled per replica (0 without them)."""
+    def _regularization(self) -> tf.Tensor | None:
+        """The model's own losses and weight decay, scaled per replica (None without them)."""
         regularization = list(self.model.losses)
         if self.weight_decay:
             regularization += [
@@ -399,7 +400,7 @@ class QuantEnsemble(tf.keras.Model):
                 for v in self.decayed_variables()
             ]
         if not regularization:
-            return tf.constant(0.0)
+            return None
         return tf.nn.scale_regularization_loss(tf.add_n(regularization))
 
     def decayed_variables(self) -> list[tf.Variable]:
@@ -514,8 +515,9 @@ class QuantEnsemble(tf.keras.Model):
                     losses[b] = tf.nn.compute_average_loss(
                         self.member_loss_fn(y, logits), sample_weight=sample_weight)
                     loss = self.member_loss_weights[b] * losses[b]
-                    if index == 0:
-                        loss += self._regularization()
+                    regularization = self._regularization() if index == 0 else None
+                    if regularization is not None:
+                        loss += regularization
                     if d is not None:
                         for name, term in d.student_losses(
                                 b, logits, features, targets, target_features,
