@@ -47,6 +47,7 @@ def check_bit_widths(bit_widths, where: str, argument: str = "bit_widths") -> tu
     assert check_bit_widths([1, 32], "f") == (32, 1)
     try:
         check_bit_widths(None, "f")
+        raise AssertionError("None passed")
     except UsageError as error:
         assert str(error).startswith("f: bit_widths must list")
     ```

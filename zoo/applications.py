@@ -268,6 +268,7 @@ def converted_options(
     assert converted_options("resnet50")["weight_quantization"] == "narrow"
     try:
         converted_options("resnet50", width=16)
+        raise AssertionError("width passed")
     except ValueError as error:
         assert "width" in str(error)
     ```
