@@ -69,12 +69,16 @@ with tfds.testing.mock_data(num_examples=4):
 """
 
 
-def run_seed_example(n, tmp_path, extra=(), **replace):
+def run_seed_example(n, tmp_path, extra=(), eager=False, **replace):
     """Runs seed example n through train.py under `tfds.testing.mock_data`.
 
     Flags verbatim except `--epochs 1 --test-run`, `--batch-size 2`, no
     `--gpus 0`, and the `replace`d ones. Runs in `tmp_path/work`, so the
     example's `--result_path ../test_runN/` lands in `tmp_path`.
+
+    `eager=True` adds `--mode imperative` (replacing the example's `--mode`):
+    the one step of a test run costs a few seconds eagerly and about 40 s to
+    trace for a ResNetE-18 with a teacher; example 1 runs traced in test_train.
     """
     from seed_examples import flags
 
@@ -82,6 +86,9 @@ def run_seed_example(n, tmp_path, extra=(), **replace):
     work.mkdir(exist_ok=True)
     script = tmp_path / "mock_train.py"
     script.write_text(MOCK_TRAIN)
+    if eager:
+        replace = {"--mode": None, **replace}
+        extra = (*extra, "--mode", "imperative")
     argv = flags(n, **{"--epochs": "1", "--batch-size": "2", **replace})
     result = run_script([str(script), *argv, "--test-run", *extra], cwd=str(work),
                         env={"PYTHONPATH": ROOT})

@@ -211,7 +211,7 @@ def test_seed_example_2_with_a_local_teacher_file(tmp_path):
     teacher_file = tmp_path / "resnet18_v1.weights.h5"
     zoo.create_teacher("ResNet18_v1", (224, 224, 3), 1000).save_weights(str(teacher_file))
     result, result_path = run_seed_example(
-        2, tmp_path, extra=("--teacher-params", str(teacher_file)),
+        2, tmp_path, eager=True, extra=("--teacher-params", str(teacher_file)),
         **{"--data-dir": str(data_dir)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -233,7 +233,7 @@ def test_seed_example_2_offline_without_teacher_params_is_one_clear_error(tmp_pa
 
 @pytest.mark.slow
 def test_seed_example_3_trains_a_teacher_jointly(tmp_path):
-    result, result_path = run_seed_example(3, tmp_path)
+    result, result_path = run_seed_example(3, tmp_path, eager=True)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(result_path / "metrics.json"))
     assert metrics["bit_widths"] == [32, 8, 4, 2] and metrics["target_bits"] == 4
@@ -243,13 +243,13 @@ def test_seed_example_3_trains_a_teacher_jointly(tmp_path):
 
 @pytest.mark.slow
 def test_seed_examples_4_then_5_multi_stage_training(tmp_path):
-    first, first_path = run_seed_example(4, tmp_path)
+    first, first_path = run_seed_example(4, tmp_path, eager=True)
     assert first.returncode == 0, first.stderr[-3000:]
     config = json.load(open(first_path / "config.json"))
     assert config["fp_weights"] and config["num_classes"] == 100
     assert (tmp_path / "work" / "test_run4").is_file()  # the seed's --log file
     shutil.copy(first_path / "ensemble.weights.h5", tmp_path / "work" / "first_stage.params")
-    second, second_path = run_seed_example(5, tmp_path)
+    second, second_path = run_seed_example(5, tmp_path, eager=True)
     assert second.returncode == 0, second.stderr[-3000:]
     config = json.load(open(second_path / "config.json"))
     assert config["ensemble_teacher"] and config["resume"] == "first_stage.params"
@@ -371,6 +371,7 @@ def test_two_stage_trains_fp_weights_then_the_ensemble_teacher_from_it(tmp_path,
     result = tmp_path / "run"
     done = run_script(["train.py", "--two-stage", "--width", "8", "--epochs", "1",
                        "--test-run", "--bit-widths", "32", "1", "--no-tensorboard",
+                       "--mode", "imperative",  # one step: less than tracing it, twice
                        "--data-dir", tfds_dir, "--result-path", str(result)])
     assert done.returncode == 0, done.stderr[-3000:]
     first = json.loads((result / "stage1" / "config.json").read_text())

@@ -158,6 +158,7 @@ MEMORY = textwrap.dedent("""
     sys.path.insert(0, "tests")
     import quantens, numpy as np, tensorflow as tf
     from conftest import tiny_model
+    from quantens.distillation import Distillation
 
     x = np.random.default_rng(0).random((128, 16, 16, 1)).astype("float32")
     y = np.arange(128) % 10
@@ -167,6 +168,7 @@ MEMORY = textwrap.dedent("""
         for bits in ((32, 1), (32, 16, 12, 8, 6, 4, 2, 1)):
             model = tiny_model(bits, width=16, input_shape=(16, 16, 1))
             ensemble = quantens.QuantEnsemble(model, bits, member_backward=mode)
+            ensemble.set_distillation(Distillation(bits, mode="average"))
             ensemble.compile(optimizer=tf.keras.optimizers.SGD(0.01))
             ensemble.fit(batches(2), verbose=0)  # traced for any batch size
             tf.config.experimental.reset_memory_stats("CPU:0")
@@ -178,7 +180,15 @@ MEMORY = textwrap.dedent("""
 
 
 def test_peak_memory_grows_with_members_when_joint_and_stays_flat_when_sequential():
-    """The TensorFlow allocator's peak of one step of batch 128 over what it held before."""
+    """The TensorFlow allocator's peak of one step of batch 128 over what it held before.
+
+    KD mode "average": every student's loss reads the mean of all members'
+    logits, so no member's backward can start before every forward is done and
+    the joint step certainly holds every member's activations at once. (Without
+    KD, a member's backward needs only its own forward, and how many members'
+    activations the joint step holds depends on the executor's scheduling: 8
+    members over 2 peaked at 1.51x on one 2-core machine and 1.34x in CI.)
+    """
     result = subprocess.run([sys.executable, "-c", MEMORY], cwd=ROOT, capture_output=True,
                             text=True, timeout=600,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -186,8 +196,9 @@ def test_peak_memory_grows_with_members_when_joint_and_stays_flat_when_sequentia
     peak = {(mode, int(n)): int(value) for _, mode, n, value in
             (line.split() for line in result.stdout.splitlines() if line.startswith("peak"))}
     assert len(peak) == 4, result.stdout
-    # 8 members: each adds its activations to the joint step; the sequential step holds one
-    assert peak["joint", 8] > 1.4 * peak["joint", 2], peak
+    # 8 members: each adds its activations to the joint step (3.7x seen); the sequential
+    # step holds one member's at a time (its targets come from a forward without a tape)
+    assert peak["joint", 8] > 2.5 * peak["joint", 2], peak
     assert peak["sequential", 8] < 1.15 * peak["sequential", 2], peak
     assert peak["joint", 8] > 2 * peak["sequential", 8], peak
 

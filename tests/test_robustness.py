@@ -353,7 +353,7 @@ def test_val_split_holds_out_part_of_train_for_datasets_without_one(tmp_path):
     from conftest import run_seed_example
 
     result, result_path = run_seed_example(
-        4, tmp_path, extra=["--val-split", "0.25", "--bit-widths", "32", "1"],
+        4, tmp_path, eager=True, extra=["--val-split", "0.25", "--bit-widths", "32", "1"],
         **{"--dataset": "cifar10"})
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.load(open(result_path / "metrics.json"))
