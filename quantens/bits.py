@@ -26,12 +26,29 @@ from collections.abc import Iterable, Iterator
 
 from quantens.defaults import FULL_PRECISION
 
+__all__ = ["MIN_BITS", "active_bits", "bits", "check_bit_width", "validate_bit_widths"]
+
 MIN_BITS = 1
 
 _scope = threading.local()
 
 
-def _check_one(b: object, what: str = "bit-width") -> int:
+def check_bit_width(b: object, what: str = "bit-width") -> int:
+    """One bit-width as an int: an integer (or `"4"`, a numpy integer) from 1 to 32.
+
+    ```python
+    from quantens.bits import check_bit_width
+
+    assert check_bit_width("4") == 4
+    try:
+        check_bit_width(0, "fixed bit-width")
+    except ValueError as error:
+        assert "invalid fixed bit-width 0" in str(error)
+    ```
+
+    Raises:
+        ValueError: naming `what` and the value.
+    """
     try:
         value = int(b)  # accepts numpy integers and "4"
         is_integer = not isinstance(b, bool) and value == float(b)
@@ -64,7 +81,7 @@ def validate_bit_widths(bit_widths: Iterable[int]) -> tuple[int, ...]:
     """
     if isinstance(bit_widths, (int, str)):
         bit_widths = [bit_widths]
-    checked = [_check_one(b) for b in bit_widths]
+    checked = [check_bit_width(b) for b in bit_widths]
     if not checked:
         raise ValueError("bit-widths must name at least one bit-width, e.g. 32 8 4 2 1")
     duplicates = sorted({b for b in checked if checked.count(b) > 1}, reverse=True)
@@ -103,7 +120,7 @@ def bits(b: int) -> Iterator[int]:
     Scopes nest; the innermost one wins. The scope is local to the thread, like
     `larq.context.quantized_scope`.
     """
-    b = _check_one(b)
+    b = check_bit_width(b)
     stack = getattr(_scope, "stack", None)
     if stack is None:
         stack = _scope.stack = []

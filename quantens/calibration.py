@@ -52,11 +52,19 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from quantens.bits import FULL_PRECISION
 from quantens.bits import bits as bits_scope
-from quantens.defaults import CALIBRATION_METHODS
+from quantens.defaults import CALIBRATION_METHODS, FULL_PRECISION
 from quantens.errors import ConfigError, DataError, UsageError, one_line
 from quantens.quantizers import PACT_MIN_ALPHA, ClipActivation
+
+__all__ = [
+    "CALIBRATION_EXAMPLES",
+    "CANDIDATES",
+    "PASSES",
+    "SAMPLES_PER_LAYER",
+    "calibrate",
+    "choose_clip",
+]
 
 CALIBRATION_EXAMPLES = 512
 """Inputs `calibrate` reads at most (a few hundred are enough: it estimates
@@ -271,7 +279,7 @@ def _batches(data, max_examples: int, batch_size: int) -> list[np.ndarray]:
 
 def _checked_arguments(ensemble, bit_widths, method, max_examples, batch_size):
     """`calibrate`'s arguments checked: (the functional model, the members to calibrate)."""
-    from quantens.ensemble import QuantEnsemble, _missing_members, check_bit_widths
+    from quantens.ensemble import QuantEnsemble, check_bit_widths, missing_members
 
     if isinstance(ensemble, QuantEnsemble):
         model, own = ensemble.model, ensemble.bit_widths
@@ -295,7 +303,7 @@ def _checked_arguments(ensemble, bit_widths, method, max_examples, batch_size):
                 f"calibrate: bit_widths: {stray} bits are not members ({' '.join(map(str, own))})"
                 ": name members of the ensemble, or leave bit_widths out for every one below 32"
             )
-    missing = _missing_members(model, members)
+    missing = missing_members(model, members)
     if missing:
         raise ConfigError(f"calibrate: bit_widths {' '.join(map(str, members))} do not fit "
                           f"the model {model.name!r}: {missing}")

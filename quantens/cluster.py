@@ -20,6 +20,12 @@ import os
 
 from quantens.errors import DeviceError
 
+__all__ = [
+    "ENV",
+    "ClusterConfig",
+    "read_tf_config",
+]
+
 ENV = "TF_CONFIG"
 _HINT = ("e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"hostA:12345\", \"hostB:12345\"]}, "
          "\"task\": {\"type\": \"worker\", \"index\": 0}}'")

@@ -113,7 +113,8 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
-from quantens.bits import _check_one
+from quantens import keras_graph, registry
+from quantens.bits import check_bit_width
 from quantens.defaults import (
     BIT_WIDTHS,
     CONVERTED_WEIGHT_QUANTIZATION,
@@ -124,19 +125,26 @@ from quantens.ensemble import check_bit_widths
 from quantens.errors import ConfigError, UsageError
 from quantens.layers import (
     QuantActivation,
-    QuantConv2D,
-    QuantDense,
-    QuantDepthwiseConv2D,
-    QuantSeparableConv2D,
     SwitchableBatchNormalization,
 )
 from quantens.quantizers import ClipActivation, WeightQuantizer
 
-SUPPORTED = (
-    "quantize_model converts Conv2D, DepthwiseConv2D, SeparableConv2D, Dense, "
-    "BatchNormalization and ReLU-like activations, and keeps layers without weights "
-    "and Normalization"
-)
+__all__ = [
+    "Policy", "QUANTIZER_OPTIONS", "SUPPORTED", "SoftmaxRemovedWarning", "default_policy",
+    "logits_model", "quantize_model", "supported_layers",
+]
+
+
+def supported_layers() -> str:
+    """What `quantize_model` converts and keeps (the kernel layers from `quantens.registry`)."""
+    return (
+        f"quantize_model converts {registry.kernel_layer_names()}, "
+        "BatchNormalization and ReLU-like activations, and keeps layers without weights "
+        "and Normalization"
+    )
+
+
+SUPPORTED = supported_layers()  # the layers registered when quantens.convert loads
 
 QUANTIZER_OPTIONS = {
     "weight_quantization": CONVERTED_WEIGHT_QUANTIZATION,
@@ -175,23 +183,11 @@ QUANTIZER_OPTIONS = {
 
 Policy = Mapping[str, "int | None"] | Callable[[tf.keras.layers.Layer], "int | None"] | None
 
-_CONV = "conv"
-_DEPTHWISE = "depthwise"
-_SEPARABLE = "separable"
-_DENSE = "dense"
+_KERNEL = "kernel"  # a layer of `quantens.registry`
 _BN = "bn"
 _ACT = "act"
 _KEEP = "keep"
 _NESTED = "nested"
-_KERNEL_KINDS = (_CONV, _DEPTHWISE, _SEPARABLE, _DENSE)
-_CONV_KINDS = (_CONV, _DEPTHWISE, _SEPARABLE)
-
-_NEW_CLASS = {
-    _CONV: (QuantConv2D, ("kernel_quantizer",)),
-    _DEPTHWISE: (QuantDepthwiseConv2D, ("depthwise_quantizer",)),
-    _SEPARABLE: (QuantSeparableConv2D, ("depthwise_quantizer", "pointwise_quantizer")),
-    _DENSE: (QuantDense, ("kernel_quantizer",)),
-}
 
 
 def _describe(layer) -> str:
@@ -204,34 +200,31 @@ def _kind(layer) -> str:
     if isinstance(layer, (lq.layers_base.BaseLayer, SwitchableBatchNormalization,
                           QuantActivation)):
         raise ConfigError(
-            f"layer {_describe(layer)} is already quantized: {SUPPORTED} of a float model"
+            f"layer {_describe(layer)} is already quantized: {supported_layers()} of a float "
+            "model"
         )
     if isinstance(layer, tf.keras.Model):
-        if getattr(layer, "_is_graph_network", False):
+        if keras_graph.is_graph_network(layer):
             return _NESTED
         raise ConfigError(
             f"layer {_describe(layer)} is a subclassed model without a functional graph: "
-            f"{SUPPORTED}, in functional or Sequential models"
+            f"{supported_layers()}, in functional or Sequential models"
         )
     if isinstance(layer, (layers.RNN, layers.Wrapper)):
         raise ConfigError(
             f"layer {_describe(layer)} is not supported (recurrent and wrapper layers are "
-            f"not): {SUPPORTED}"
+            f"not): {supported_layers()}"
         )
-    kinds = {
-        layers.Conv2D: _CONV,
-        layers.DepthwiseConv2D: _DEPTHWISE,
-        layers.SeparableConv2D: _SEPARABLE,
-        layers.Dense: _DENSE,
-        layers.BatchNormalization: _BN,
-        layers.ReLU: _ACT,
-        layers.Activation: _ACT,
-    }
-    kind = kinds.get(type(layer))
+    if registry.layer_entry_for(layer) is not None:
+        return _KERNEL
+    kind = {layers.BatchNormalization: _BN, layers.ReLU: _ACT,
+            layers.Activation: _ACT}.get(type(layer))
     if kind is not None:
         return kind
     if layer.weights and not isinstance(layer, layers.Normalization):
-        raise ConfigError(f"layer {_describe(layer)} has weights and is not supported: {SUPPORTED}")
+        raise ConfigError(
+            f"layer {_describe(layer)} has weights and is not supported: {supported_layers()}"
+        )
     return _KEEP
 
 
@@ -263,7 +256,7 @@ _PASS_THROUGH = (tf.keras.layers.ZeroPadding2D, tf.keras.layers.Dropout,
 
 def _producer(layer):
     """The layer whose output `layer` reads, through padding and dropout; None if unclear."""
-    nodes = getattr(layer, "_inbound_nodes", [])
+    nodes = keras_graph.inbound_nodes(layer)
     while len(nodes) == 1:
         inbound = tf.nest.flatten(nodes[0].inbound_layers)
         if len(inbound) != 1:
@@ -271,15 +264,8 @@ def _producer(layer):
         layer = inbound[0]
         if not isinstance(layer, _PASS_THROUGH):
             return layer
-        nodes = getattr(layer, "_inbound_nodes", [])
+        nodes = keras_graph.inbound_nodes(layer)
     return None
-
-
-def _network_nodes(model) -> list:
-    """The non-input nodes of a functional model, inputs first (keras' own order)."""
-    by_depth = model._nodes_by_depth
-    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]
-            if not node.is_input]
 
 
 def _check_graph_model(model, what: str = "quantize_model") -> None:
@@ -291,7 +277,7 @@ def _check_graph_model(model, what: str = "quantize_model") -> None:
             + ("; this is a Keras 3 model: build it with tf.keras after `import quantens` "
                "(tf-keras, the Keras 2 API larq needs)" if keras3 else "")
         )
-    if not getattr(model, "_is_graph_network", False):
+    if not keras_graph.is_graph_network(model):
         raise ConfigError(
             f"model {_describe(model)} is a subclassed (or unbuilt Sequential) model without a "
             f"functional graph: {what} needs a functional or Sequential model with "
@@ -460,21 +446,10 @@ def _role(layer, node) -> tuple[str, list]:
     return "", inputs
 
 
-class _Reuse:
-    """A tensor_dict entry for `Node.map_arguments` that can be popped any number of times."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def pop(self):
-        return self.value
-
-
 def _call_again(layer, node, replace: dict):
     """Calls `layer` with `node`'s arguments, the tensors in `replace` (by id) replaced."""
-    values = {str(id(x)): _Reuse(replace.get(id(x), x)) for x in node.keras_inputs}
-    args, kwargs = node.map_arguments(values)
-    return layer(*args, **kwargs)
+    values = {keras_graph.tensor_id(x): replace.get(id(x), x) for x in node.keras_inputs}
+    return keras_graph.call_node(layer, node, values)
 
 
 def _copy_layer(layer, **changes):
@@ -508,8 +483,7 @@ class _LogitsFinder:
         return self._seen[key]
 
     def _logits(self, tensor, reader):
-        layer, node_index, tensor_index = tensor._keras_history
-        node = layer._inbound_nodes[node_index]
+        layer, node, tensor_index = keras_graph.producer_call(tensor)
         if isinstance(layer, tf.keras.Model):
             return self._nested(layer, node, tensor_index, reader)
         if isinstance(layer, tf.keras.layers.InputLayer) and self._inside:
@@ -550,7 +524,7 @@ class _LogitsFinder:
         )
 
     def _nested(self, inner, node, index: int, reader):
-        if not getattr(inner, "_is_graph_network", False):
+        if not keras_graph.is_graph_network(inner):
             raise ConfigError(
                 f"model {self.model.name!r}: its output comes from {_describe(inner)}, a "
                 "subclassed model whose layers quantens cannot see; build it as a functional "
@@ -567,8 +541,8 @@ class _LogitsFinder:
         outputs = list(inner.outputs)
         outputs[index] = new
         rebuilt = tf.keras.Model(
-            getattr(inner, "_nested_inputs", inner.inputs),
-            tf.nest.pack_sequence_as(getattr(inner, "_nested_outputs", inner.outputs), outputs),
+            keras_graph.nested_inputs(inner),
+            tf.nest.pack_sequence_as(keras_graph.nested_outputs(inner), outputs),
             name=inner.name,
         )
         return tf.nest.flatten(_call_again(rebuilt, node, {}))[index]
@@ -634,8 +608,8 @@ def logits_model(model: tf.keras.Model) -> tuple[tf.keras.Model, tuple[str, ...]
     outputs = [finder.logits(x) for x in model.outputs]
     if not finder.removed:
         return model, ()
-    nested_outputs = getattr(model, "_nested_outputs", model.outputs)
-    plain = tf.keras.Model(getattr(model, "_nested_inputs", model.inputs),
+    nested_outputs = keras_graph.nested_outputs(model)
+    plain = tf.keras.Model(keras_graph.nested_inputs(model),
                            tf.nest.pack_sequence_as(nested_outputs, outputs), name=model.name)
     return plain, tuple(finder.removed)
 
@@ -658,8 +632,8 @@ class _Plan:
         self.units: list[_Unit] = []
         self.fused: dict[int, tuple[str, float | None]] = {}  # id(layer) -> (name, cap)
         for layer, kind in self.layers:
-            if kind in _KERNEL_KINDS:
-                self.units.append(_Unit(layer.name, layer, kind))
+            if kind == _KERNEL:
+                self.units.append(_Unit(layer.name, layer, registry.layer_entry_for(layer).role))
                 relu_like, cap = _relu_cap(layer.activation)
                 if relu_like:
                     function = "relu" if cap is None else "relu6"
@@ -671,7 +645,7 @@ class _Plan:
             elif kind == _ACT and _relu_layer_cap(layer)[0]:
                 self.units.append(_Unit(layer.name, layer, _ACT))
         self.feeds_depthwise = {self._activation_name(producer) for layer, kind in self.layers
-                                if kind in (_DEPTHWISE, _SEPARABLE)
+                                if kind == _KERNEL and registry.layer_entry_for(layer).depthwise
                                 for producer in [_producer(layer)] if producer is not None}
         self.feeds_depthwise.discard(None)
 
@@ -695,8 +669,8 @@ class _Plan:
     def _visit(self, model, top: bool = False) -> None:
         if top:  # a nested model's inputs become the outer tensors: no layer of their own
             for x in model.inputs:
-                self._add_name(x._keras_history.layer, model)
-        for node in _network_nodes(model):
+                self._add_name(keras_graph.producer(x), model)
+        for node in keras_graph.network_nodes(model):
             layer = node.layer
             self._calls[id(layer)] += 1
             if self._calls[id(layer)] > 1:
@@ -746,8 +720,8 @@ def default_policy(model: tf.keras.Model) -> dict[str, int]:
 
 
 def _default_policy(units) -> dict[str, int]:
-    convs = [u.name for u in units if u.kind in _CONV_KINDS]
-    dense = [u.name for u in units if u.kind == _DENSE]
+    convs = [u.name for u in units if u.kind == registry.CONV]
+    dense = [u.name for u in units if u.kind == registry.DENSE]
     chosen = convs[:1] + (dense[-1:] or convs[-1:])
     return {name: FULL_PRECISION for name in chosen}
 
@@ -756,7 +730,7 @@ def _policy_bits(value, what: str) -> int | None:
     if value is None:
         return None
     try:
-        return _check_one(value, "fixed bit-width")
+        return check_bit_width(value, "fixed bit-width")
     except ValueError as error:
         raise UsageError(f"policy for {what}: {error}") from None
 
@@ -798,17 +772,18 @@ class _Builder:
         self.sync_bn = options["sync_bn"]
 
     def run(self, model, inputs, training=None) -> list:
-        values = {str(id(x)): _Reuse(y) for x, y in zip(model.inputs, inputs, strict=True)}
-        for node in _network_nodes(model):
-            args, kwargs = node.map_arguments(values)
-            outputs = self.call(node.layer, args, kwargs, training)
-            for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs), strict=True):
-                values[x_id] = _Reuse(y)
-        return [values[str(id(x))].pop() for x in model.outputs]
+        values = {keras_graph.tensor_id(x): y for x, y in zip(model.inputs, inputs, strict=True)}
+        for node in keras_graph.network_nodes(model):
+            outputs = self.call(node.layer, node, values, training)
+            for x_id, y in zip(keras_graph.node_output_ids(node), tf.nest.flatten(outputs),
+                               strict=True):
+                values[x_id] = y
+        return [values[keras_graph.tensor_id(x)] for x in model.outputs]
 
-    def call(self, layer, args, kwargs, training):
+    def call(self, layer, node, values, training):
         kind = _kind(layer)
         if kind == _NESTED:
+            args, kwargs = keras_graph.node_arguments(node, values)
             kwargs = dict(kwargs)
             inner_training = kwargs.pop("training", training)
             flat = tf.nest.flatten(args[0] if len(args) == 1 else args)
@@ -818,11 +793,9 @@ class _Builder:
                     f"its {len(layer.inputs)} inputs"
                 )
             outputs = self.run(layer, flat, training=inner_training)
-            return tf.nest.pack_sequence_as(layer._nested_outputs, outputs)
+            return tf.nest.pack_sequence_as(keras_graph.nested_outputs(layer), outputs)
         new, after = self.convert(layer, kind)
-        if training is not None and "training" not in kwargs and new._expects_training_arg:
-            kwargs = {**kwargs, "training": training}
-        y = new(*args, **kwargs)
+        y = keras_graph.call_node(new, node, values, training=training)
         if kind == _BN:
             for branch in new.branches.values():
                 branch.set_weights(layer.get_weights())
@@ -843,8 +816,9 @@ class _Builder:
     def convert(self, layer, kind: str):
         """(the new layer, a fused activation layer to call after it or None)."""
         config = layer.get_config()
-        if kind in _KERNEL_KINDS:
-            cls, keys = _NEW_CLASS[kind]
+        if kind == _KERNEL:
+            entry = registry.layer_entry_for(layer)
+            cls, keys = entry.switchable_class, entry.kernels
             after = None
             if id(layer) in self.plan.fused:
                 name, cap = self.plan.fused[id(layer)]
@@ -890,7 +864,7 @@ def _check_options(options: dict) -> dict:
         options["relu_range"] = float(relu_range)
     if options["depthwise_bits"] is not None:
         try:
-            options["depthwise_bits"] = _check_one(options["depthwise_bits"], "depthwise_bits")
+            options["depthwise_bits"] = check_bit_width(options["depthwise_bits"], "depthwise_bits")
         except ValueError as error:
             raise UsageError(f"{error} (or None: the member's own bits)") from None
     for name in ("learn_ranges", "share_bn", "sync_bn"):
@@ -914,7 +888,7 @@ def _check_something_varies(model, plan: _Plan, fixed_bits: dict, bit_widths, op
              f"{', '.join(map(str, bit_widths))} would all compute the same, because")
     if not plan.units:
         raise ConfigError(
-            f"{start} it has no Conv2D, DepthwiseConv2D, SeparableConv2D or Dense layer and no "
+            f"{start} it has no {_either(registry.kernel_layer_names())} layer and no "
             "ReLU-like activation (what quantize_model quantizes); convert a model with some"
         )
     free = [u for u in plan.units if fixed_bits.get(u.name) is None]
@@ -933,8 +907,14 @@ def _check_something_varies(model, plan: _Plan, fixed_bits: dict, bit_widths, op
     )
 
 
+def _either(names: str) -> str:
+    """"A, B, C" as "A, B or C"."""
+    head, _, last = names.rpartition(", ")
+    return f"{head} or {last}" if head else last
+
+
 def _new_input(x):
-    config = x._keras_history.layer.get_config()
+    config = keras_graph.producer(x).get_config()
     return tf.keras.Input(
         batch_shape=config["batch_input_shape"], dtype=config.get("dtype"),
         sparse=config.get("sparse", False), ragged=config.get("ragged", False),
@@ -1027,13 +1007,13 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
     fixed_bits = _resolve_policy(policy, plan)
     _check_something_varies(model, plan, fixed_bits, bit_widths, options)
     builder = _Builder(plan, bit_widths, fixed_bits, options)
-    from quantens.ensemble import _quiet_logger
+    from quantens.ensemble import quiet_logger
 
-    with _quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
+    with quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
         inputs = [_new_input(x) for x in model.inputs]
         outputs = builder.run(model, inputs)
-    nested_inputs = getattr(model, "_nested_inputs", model.inputs)
-    nested_outputs = getattr(model, "_nested_outputs", model.outputs)
+    nested_inputs = keras_graph.nested_inputs(model)
+    nested_outputs = keras_graph.nested_outputs(model)
     return tf.keras.Model(
         tf.nest.pack_sequence_as(nested_inputs, inputs),
         tf.nest.pack_sequence_as(nested_outputs, outputs),

@@ -15,6 +15,46 @@ from __future__ import annotations
 
 import os
 
+__all__ = [
+    "ACTIVATION_METHOD",
+    "ACTIVATION_METHOD_CHOICES",
+    "ARCHITECTURE_DEFAULTS",
+    "ARCHITECTURE_FLAGS",
+    "AUGMENTATIONS",
+    "AVERAGE",
+    "BIT_WIDTHS",
+    "CALIBRATION_METHODS",
+    "CLIP_THRESHOLD",
+    "CONVERTED_WEIGHT_QUANTIZATION",
+    "DATASET",
+    "DERIVED_KEYS",
+    "DTYPES",
+    "ENSEMBLE_TEACHER",
+    "FULL_PRECISION",
+    "INITIAL_LAYERS",
+    "KD_MODES",
+    "KD_TEACHER_MODES",
+    "KD_TEMPERATURE",
+    "KD_WEIGHT",
+    "KERAS_MODEL_PREFIX",
+    "LR_MODES",
+    "MEMBER_BACKWARD",
+    "MEMBER_BACKWARDS",
+    "MODEL",
+    "MODEL_FILE_SUFFIXES",
+    "MODES",
+    "OPTIMIZERS",
+    "RESNET_E_MODELS",
+    "TEACHER",
+    "TEACHER_MODES",
+    "TUNERS",
+    "WEIGHT_QUANTIZATION",
+    "WEIGHT_QUANTIZATIONS",
+    "default_weight_quantization",
+    "is_model_file",
+    "kd_pairs",
+]
+
 # ------------------------------------------------------------------ members
 BIT_WIDTHS = (32, 8, 4, 2, 1)
 """The members of the seed's examples: full precision down to binary."""
@@ -29,8 +69,13 @@ WEIGHT_QUANTIZATION = "dorefa"
 CONVERTED_WEIGHT_QUANTIZATION = "narrow"
 """The weight quantizer of converted float networks (`quantize_model`): a scale per
 channel keeps each kernel's scale, so the original's BN statistics still fit."""
-ACTIVATION_METHODS = ("round", "det_sign", "pact")
+ACTIVATION_METHOD_CHOICES = ("round", "det_sign", "pact")
+"""`--activation-method`, the input quantizer of ResNetE's convolutions: an
+`ActivationQuantizer` method (`quantens.quantizers.ACTIVATION_QUANTIZER_METHODS`:
+round, det_sign) or pact (`PACTActivation`, a learned clip value per member)."""
+
 ACTIVATION_METHOD = "round"
+"""The default of `--activation-method`."""
 CALIBRATION_METHODS = ("mse", "percentile")
 """How `quantens.calibrate` chooses a member's clip value: least squared error, or a percentile."""
 CLIP_THRESHOLD = 1.3

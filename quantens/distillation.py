@@ -8,13 +8,21 @@ over the (student ← target) pairs of the plan (`kd_pairs`), every target
 under `stop_gradient`:
 
 - `none`: no pairs;
-- `simple`: the teacher teaches every member;
-- `progressive`: teacher → highest bit-width → next lower → … → lowest.
+- `simple`: the teacher teaches every member (a teacher is required);
+- `progressive`: (teacher →) highest bit-width → next lower → … → lowest;
+- `highest`: (teacher → highest,) the highest member teaches every other;
+- `average`: (teacher → highest,) every member learns from the members' mean
+  logits (`AVERAGE`: a self-ensemble, its target under `stop_gradient` too).
 
-Teachers (`teacher_mode`): `pretrained_external` (frozen), `untrained_external`
-(trained in the same step on cross-entropy with its own optimizer), and
-`ensemble` (a trained ensemble whose member b teaches member b: the second
-stage of Real-to-Binary-style multi-stage training).
+`quantens.defaults.KD_MODES` lists the modes, `kd_pairs` gives each one's
+pairs. Without a teacher the teacher's pair is left out, and in `progressive`
+and `highest` the highest member only teaches.
+
+Teachers (`teacher_mode`, `quantens.defaults.TEACHER_MODES`): `none` (no
+teacher: distillation inside the ensemble only), `pretrained_external`
+(frozen), `untrained_external` (trained in the same step on cross-entropy with
+its own optimizer), and `ensemble` (a trained ensemble whose member b teaches
+member b: the second stage of Real-to-Binary-style multi-stage training).
 
 ```python
 import numpy as np
@@ -45,6 +53,21 @@ from quantens.defaults import (  # noqa: F401  (re-exported)
     kd_pairs,
 )
 from quantens.errors import UsageError
+
+__all__ = [
+    "AVERAGE",
+    "KD_MODES",
+    "TEACHER",
+    "TEACHER_MODES",
+    "Distillation",
+    "Target",
+    "attention_loss",
+    "attention_map",
+    "kd_loss",
+    "kd_pairs",
+    "stage_outputs",
+    "with_stage_outputs",
+]
 
 Target = int | str
 
@@ -210,7 +233,8 @@ class Distillation(tf.Module):
         mode: `none`, `simple`, `progressive`, `highest` or `average` (see `kd_pairs`).
         teacher: a Keras model returning logits (external teachers), or the
             functional model of a trained ensemble (`teacher_mode="ensemble"`);
-            None for distillation inside the ensemble only (`progressive`).
+            None for distillation inside the ensemble only (`progressive`,
+            `highest`, `average`).
         teacher_mode: `pretrained_external` (the default with a teacher),
             `untrained_external`, `ensemble`, or `none` (no teacher).
         temperature: T of the softened softmax.

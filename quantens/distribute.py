@@ -29,6 +29,14 @@ import tensorflow as tf
 from quantens.cluster import read_tf_config
 from quantens.errors import DeviceError  # re-exported: quantens.distribute.DeviceError
 
+__all__ = [
+    "DeviceError",
+    "is_chief",
+    "is_multi_worker",
+    "parse_gpus",
+    "strategy_from_flags",
+]
+
 
 def parse_gpus(gpus: str | None) -> list[int] | None:
     """`"0,1"` -> [0, 1]; `""` -> []; None -> None."""

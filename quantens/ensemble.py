@@ -34,6 +34,19 @@ from quantens.bits import validate_bit_widths
 from quantens.defaults import BIT_WIDTHS, FULL_PRECISION, MEMBER_BACKWARD, MEMBER_BACKWARDS
 from quantens.errors import ConfigError, UsageError, WeightsError, one_line
 
+__all__ = [
+    "KERAS_FILE_ENTRIES",
+    "QuantEnsemble",
+    "check_bit_widths",
+    "check_number",
+    "check_per_member",
+    "held_precision",
+    "load_ensemble",
+    "member_table",
+    "missing_members",
+    "quiet_logger",
+]
+
 _BIT_WIDTHS_EXPECTED = "distinct integers from 1 to 32, e.g. (32, 8, 4, 2, 1)"
 
 
@@ -82,8 +95,18 @@ def _layers(model) -> Iterable:
             yield from _layers(layer)
 
 
-def _missing_members(model: tf.keras.Model, bit_widths) -> str | None:
-    """Why `model` cannot run every member of `bit_widths` (a layer without one), or None."""
+def missing_members(model: tf.keras.Model, bit_widths) -> str | None:
+    """Why `model` cannot run every member of `bit_widths` (a layer without one), or None.
+
+    ```python
+    import zoo
+    from quantens.ensemble import missing_members
+
+    model = zoo.create_model("digits_resnet_e", width=4, bit_widths=(32, 1))
+    assert missing_members(model, (32, 1)) is None
+    assert "(no 4)" in missing_members(model, (32, 4, 1))  # its BN has no 4-bit statistics
+    ```
+    """
     from quantens.layers import SwitchableBatchNormalization
     from quantens.quantizers import ClipActivation
 
@@ -115,7 +138,7 @@ def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weig
         )
     bit_widths = check_bit_widths(bit_widths, where)
     members = " ".join(map(str, bit_widths))
-    missing = _missing_members(model, bit_widths)
+    missing = missing_members(model, bit_widths)
     if missing:
         raise ConfigError(
             f"{where}: bit_widths {members} do not fit the model {model.name!r}: {missing}; "
@@ -184,8 +207,17 @@ def check_per_member(values, bit_widths, where: str, argument: str,
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str, level: int = logging.ERROR):
-    """Raises a logger's level inside the block and restores it after, whatever happens."""
+def quiet_logger(name: str, level: int = logging.ERROR):
+    """Raises a logger's level inside the block and restores it after, whatever happens.
+
+    ```python
+    import logging
+    from quantens.ensemble import quiet_logger
+
+    with quiet_logger("larq.layers_base"):  # larq's "binary kernel without constraint"
+        assert logging.getLogger("larq.layers_base").level == logging.ERROR
+    ```
+    """
     logger = logging.getLogger(name)
     before = logger.level
     logger.setLevel(level)
@@ -684,7 +716,7 @@ class QuantEnsemble(tf.keras.Model):
             return layer.__class__.from_config(layer.get_config())
 
         try:
-            with _quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
+            with quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
                 member = tf.keras.models.clone_model(self.model, clone_function=clone)
         except ValueError as error:
             raise ValueError(
@@ -782,7 +814,7 @@ def load_ensemble(path, custom_objects=None, compile: bool = True) -> QuantEnsem
             "ensemble again with ensemble.save(path)"
         )
     try:
-        with _quiet_logger("larq.layers_base"):
+        with quiet_logger("larq.layers_base"):
             ensemble = tf.keras.models.load_model(path, custom_objects=custom_objects,
                                                   compile=compile)
     except Exception as error:  # Keras, h5py and larq raise many kinds

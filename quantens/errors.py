@@ -19,6 +19,26 @@ No TensorFlow import: the command line uses them before TensorFlow loads.
 
 from __future__ import annotations
 
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DeviceError",
+    "DivergedError",
+    "DownloadError",
+    "ExportError",
+    "LockedError",
+    "PretrainedError",
+    "QuantensError",
+    "ReportError",
+    "ResultDirError",
+    "SearchFailed",
+    "TeacherError",
+    "TuningError",
+    "UsageError",
+    "WeightsError",
+    "one_line",
+]
+
 
 class QuantensError(Exception):
     """Base of every error quantens raises on purpose; `exit_code` is what a command exits with."""

@@ -1,7 +1,7 @@
 """Switchable layers: one kernel for every member, per-bit quantizers and BN.
 
-`QuantConv2D`, `QuantDepthwiseConv2D`, `QuantSeparableConv2D` and `QuantDense`
-subclass larq's layers of the same name and hold ONE kernel variable (one of each
+`QuantConv2D`, `QuantDepthwiseConv2D`, `QuantSeparableConv2D` and
+`QuantDense` subclass larq's layers of the same name and hold ONE kernel variable (one of each
 kind for the separable convolution); the kernel and the inputs are quantized to the
 active bit-width (`quantens.bits`) each time the layer is called.
 `SwitchableBatchNormalization` keeps statistics and affine parameters per
@@ -27,6 +27,8 @@ with quantens.bits(4):
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import larq as lq
 import tensorflow as tf
 from larq.layers_base import BaseLayer
@@ -35,12 +37,54 @@ from larq.quantized_variable import QuantizedVariable
 from quantens.bits import active_bits, validate_bit_widths
 from quantens.defaults import BIT_WIDTHS, CLIP_THRESHOLD
 from quantens.quantizers import (
-    ACTIVATION_METHODS,
+    ACTIVATION_QUANTIZER_METHODS,
     WEIGHT_METHODS,
     ActivationQuantizer,
+    SwitchableQuantizer,
     WeightQuantizer,
-    _Switchable,
 )
+
+__all__ = [
+    "QuantActivation", "QuantConv2D", "QuantDense", "QuantDepthwiseConv2D",
+    "QuantSeparableConv2D", "SwitchableBatchNormalization", "SwitchableLayer",
+    "SwitchableQuantizedVariable",
+]
+
+
+@runtime_checkable
+class SwitchableLayer(Protocol):
+    """A layer whose members differ: how `QuantEnsemble.member(bits)` gets member `bits`'s layer.
+
+    Every switchable layer of this module has these two methods; a member
+    is built by replacing each such layer with `fixed_layer(bits)` and
+    setting its weights to `fixed_weights(bits)`, so a member holds only
+    larq and Keras layers (which `quantens.export` reads). A new switchable
+    layer kind implements them and is registered with
+    `quantens.registry.register_layer`.
+
+    ```python
+    import quantens
+    from quantens.layers import SwitchableLayer
+
+    bn = quantens.SwitchableBatchNormalization(bit_widths=(32, 2))
+    bn.build((None, 3))
+    assert isinstance(bn, SwitchableLayer)
+    fixed = bn.fixed_layer(2)
+    fixed.build((None, 3))
+    fixed.set_weights(bn.fixed_weights(2))
+    ```
+    """
+
+    def fixed_layer(self, bits: int) -> tf.keras.layers.Layer:
+        """A standalone layer (larq or Keras, no quantens layer) equal to this one at `bits`.
+
+        Its configuration only: its weights are not set (see `fixed_weights`).
+        """
+        ...
+
+    def fixed_weights(self, bits: int) -> list:
+        """The weight values of `fixed_layer(bits)`, in its `get_weights()` order."""
+        ...
 
 
 class SwitchableQuantizedVariable(QuantizedVariable):
@@ -72,7 +116,8 @@ class _SwitchableKernelLayer:
     """Mixin for larq layers whose kernel quantizers follow the active bits.
 
     `_QUANTIZER_KEYS` names the layer's kernel quantizer arguments (each
-    defaulting to `"dorefa"`); `input_quantizer` defaults to `"round"`.
+    defaulting to `"dorefa"`); `input_quantizer` defaults to `"round"`;
+    `fixed_class` is the larq layer class of its members (`fixed_layer`).
     """
 
     _QUANTIZER_KEYS: tuple[str, ...] = ("kernel_quantizer",)
@@ -86,14 +131,14 @@ class _SwitchableKernelLayer:
         super().__init__(
             *args,
             input_quantizer=_as_quantizer(
-                input_quantizer, ActivationQuantizer, ACTIVATION_METHODS
+                input_quantizer, ActivationQuantizer, ACTIVATION_QUANTIZER_METHODS
             ),
             **kwargs,
         )
 
     def _add_variable_with_custom_getter(self, name: str, **kwargs):
         quantizer = self._get_quantizer(name)
-        if not isinstance(quantizer, _Switchable):
+        if not isinstance(quantizer, SwitchableQuantizer):
             return super()._add_variable_with_custom_getter(name, **kwargs)
         old_getter = kwargs.pop("getter")
 
@@ -119,10 +164,10 @@ class _SwitchableKernelLayer:
         config = self.get_config()
         for key in (*self._QUANTIZER_KEYS, "input_quantizer"):
             quantizer = getattr(self, key)
-            if isinstance(quantizer, _Switchable):
+            if isinstance(quantizer, SwitchableQuantizer):
                 quantizer = quantizer.for_bits(bits)
             config[key] = quantizer
-        return self._fixed_class.from_config(config)
+        return self.fixed_class.from_config(config)
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
@@ -147,7 +192,7 @@ class QuantConv2D(_SwitchableKernelLayer, lq.layers.QuantConv2D):
     ```
     """
 
-    _fixed_class = lq.layers.QuantConv2D
+    fixed_class = lq.layers.QuantConv2D
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
@@ -164,7 +209,7 @@ class QuantDense(_SwitchableKernelLayer, lq.layers.QuantDense):
     ```
     """
 
-    _fixed_class = lq.layers.QuantDense
+    fixed_class = lq.layers.QuantDense
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
@@ -193,7 +238,7 @@ class QuantDepthwiseConv2D(_SwitchableKernelLayer, lq.layers.QuantDepthwiseConv2
     """
 
     _QUANTIZER_KEYS = ("depthwise_quantizer",)
-    _fixed_class = lq.layers.QuantDepthwiseConv2D
+    fixed_class = lq.layers.QuantDepthwiseConv2D
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
@@ -217,7 +262,7 @@ class QuantSeparableConv2D(_SwitchableKernelLayer, lq.layers.QuantSeparableConv2
     """
 
     _QUANTIZER_KEYS = ("depthwise_quantizer", "pointwise_quantizer")
-    _fixed_class = lq.layers.QuantSeparableConv2D
+    fixed_class = lq.layers.QuantSeparableConv2D
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
@@ -256,7 +301,7 @@ class QuantActivation(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         if isinstance(quantizer, dict):
             quantizer = tf.keras.utils.deserialize_keras_object(quantizer)
-        if quantizer is not None and not isinstance(quantizer, _Switchable):
+        if quantizer is not None and not isinstance(quantizer, SwitchableQuantizer):
             raise ValueError(
                 f"QuantActivation's quantizer must be a switchable quantens quantizer "
                 f"(ClipActivation, ActivationQuantizer), got {type(quantizer).__name__}"

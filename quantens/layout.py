@@ -31,6 +31,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+__all__ = [
+    "ResultDir",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class ResultDir:

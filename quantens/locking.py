@@ -33,6 +33,11 @@ import time
 from quantens.errors import LockedError
 from quantens.layout import ResultDir
 
+__all__ = [
+    "ResultDirLock",
+    "check_unlocked",
+]
+
 
 class ResultDirLock:
     """A context manager (or `acquire()`/`release()`) that owns `directory`.

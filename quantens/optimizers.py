@@ -462,6 +462,35 @@ def make_schedule(
     assert abs(float(schedule(3000)) - 0.01) < 1e-9    # the first update of epoch 30
     ```
     """
+    _check_schedule(mode, lr, epochs, steps_per_epoch, warmup_epochs, warmup_begin_lr)
+    total_steps = int(epochs) * int(steps_per_epoch)
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    _require(
+        warmup_steps < total_steps,
+        f"warmup_epochs={warmup_epochs} leaves no step of training after the warmup",
+    )
+    lr = float(lr)
+    warmup = {
+        "warmup_steps": warmup_steps,
+        "warmup_begin_lr": float(warmup_begin_lr),
+        "warmup_target": lr,
+    }
+    if mode == "constant":
+        return MXNetSchedule(lr, **warmup)
+    if mode == "step":
+        return _step_schedule(lr, steps_per_epoch, lr_steps, lr_factor, warmup)
+    _require(
+        _real(final_lr) and 0 <= final_lr <= lr,
+        f"final_lr must be in [0, lr={lr}], got {final_lr!r}",
+    )
+    decay_steps = total_steps - warmup_steps  # final_lr at update total_steps
+    if mode == "cosine":
+        return _cosine_schedule(lr, decay_steps, warmup_steps, warmup_begin_lr, final_lr)
+    return _poly_schedule(lr, decay_steps, final_lr, power, warmup)
+
+
+def _check_schedule(mode, lr, epochs, steps_per_epoch, warmup_epochs, warmup_begin_lr) -> None:
+    """The arguments every mode of `make_schedule` shares, checked (ValueError naming one)."""
     if mode not in LR_MODES:
         raise ValueError(f"unknown lr mode {mode!r}: choose one of {', '.join(LR_MODES)}")
     _require(_real(lr) and lr > 0, f"lr must be a number > 0, got {lr!r}")
@@ -483,59 +512,51 @@ def make_schedule(
         _real(warmup_begin_lr) and 0 <= warmup_begin_lr <= lr,
         f"warmup_begin_lr must be in [0, lr={lr}], got {warmup_begin_lr!r}",
     )
-    total_steps = int(epochs) * int(steps_per_epoch)
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    _require(
-        warmup_steps < total_steps,
-        f"warmup_epochs={warmup_epochs} leaves no step of training after the warmup",
-    )
-    lr = float(lr)
-    warmup = {
-        "warmup_steps": warmup_steps,
-        "warmup_begin_lr": float(warmup_begin_lr),
-        "warmup_target": lr,
-    }
 
-    if mode == "constant":
-        return MXNetSchedule(lr, **warmup)
-    if mode == "step":
-        epochs_list = _parse_lr_steps(lr_steps)
-        _require(bool(epochs_list), "lr mode 'step' needs at least one epoch in lr_steps")
-        _require(
-            all(e > 0 for e in epochs_list),
-            f"lr_steps must be epochs > 0, got {epochs_list!r}",
-        )
-        _require(
-            _increasing(epochs_list),
-            f"lr_steps must be strictly increasing, got {epochs_list!r}",
-        )
-        _require(
-            _real(lr_factor) and 0 < lr_factor <= 1,
-            f"lr_factor must be in (0, 1], got {lr_factor!r}",
-        )
-        boundaries = [int(round(e * steps_per_epoch)) for e in epochs_list]
-        _require(
-            _increasing(boundaries) and boundaries[0] > 0,
-            f"lr_steps {epochs_list!r} fall on the same or the first step with "
-            f"steps_per_epoch={steps_per_epoch}",
-        )
-        # update u > b, i.e. step >= b, has passed boundary b (MXNet's MultiFactorScheduler)
-        values = [lr * float(lr_factor) ** k for k in range(len(boundaries) + 1)]
-        return MXNetSchedule(_schedules.PiecewiseConstantDecay(boundaries, values), **warmup)
+
+def _step_schedule(lr: float, steps_per_epoch: int, lr_steps, lr_factor, warmup: dict
+                   ) -> MXNetSchedule:
+    """`step`: `lr` multiplied by `lr_factor` at each epoch of `lr_steps` (after the warmup)."""
+    epochs_list = _parse_lr_steps(lr_steps)
+    _require(bool(epochs_list), "lr mode 'step' needs at least one epoch in lr_steps")
     _require(
-        _real(final_lr) and 0 <= final_lr <= lr,
-        f"final_lr must be in [0, lr={lr}], got {final_lr!r}",
+        all(e > 0 for e in epochs_list),
+        f"lr_steps must be epochs > 0, got {epochs_list!r}",
     )
-    decay_steps = total_steps - warmup_steps  # final_lr at update total_steps
-    if mode == "cosine":  # tf-keras' CosineDecay has MXNet's warmup
-        cosine = _schedules.CosineDecay(
-            float(warmup_begin_lr) if warmup_steps else lr,
-            decay_steps,
-            alpha=float(final_lr) / lr,
-            warmup_target=lr if warmup_steps else None,
-            warmup_steps=warmup_steps,
-        )
-        return MXNetSchedule(cosine)
+    _require(
+        _increasing(epochs_list),
+        f"lr_steps must be strictly increasing, got {epochs_list!r}",
+    )
+    _require(
+        _real(lr_factor) and 0 < lr_factor <= 1,
+        f"lr_factor must be in (0, 1], got {lr_factor!r}",
+    )
+    boundaries = [int(round(e * steps_per_epoch)) for e in epochs_list]
+    _require(
+        _increasing(boundaries) and boundaries[0] > 0,
+        f"lr_steps {epochs_list!r} fall on the same or the first step with "
+        f"steps_per_epoch={steps_per_epoch}",
+    )
+    # update u > b, i.e. step >= b, has passed boundary b (MXNet's MultiFactorScheduler)
+    values = [lr * float(lr_factor) ** k for k in range(len(boundaries) + 1)]
+    return MXNetSchedule(_schedules.PiecewiseConstantDecay(boundaries, values), **warmup)
+
+
+def _cosine_schedule(lr: float, decay_steps: int, warmup_steps: int, warmup_begin_lr,
+                     final_lr) -> MXNetSchedule:
+    """`cosine`: tf-keras' `CosineDecay` to `final_lr`, with its own warmup (MXNet's)."""
+    cosine = _schedules.CosineDecay(
+        float(warmup_begin_lr) if warmup_steps else lr,
+        decay_steps,
+        alpha=float(final_lr) / lr,
+        warmup_target=lr if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+    return MXNetSchedule(cosine)
+
+
+def _poly_schedule(lr: float, decay_steps: int, final_lr, power, warmup: dict) -> MXNetSchedule:
+    """`poly`: `PolynomialDecay` to `final_lr` over the updates after the warmup."""
     _require(_real(power) and power > 0, f"power must be > 0, got {power!r}")
     poly = _schedules.PolynomialDecay(
         lr, decay_steps, end_learning_rate=float(final_lr), power=float(power)

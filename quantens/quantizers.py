@@ -33,6 +33,32 @@ straight-through gradients inside [0, r]; exactly relu, capped at m if given,
 at 32 bits), and `bits=` fixes a `WeightQuantizer`'s or `ActivationQuantizer`'s
 precision for every member.
 
+Aliases: every weight method (`WeightQuantizer`: dorefa, identity, narrow) and
+every activation method (`ActivationQuantizer`: round, det_sign; and pact, a
+`PACTActivation` for the default bit-widths) is registered with Keras as
+`"quantens.<method>"` (`QUANTIZER_ALIASES`), larq's convention for quantizer
+aliases (`larq.utils.register_alias`): once this module is imported, any larq
+layer takes them as quantizer identifiers, and saves and loads as usual (what
+an alias builds is a serializable quantizer object). `get` takes them with or
+without the prefix, and larq's own identifiers.
+
+```python
+import larq as lq
+import numpy as np
+import tensorflow as tf
+import quantens
+from quantens import quantizers  # registers the aliases
+
+layer = lq.layers.QuantDense(3, kernel_quantizer="quantens.dorefa",
+                             input_quantizer="quantens.round")
+x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+with quantens.bits(2):
+    y = layer(x)
+    w = quantizers.get("dorefa")(layer.kernel.latent_variable)
+    x2 = quantizers.get("round")(x)
+np.testing.assert_allclose(y, tf.matmul(x2, w) + layer.bias, rtol=1e-6)
+```
+
 ```python
 import numpy as np
 import larq as lq
@@ -51,11 +77,37 @@ from __future__ import annotations
 import larq as lq
 import tensorflow as tf
 
-from quantens.bits import FULL_PRECISION, _check_one, active_bits
-from quantens.defaults import CLIP_THRESHOLD, WEIGHT_QUANTIZATIONS
+from quantens.bits import active_bits, check_bit_width
+from quantens.defaults import CLIP_THRESHOLD, FULL_PRECISION, WEIGHT_QUANTIZATIONS
+
+__all__ = [
+    "ACTIVATION_QUANTIZER_METHODS",
+    "ALIAS_PREFIX",
+    "DEFAULT_CLIP_VALUE",
+    "DEFAULT_CLIP_VALUES",
+    "PACT_MIN_ALPHA",
+    "QUANTIZER_ALIASES",
+    "WEIGHT_METHODS",
+    "ActivationQuantizer",
+    "ClipActivation",
+    "FullPrecisionActivation",
+    "NarrowRangeWeights",
+    "PACTActivation",
+    "RangeRoundActivation",
+    "RoundActivation",
+    "SwitchableQuantizer",
+    "SymmetricRoundActivation",
+    "WeightQuantizer",
+    "default_clip_value",
+    "get",
+    "pact",
+]
 
 WEIGHT_METHODS = WEIGHT_QUANTIZATIONS  # dorefa, identity, narrow
-ACTIVATION_METHODS = ("round", "det_sign")
+"""The methods `WeightQuantizer` takes."""
+ACTIVATION_QUANTIZER_METHODS = ("round", "det_sign")
+"""The methods `ActivationQuantizer` takes (`--activation-method` adds pact:
+`quantens.defaults.ACTIVATION_METHOD_CHOICES`)."""
 
 
 def _gradient_cancel(x: tf.Tensor, dy: tf.Tensor, clip_threshold: float | None):
@@ -106,7 +158,7 @@ class RoundActivation(lq.quantizers.Quantizer):
     """
 
     def __init__(self, k_bit: int = 2, clip_threshold: float | None = CLIP_THRESHOLD, **kwargs):
-        self.precision = _check_one(k_bit)
+        self.precision = check_bit_width(k_bit)
         self.clip_threshold = clip_threshold
         super().__init__(**kwargs)
 
@@ -216,7 +268,7 @@ class RangeRoundActivation(lq.quantizers.Quantizer):
 
     def __init__(self, k_bit: int = 2, value_range: float = 1.0,
                  max_value: float | None = None, **kwargs):
-        self.precision = _check_one(k_bit)
+        self.precision = check_bit_width(k_bit)
         self.value_range = _check_positive(value_range, "value_range")
         if self.value_range is None:
             raise ValueError("value_range must be positive, got None")
@@ -302,7 +354,7 @@ class NarrowRangeWeights(lq.quantizers.Quantizer):
     precision = None
 
     def __init__(self, k_bit: int = 4, depthwise: bool = False, **kwargs):
-        self.precision = _check_one(k_bit)
+        self.precision = check_bit_width(k_bit)
         if self.precision < 2:
             raise ValueError(
                 "the narrow-range grid needs 2 or more bits (1 bit is sign: SteSign)"
@@ -334,8 +386,14 @@ class NarrowRangeWeights(lq.quantizers.Quantizer):
         return config
 
 
-class _Switchable(lq.quantizers.Quantizer):
-    """Base of quantizers that follow the active bit-width."""
+class SwitchableQuantizer(lq.quantizers.Quantizer):
+    """Base of quantizers that follow the active bit-width (`quantens.bits`).
+
+    A subclass says what it applies at each bit-width (`for_bits`); calling it
+    applies the quantizer of the active bit-width (32 outside any scope).
+    Switchable layers (`quantens.layers`) keep one kernel for every member by
+    giving larq such a quantizer.
+    """
 
     @property
     def precision(self) -> int:
@@ -353,7 +411,7 @@ class _Switchable(lq.quantizers.Quantizer):
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class WeightQuantizer(_Switchable):
+class WeightQuantizer(SwitchableQuantizer):
     """Quantizes a kernel to the active bit-width.
 
     Arguments:
@@ -388,8 +446,8 @@ class WeightQuantizer(_Switchable):
     def __init__(self, method: str = "dorefa", bits: int | None = None,
                  depthwise: bool = False, min_bits: int | None = None, **kwargs):
         self.method = _check_method(method, WEIGHT_METHODS, "weight quantization")
-        self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
-        self.min_bits = None if min_bits is None else _check_one(min_bits, "minimum bit-width")
+        self.bits = None if bits is None else check_bit_width(bits, "fixed bit-width")
+        self.min_bits = None if min_bits is None else check_bit_width(min_bits, "minimum bit-width")
         self.depthwise = bool(depthwise)  # set by depthwise layers: narrow scales per channel
         super().__init__(**kwargs)
 
@@ -406,7 +464,7 @@ class WeightQuantizer(_Switchable):
         return self._bits_for(super().precision)
 
     def for_bits(self, bits: int) -> lq.quantizers.Quantizer | None:
-        bits = self._bits_for(_check_one(bits))
+        bits = self._bits_for(check_bit_width(bits))
         if self.method == "identity" or bits == FULL_PRECISION:
             return None
         if bits == 1:
@@ -428,7 +486,7 @@ class WeightQuantizer(_Switchable):
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class ActivationQuantizer(_Switchable):
+class ActivationQuantizer(SwitchableQuantizer):
     """Quantizes activations to the active bit-width.
 
     Arguments:
@@ -466,7 +524,7 @@ class ActivationQuantizer(_Switchable):
         value_range: float | None = None, max_value: float | None = None,
         bits: int | None = None, **kwargs
     ):
-        self.method = _check_method(method, ACTIVATION_METHODS, "activation method")
+        self.method = _check_method(method, ACTIVATION_QUANTIZER_METHODS, "activation method")
         if clip_threshold is not None and not clip_threshold > 0:
             raise ValueError(
                 f"clip_threshold must be positive (or None), got {clip_threshold}"
@@ -481,7 +539,7 @@ class ActivationQuantizer(_Switchable):
                 f"value_range and max_value apply to the 'round' activation method, "
                 f"not {self.method!r}"
             )
-        self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
+        self.bits = None if bits is None else check_bit_width(bits, "fixed bit-width")
         super().__init__(**kwargs)
 
     @property
@@ -490,7 +548,7 @@ class ActivationQuantizer(_Switchable):
         return self.bits if self.bits is not None else super().precision
 
     def for_bits(self, bits: int) -> lq.quantizers.Quantizer:
-        bits = _check_one(bits)
+        bits = check_bit_width(bits)
         if self.bits is not None:
             bits = self.bits  # a fixed precision, whatever the member
         if self.value_range is not None:
@@ -550,7 +608,7 @@ def default_clip_value(bits: int, cap: float | None = None) -> float:
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class ClipActivation(_Switchable):
+class ClipActivation(SwitchableQuantizer):
     """A ReLU-like activation with its own clip value α_b per member (a switchable clipping level).
 
     Member k (< 32 bits) computes clip(x, 0, α_k) on 2^k - 1 steps of
@@ -595,8 +653,8 @@ class ClipActivation(_Switchable):
         from quantens.bits import validate_bit_widths
         from quantens.defaults import BIT_WIDTHS
 
-        self.bits = None if bits is None else _check_one(bits, "fixed bit-width")
-        self.min_bits = None if min_bits is None else _check_one(min_bits, "minimum bit-width")
+        self.bits = None if bits is None else check_bit_width(bits, "fixed bit-width")
+        self.min_bits = None if min_bits is None else check_bit_width(min_bits, "minimum bit-width")
         self.member_bits = validate_bit_widths(bit_widths or BIT_WIDTHS)
         self.max_value = _check_positive(max_value, "max_value")
         self.learned = bool(learned)
@@ -652,7 +710,7 @@ class ClipActivation(_Switchable):
 
     def clip_variable(self, bits: int) -> tf.Variable:
         """The variable α of member `bits` (of the fixed `bits` when set)."""
-        return self._alpha(self._member(_check_one(bits)))
+        return self._alpha(self._member(check_bit_width(bits)))
 
     def call(self, inputs):
         member = self._member(super().precision)
@@ -663,7 +721,7 @@ class ClipActivation(_Switchable):
         return pact(inputs, self._alpha(member), levels)
 
     def for_bits(self, bits: int) -> lq.quantizers.Quantizer:
-        member = self._member(_check_one(bits))
+        member = self._member(check_bit_width(bits))
         levels = self._levels_of(member)
         if levels == FULL_PRECISION:
             return RangeRoundActivation(FULL_PRECISION, self.max_value or 1.0,
@@ -722,3 +780,65 @@ class PACTActivation(ClipActivation):
         for key in ("clip", "max_value", "learned"):
             config.pop(key)
         return {**config, "init": self.init}
+
+
+# ------------------------------------------------------------------ aliases
+
+ALIAS_PREFIX = "quantens."
+"""The prefix of quantens' method names in Keras' global registry: `"quantens.dorefa"`."""
+
+
+def _alias(name: str, build):
+    """A builder of method `name`'s quantizer, as Keras deserialises it: `build(**config)`."""
+
+    def quantizer(**config) -> lq.quantizers.Quantizer:
+        return build(**config)
+
+    quantizer.__name__ = quantizer.__qualname__ = f"{ALIAS_PREFIX}{name}"
+    quantizer.__doc__ = f"The `{name}` quantizer of quantens (`quantens.quantizers.get`)."
+    return quantizer
+
+
+QUANTIZER_ALIASES = {
+    **{m: _alias(m, lambda m=m, **config: WeightQuantizer(m, **config))
+       for m in WEIGHT_METHODS},
+    **{m: _alias(m, lambda m=m, **config: ActivationQuantizer(m, **config))
+       for m in ACTIVATION_QUANTIZER_METHODS},
+    "pact": _alias("pact", PACTActivation),
+}
+"""quantens' quantizer method names and what each builds: a new switchable quantizer.
+
+Each is registered with Keras as `"quantens.<method>"` (see the module's
+"Aliases"), larq's convention for quantizer aliases."""
+
+for _name, _build in QUANTIZER_ALIASES.items():
+    tf.keras.utils.get_custom_objects()[f"{ALIAS_PREFIX}{_name}"] = _build
+del _name, _build
+
+
+def get(identifier):
+    """A quantizer from an identifier: a quantens method name or anything larq's `get` takes.
+
+    `"dorefa"` and `"quantens.dorefa"` (any name of `QUANTIZER_ALIASES`, with or
+    without the prefix) build a new quantens switchable quantizer; other
+    strings (`"ste_sign"`), config dicts and callables go to
+    `larq.quantizers.get`; None stays None.
+
+    ```python
+    import larq as lq
+    from quantens import quantizers
+
+    assert quantizers.get("narrow").method == "narrow"
+    assert quantizers.get("quantens.det_sign").method == "det_sign"
+    assert isinstance(quantizers.get("ste_sign"), lq.quantizers.SteSign)
+    assert quantizers.get(None) is None
+    ```
+
+    Raises:
+        ValueError: an identifier neither quantens nor larq knows.
+    """
+    if isinstance(identifier, str):
+        name = identifier.removeprefix(ALIAS_PREFIX)
+        if name in QUANTIZER_ALIASES:
+            return QUANTIZER_ALIASES[name]()
+    return lq.quantizers.get(identifier)

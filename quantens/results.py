@@ -33,6 +33,28 @@ import tensorflow as tf
 
 from quantens.errors import one_line
 
+__all__ = [
+    "BackupLast",
+    "BestCheckpoint",
+    "DivergenceGuard",
+    "HistoryCSV",
+    "LogFile",
+    "atomic_path",
+    "check_backup",
+    "file_logger",
+    "load_weights",
+    "read_history",
+    "read_json",
+    "read_model",
+    "remove_stale_temporaries",
+    "save_run",
+    "save_weights",
+    "weights_mismatch",
+    "write_json",
+    "write_model",
+    "write_text",
+]
+
 
 @contextlib.contextmanager
 def atomic_path(path: str):

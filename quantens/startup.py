@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 
+__all__ = ["load_tensorflow", "quiet_native_logs"]
+
 
 @contextlib.contextmanager
 def quiet_native_logs():

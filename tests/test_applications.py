@@ -154,7 +154,7 @@ def test_weights_are_not_taken_for_a_pretrained_tag():
 def test_train_flags_map_to_quantizer_options():
     flags = {"model": "mobilenet_v2", "bit_widths": [32, 2], "alpha": 0.35, "fp_weights": True,
              "share_bn": True, "sync_bn": True}
-    kwargs = zoo._builder_kwargs(flags, (32, 32, 3), 10)
+    kwargs = zoo.builder_kwargs(flags, (32, 32, 3), 10)
     assert "initial_layers" not in kwargs  # no ResNetE thumbnail stem for a converted network
     model = zoo.create_model_from_flags(flags, (32, 32, 3), 10)
     conv = model.get_layer("block_1_expand")

@@ -231,7 +231,8 @@ def test_an_export_on_a_full_disk_is_one_line_and_loses_nothing(trained, tmp_pat
 
 def test_a_search_keeps_kd_entries_some_mode_uses_and_best_json_only_those_of_its_mode(
         tmp_path, capsys):
-    from quantens import cli, tuning
+    from quantens import cli
+    from quantens.cli import tune
 
     args = cli.parse_args(["--tune", "random", "--kd-mode", "progressive", "--kd-weights",
                            "32:0.5", "1:2", "--kd-warmup-epochs", "1", "--epochs", "3",
@@ -239,7 +240,7 @@ def test_a_search_keeps_kd_entries_some_mode_uses_and_best_json_only_those_of_it
     assert args.kd_weights == [[32, 0.5], [1, 2.0]]  # the average mode teaches 32 bits
     for mode, kept in (("average", [[32, 0.5], [1, 2.0]]), ("progressive", [[1, 2.0]]),
                        ("none", None)):
-        best = tuning.best_flags(args, {"kd_mode": mode})
+        best = tune.best_flags(args, {"kd_mode": mode})
         assert best["kd_weights"] == kept
         path = tmp_path / f"best_{mode}.json"
         path.write_text(json.dumps(best))
@@ -259,13 +260,14 @@ def test_found_beyond_the_issue_are_one_line_too(tmp_path, capsys, argv, phrase)
 
 
 def test_a_trial_drops_kd_entries_its_mode_does_not_use(tmp_path):
-    from quantens import cli, tuning
+    from quantens import cli
+    from quantens.cli import tune
 
     args = cli.parse_args(["--tune", "random", "--kd-mode", "progressive", "--kd-weights",
                            "32:0.5", "1:2", "--result-path", str(tmp_path / "search")])
-    trial = tuning.trial_args(args, {"kd_mode": "highest"}, str(tmp_path / "t"))
+    trial = tune.trial_args(args, {"kd_mode": "highest"}, str(tmp_path / "t"))
     assert trial.kd_weights == [[1, 2.0]]  # "highest" teaches every member but the 32-bit one
-    assert tuning.trial_args(args, {"kd_mode": "average"}, None).kd_weights == args.kd_weights
+    assert tune.trial_args(args, {"kd_mode": "average"}, None).kd_weights == args.kd_weights
 
 
 # ------------------------------------------- damaged files of a result directory (found here)

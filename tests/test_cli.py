@@ -327,3 +327,26 @@ def test_a_saved_float_model_teaches_its_members_by_default_and_a_flag_turns_it_
     with pytest.raises(UsageError, match="--float-teacher and --ensemble-teacher exclude"):
         cli.validate(parse(["--model", path, "--float-teacher", "--ensemble-teacher",
                             "--teacher-params", str(weights)]))
+
+
+def test_the_command_line_and_the_zoo_share_one_one_line_parser(capsys):
+    """`quantens.argparsing.OneLineParser` is the only one: cli.Parser and zoo.evaluate's."""
+    import zoo.evaluate
+    from quantens.argparsing import OneLineParser
+
+    assert cli.Parser is OneLineParser and zoo.evaluate.OneLineParser is OneLineParser
+    assert isinstance(cli.build_parser(), OneLineParser)
+    parser = OneLineParser(prog="python -m demo", error_prog="demo")
+    parser.add_argument("--n", type=int)
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--n", "x"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "demo: error: argument --n: invalid int value: 'x' (see --help)\n"
+    with pytest.raises(SystemExit) as stop:
+        parser.fail("no such file")
+    assert stop.value.code == 2 and capsys.readouterr().err == "demo: error: no such file\n"
+    with pytest.raises(SystemExit):
+        zoo.evaluate.main([])
+    err = capsys.readouterr().err
+    assert err.startswith("python -m zoo.evaluate: error: ") and err.endswith("(see --help)\n")
+    assert err.count("\n") == 1

@@ -765,6 +765,7 @@ def test_a_model_with_nothing_to_quantize_is_a_config_error():
                          r"layer it could quantize \(logits;.*policy=\{\} fixes nothing"),
         (dense_only, {"policy": {}, "weight_quantization": "identity"},
          r"weight_quantization='identity' keeps every kernel full precision"),
+        # the layer kinds of quantens.registry, in the order registered
         (bn_only, {}, r"'bn_only' has nothing to quantize.*no Conv2D, DepthwiseConv2D, "
                       r"SeparableConv2D or Dense layer and no ReLU-like activation"),
     ]

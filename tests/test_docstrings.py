@@ -98,7 +98,7 @@ def test_collector_skips_text_blocks():
 
 
 # examples that train or convert to TFLite: the full suite runs them, `make test-fast` not
-SLOW_EXAMPLES = ("quantens/tuning.py::tune[", "quantens/export/__init__.py::")
+SLOW_EXAMPLES = ("quantens/cli/tune.py::tune[", "quantens/export/__init__.py::")
 
 
 @pytest.mark.parametrize("example_id,source", [

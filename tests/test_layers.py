@@ -129,3 +129,37 @@ def test_layer_config_round_trip(layer, shape, rng):
     assert clone.get_config() == layer.get_config()
     with quantens.bits(2):
         np.testing.assert_allclose(clone(x), layer(x), atol=1e-6)
+
+
+def test_every_registered_layer_kind_is_a_switchable_layer_of_its_float_class():
+    from quantens import registry
+    from quantens.layers import SwitchableLayer
+
+    entries = registry.registered_layers()
+    assert [e.name for e in entries][:4] == ["Conv2D", "DepthwiseConv2D", "SeparableConv2D",
+                                             "Dense"]
+    for entry in entries:
+        assert issubclass(entry.switchable_class, entry.float_class)
+        assert issubclass(entry.switchable_class, SwitchableLayer)
+        assert issubclass(entry.member_classes[1], entry.float_class)  # larq's layer
+    for layer in (quantens.QuantActivation(), quantens.SwitchableBatchNormalization((32, 1))):
+        assert isinstance(layer, SwitchableLayer)
+
+
+def test_register_layer_refuses_what_would_break_the_table():
+    from quantens import registry
+    from quantens.layers import QuantDense
+
+    dense = registry.layer_entry_for(tf.keras.layers.Dense(2))
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register_layer(tf.keras.layers.Dense, QuantDense,
+                                kernels=("kernel_quantizer",), export=dense.export)
+    with pytest.raises(ValueError, match="must subclass Conv2D"):
+        registry.register_layer(tf.keras.layers.Conv2D, QuantDense,
+                                kernels=("kernel_quantizer",), export=dense.export,
+                                replace=True)
+    with pytest.raises(ValueError, match="role"):
+        registry.register_layer(tf.keras.layers.Dense, QuantDense,
+                                kernels=("kernel_quantizer",), export=dense.export,
+                                role="pooling", replace=True)
+    assert registry.layer_entry_for(tf.keras.layers.Dense(2)) is dense

@@ -230,3 +230,94 @@ def test_narrow_depthwise_kernels_get_a_scale_per_channel(rng):
     pact = PACTActivation((32, 2))
     pact.build(None)
     assert float(pact.alphas["2"].constraint(tf.constant(-1.0))) == pytest.approx(PACT_MIN_ALPHA)
+
+
+# ------------------------------------------------------------- larq aliases
+
+
+def test_every_method_name_is_a_registered_alias():
+    """Weight methods, ActivationQuantizer's methods and --activation-method's pact, all aliased."""
+    from quantens import defaults, quantizers
+
+    names = set(defaults.WEIGHT_QUANTIZATIONS) | set(defaults.ACTIVATION_METHOD_CHOICES)
+    assert set(quantizers.QUANTIZER_ALIASES) == names
+    registered = tf.keras.utils.get_custom_objects()
+    for name in names:
+        assert registered[f"quantens.{name}"] is quantizers.QUANTIZER_ALIASES[name]
+        for identifier in (name, f"quantens.{name}"):
+            def config(q):
+                return {k: v for k, v in q.get_config().items() if k != "name"}
+
+            assert config(quantizers.get(identifier)) == config(
+                lq.quantizers.get(f"quantens.{name}"))
+    assert quantizers.get("dorefa").method == "dorefa"
+    assert quantizers.get("quantens.identity").method == "identity"
+    assert quantizers.get("det_sign").method == "det_sign"
+    assert isinstance(quantizers.get("pact"), quantens.PACTActivation)
+    assert isinstance(quantizers.get("ste_sign"), lq.quantizers.SteSign)  # larq's own names
+    with pytest.raises(ValueError, match="no_such_quantizer"):
+        quantizers.get("no_such_quantizer")
+
+
+def test_an_alias_config_reaches_the_quantizer():
+    q = lq.quantizers.get({"class_name": "quantens.narrow", "config": {"bits": 4}})
+    assert isinstance(q, WeightQuantizer) and q.method == "narrow" and q.bits == 4
+
+
+@pytest.mark.parametrize("bits", [32, 8, 3, 2, 1])
+@pytest.mark.parametrize("weights, activations", [
+    ("dorefa", "round"), ("narrow", "det_sign"), ("identity", "round"),
+])
+def test_a_larq_layer_with_aliases_computes_what_quantens_quantizers_compute(
+        bits, weights, activations):
+    rng = np.random.default_rng(bits)
+    x = rng.normal(size=(2, 6, 6, 3)).astype("float32")
+    larq_conv = lq.layers.QuantConv2D(4, 3, kernel_quantizer=f"quantens.{weights}",
+                                      input_quantizer=f"quantens.{activations}")
+    own_conv = quantens.QuantConv2D(4, 3, kernel_quantizer=weights, input_quantizer=activations)
+    larq_dense = lq.layers.QuantDense(5, kernel_quantizer=f"quantens.{weights}",
+                                      input_quantizer=f"quantens.{activations}")
+    own_dense = quantens.QuantDense(5, kernel_quantizer=weights, input_quantizer=activations)
+    for larq_layer, own_layer, inputs in ((larq_conv, own_conv, x),
+                                          (larq_dense, own_dense, x.reshape(2, -1))):
+        larq_layer.build(inputs.shape)
+        own_layer.build(inputs.shape)
+        own_layer.set_weights([rng.normal(size=w.shape).astype("float32")
+                               for w in own_layer.get_weights()])
+        larq_layer.set_weights(own_layer.get_weights())
+        with quantens.bits(bits):
+            got = larq_layer(inputs).numpy()
+            np.testing.assert_array_equal(got, own_layer(inputs).numpy())
+            kernel = WeightQuantizer(weights)(own_layer.get_weights()[0])
+            quantized_inputs = ActivationQuantizer(activations)(inputs)
+        if larq_layer is larq_dense:  # written out: quantized inputs times quantized kernel
+            expected = quantized_inputs.numpy() @ kernel.numpy() + own_layer.get_weights()[1]
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert {type(larq_conv.kernel_quantizer), type(larq_conv.input_quantizer)} == {
+        WeightQuantizer, ActivationQuantizer}
+
+
+def test_a_larq_model_with_aliases_survives_save_and_load(tmp_path):
+    inputs = tf.keras.Input((6, 6, 3))
+    y = lq.layers.QuantConv2D(4, 3, kernel_quantizer="quantens.narrow",
+                              input_quantizer="quantens.det_sign", name="conv")(inputs)
+    y = tf.keras.layers.Flatten()(y)
+    y = lq.layers.QuantDense(5, kernel_quantizer="quantens.dorefa",
+                             input_quantizer="quantens.pact", name="dense")(y)
+    model = tf.keras.Model(inputs, y)
+    pact = model.get_layer("dense").input_quantizer
+    pact.alphas["2"].assign(0.75)  # a trained clip value, not the initial one
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 3)).astype("float32")
+    path = str(tmp_path / "aliases.keras")
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)  # no custom_objects: the quantizers are registered
+    for layer in ("conv", "dense"):
+        for key in ("kernel_quantizer", "input_quantizer"):
+            before = getattr(model.get_layer(layer), key)
+            after = getattr(loaded.get_layer(layer), key)
+            assert type(after) is type(before)
+            assert after.get_config() == before.get_config()
+    assert float(loaded.get_layer("dense").input_quantizer.alphas["2"].numpy()) == 0.75
+    for bits in (32, 8, 2, 1):
+        with quantens.bits(bits):
+            np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())

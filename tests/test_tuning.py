@@ -7,6 +7,7 @@ import pytest
 from conftest import run_script
 
 from quantens import cli, tuning
+from quantens.cli import tune
 
 SMALL = ["--test-run", "--width", "8", "--epochs", "1", "--bit-widths", "32", "1"]
 
@@ -116,24 +117,24 @@ def test_search_space_offers_simple_kd_only_with_a_teacher(tmp_path):
     plain = make_args(tmp_path)
     taught = make_args(tmp_path, "--teacher", "cifar_resnet20_v1",
                        "--kd-teacher-mode", "untrained_external")
-    assert tuning.kd_modes(plain) == ["none", "progressive", "highest", "average"]
-    assert tuning.kd_modes(taught) == ["none", "progressive", "highest", "average", "simple"]
-    space = tuning.search_space(plain)
+    assert tune.kd_modes(plain) == ["none", "progressive", "highest", "average"]
+    assert tune.kd_modes(taught) == ["none", "progressive", "highest", "average", "simple"]
+    space = tune.search_space(plain)
     assert [hp.name for hp in space.space] == [
         "lr", "wd", "optimizer", "kd_mode", "kd_temperature", "kd_weight", "kd_warmup_epochs",
         "kd_weight_lowest", "member_weight_lowest", "activation_method",
     ]
-    assert tuning.trial_args(plain, {"activation_method": "pact"}, None).activation_method \
+    assert tune.trial_args(plain, {"activation_method": "pact"}, None).activation_method \
         == "pact"
     det_sign = make_args(tmp_path, "--activation-method", "det_sign")
-    assert "activation_method" not in [hp.name for hp in tuning.search_space(det_sign).space]
+    assert "activation_method" not in [hp.name for hp in tune.search_space(det_sign).space]
     assert space.space[0].sampling == "log"
 
 
 def test_recipe_levers_of_a_trial_become_flags_and_the_objective_can_be_the_mean(tmp_path):
     args = make_args(tmp_path, "--tune", "random", "--kd-mode", "progressive",
                      "--kd-weights", "32:0.5")  # the average mode teaches 32 bits
-    trial = tuning.trial_args(args, {"kd_mode": "average", "kd_warmup_epochs": 1.0,
+    trial = tune.trial_args(args, {"kd_mode": "average", "kd_warmup_epochs": 1.0,
                                      "kd_weight_lowest": 2.5, "member_weight_lowest": 3.0},
                               "/tmp/t")
     lowest = min(args.bit_widths)
@@ -141,9 +142,9 @@ def test_recipe_levers_of_a_trial_become_flags_and_the_objective_can_be_the_mean
     assert trial.kd_weights == [[32, 0.5], [lowest, 2.5]]
     assert trial.member_loss_weights == [[lowest, 3.0]]
     assert args.kd_weights == [[32, 0.5]]  # the search's flags are untouched
-    assert tuning.objective_name(args) == f"val_accuracy_{args.target_bits}"
+    assert tune.objective_name(args) == f"val_accuracy_{args.target_bits}"
     mean = make_args(tmp_path, "--tune", "random", "--tune-objective", "mean")
-    assert tuning.objective_name(mean) == "val_accuracy_mean"
+    assert tune.objective_name(mean) == "val_accuracy_mean"
     metrics = {"val_accuracy": {"32": 0.9, "1": 0.5}}
     assert tuning.flat_metrics(metrics)["val_accuracy_mean"] == pytest.approx(0.7)
 
@@ -151,7 +152,7 @@ def test_recipe_levers_of_a_trial_become_flags_and_the_objective_can_be_the_mean
 def test_trial_args_copy_the_flags_and_teacher_flags_follow_the_student(tmp_path):
     args = make_args(tmp_path, "--teacher", "cifar_resnet20_v1",
                      "--kd-teacher-mode", "untrained_external", "--teacher-wd", "0.5")
-    trial = tuning.trial_args(args, {"lr": 0.02, "wd": 1e-4, "optimizer": "sgd",
+    trial = tune.trial_args(args, {"lr": 0.02, "wd": 1e-4, "optimizer": "sgd",
                                      "tuner/epochs": 3}, "/tmp/t")
     assert (trial.lr, trial.teacher_lr, trial.optimizer, trial.teacher_optimizer) == (
         0.02, 0.02, "sgd", "sgd")
@@ -162,7 +163,7 @@ def test_trial_args_copy_the_flags_and_teacher_flags_follow_the_student(tmp_path
 
 def test_random_search_in_process_picks_the_best_trial_and_resumes(tmp_path):
     run = Recorder()
-    best = tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "3"), run)
+    best = tune.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "3"), run)
     assert len(run.calls) == 3
     assert best["lr"] == max(a.lr for a in run.calls)
     assert {os.path.basename(a.result_path) for a in run.calls} == {
@@ -173,7 +174,7 @@ def test_random_search_in_process_picks_the_best_trial_and_resumes(tmp_path):
     assert (again.lr, again.optimizer, again.epochs) == (best["lr"], best["optimizer"], 9)
     # the same search with a larger budget runs only the new trials
     more = Recorder()
-    tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "5"), more)
+    tune.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "5"), more)
     assert [os.path.basename(a.result_path) for a in more.calls] == ["trial_3", "trial_4"]
 
 
@@ -181,9 +182,9 @@ def test_an_interrupted_search_resumes_the_interrupted_trial(tmp_path):
     args = make_args(tmp_path, "--tune", "random", "--max-trials", "3")
     stopped = Recorder(interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
-        tuning.tune(args, stopped)
+        tune.tune(args, stopped)
     resumed = Recorder()
-    tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "3"), resumed)
+    tune.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "3"), resumed)
     # trial 0 is kept; trial 1 runs again in its own directory (its backup), then trial 2
     assert [os.path.basename(a.result_path) for a in resumed.calls] == ["trial_1", "trial_2"]
     assert resumed.calls[0].lr == stopped.calls[1].lr
@@ -191,14 +192,14 @@ def test_an_interrupted_search_resumes_the_interrupted_trial(tmp_path):
 
 def test_hyperband_gives_each_trial_its_epochs_budget(tmp_path):
     run = Recorder()
-    tuning.tune(make_args(tmp_path, "--tune", "hyperband", "--max-trials", "6"), run)
+    tune.tune(make_args(tmp_path, "--tune", "hyperband", "--max-trials", "6"), run)
     epochs = [a.epochs for a in run.calls]
     assert len(epochs) == 6 and all(1 <= e <= 9 for e in epochs) and min(epochs) < 9
 
 
 def test_bayesian_search_completes(tmp_path):
     run = Recorder()
-    best = tuning.tune(make_args(tmp_path, "--tune", "bayesian", "--max-trials", "4"), run)
+    best = tune.tune(make_args(tmp_path, "--tune", "bayesian", "--max-trials", "4"), run)
     assert len(run.calls) == 4 and best["lr"] == max(a.lr for a in run.calls)
 
 
@@ -210,19 +211,19 @@ def test_a_search_whose_trials_all_fail_raises_search_failed(tmp_path):
 
     args = make_args(tmp_path, "--tune", "random", "--max-trials", "2")
     with pytest.raises(SearchFailed) as info:
-        tuning.tune(args, failing)
+        tune.tune(args, failing)
     assert info.value.exit_code == 1  # the command line exits 1, not 2: the flags were fine
 
 
 def test_resuming_a_search_with_other_flags_is_a_typed_error(tmp_path):
     from quantens.errors import TuningError, UsageError
 
-    tuning.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "1"), Recorder())
+    tune.tune(make_args(tmp_path, "--tune", "random", "--max-trials", "1"), Recorder())
     changed = make_args(tmp_path, "--tune", "random", "--max-trials", "1", "--batch-size", "32")
     with pytest.raises(TuningError, match="other flags.*--batch-size 64 -> 32"):
-        tuning.tune(changed, Recorder())
+        tune.tune(changed, Recorder())
     with pytest.raises(UsageError, match="--dry-run"):
-        tuning.tune(make_args(tmp_path, "--tune", "random", "--dry-run"), Recorder())
+        tune.tune(make_args(tmp_path, "--tune", "random", "--dry-run"), Recorder())
 
 
 def test_a_search_on_a_directory_another_run_owns_is_refused(tmp_path):
@@ -232,5 +233,28 @@ def test_a_search_on_a_directory_another_run_owns_is_refused(tmp_path):
     args = make_args(tmp_path, "--tune", "random", "--max-trials", "1")
     with ResultDirLock(args.result_path, "train.py"):
         with pytest.raises(LockedError, match="in use by train.py"):
-            tuning.tune(args, Recorder())
-    assert tuning.tune(args, Recorder())  # free again once the owner is done
+            tune.tune(args, Recorder())
+    assert tune.tune(args, Recorder())  # free again once the owner is done
+
+
+def test_the_search_library_takes_values_not_flags():
+    """quantens.tuning (the library half) reads no argparse Namespace; quantens.cli.tune does."""
+    import ast
+    import pathlib
+
+    source = pathlib.Path(tuning.__file__).read_text(encoding="utf-8")
+    imported = {alias.name for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.Import | ast.ImportFrom)
+                for alias in node.names} | {node.module for node in ast.walk(ast.parse(source))
+                                           if isinstance(node, ast.ImportFrom)}
+    assert "argparse" not in imported and "Namespace" not in source
+    names = [hp.name for hp in tuning.search_space(epochs=2, teacher=True).space]
+    assert "activation_method" not in names and "simple" in tuning.kd_modes(teacher=True)
+    space = tuning.search_space(epochs=2, activation=True)
+    warmup = [hp for hp in space.space if hp.name == "kd_warmup_epochs"][0]
+    assert warmup.values == [0.0, 1.0]  # the choices below the 2 epochs
+    assert "activation_method" in [hp.name for hp in space.space]
+    assert tuning.objective_name(4) == "val_accuracy_4"
+    assert tuning.objective_name(4, "mean") == "val_accuracy_mean"
+    assert tuning.searches_activation("digits_resnet_e", "round")
+    assert not tuning.searches_activation("mobilenet_v2", "round")

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,3 +94,51 @@ def test_resnet_e_models_of_the_defaults_are_the_zoos():
 
     assert set(defaults.RESNET_E_MODELS) == {
         name for name in zoo.list_models() if zoo.get_builder(name).__module__ == "zoo.resnet_e"}
+
+
+def test_registering_a_model_name_twice_warns_naming_both_builders():
+    from zoo import registry
+
+    def zoo_test_duplicate(**kwargs):
+        return "first"
+
+    def second(**kwargs):
+        return "second"
+
+    second.__name__ = "zoo_test_duplicate"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            zoo.register_model(zoo_test_duplicate)  # a new name: no warning
+            zoo.register_model(zoo_test_duplicate)  # the same function again: no news
+        with pytest.warns(UserWarning, match="'zoo_test_duplicate' is registered twice") as caught:
+            zoo.register_model(second)
+        message = str(caught[0].message)
+        assert message.count("test_zoo.zoo_test_duplicate") == 2  # both places, with their lines
+        assert message.count("test_zoo.py:") == 2
+        assert zoo.get_builder("zoo_test_duplicate")() == "second"  # the later one wins
+    finally:
+        registry._MODELS.pop("zoo_test_duplicate", None)
+
+
+def test_registering_a_teacher_name_twice_warns():
+    from zoo import registry
+
+    def ResNet18_v1(**kwargs):  # noqa: N802  (the name of a zoo teacher)
+        return None
+
+    original = registry.teacher_builder("ResNet18_v1")
+    try:
+        with pytest.warns(UserWarning, match=r"teacher 'ResNet18_v1' is registered twice: "
+                                              r"zoo\.resnet\.ResNet18_v1 .* is replaced by "):
+            zoo.register_teacher(ResNet18_v1)
+    finally:
+        registry._TEACHERS["ResNet18_v1"] = original
+
+
+def test_the_zoo_package_re_exports_the_registry_and_the_factory():
+    from zoo import factory, registry
+
+    for module in (registry, factory):
+        for name in module.__all__:
+            assert getattr(zoo, name) is getattr(module, name), name

@@ -34,7 +34,7 @@ preprocessing (`[-1, 1]` for MobileNetV2, caffe-style BGR for ResNet50):
 they are a starting point for fine-tuning, not a calibrated ImageNet
 classifier on quantens' inputs.
 
-The zoo's architecture arguments (train.py's flags, `zoo._builder_kwargs`)
+The zoo's architecture arguments (train.py's flags, `zoo.builder_kwargs`)
 mean for a converted network: `weight_quantization` and `fp_weights`
 (= `weight_quantization="identity"`) choose its weight quantizer, `share_bn` and
 `sync_bn` its batch normalisation, `alpha` the width multiplier of the
@@ -73,7 +73,7 @@ import quantens
 from quantens import defaults
 from quantens.convert import SoftmaxRemovedWarning, logits_model
 from quantens.errors import ConfigError, DownloadError, PretrainedError, WeightsError, one_line
-from zoo import register_model
+from zoo.registry import register_model
 
 IMAGENET_FLOAT = "imagenet_float"
 """The `weights` value that converts keras.applications' ImageNet float weights."""
@@ -707,13 +707,17 @@ def saved_model(
 
 
 __all__ = [
+    "DOWNLOAD_TIMEOUT",
+    "IMAGENET_CLASSES",
     "IMAGENET_FLOAT",
+    "KERAS_PREFIX",
     "SoftmaxRemovedWarning",
     "application_builder",
     "builder_for",
     "check_model_file",
     "converted_options",
     "float_application",
+    "float_teacher",
     "is_converted",
     "keras_application",
     "load_float_model",

@@ -28,9 +28,12 @@ from collections.abc import Mapping, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import quantens  # noqa: E402,F401  (tf-keras before TensorFlow)
+from quantens.argparsing import OneLineParser  # noqa: E402
 from quantens.errors import one_line  # noqa: E402
 from quantens.layout import ResultDir  # noqa: E402
 from zoo import pretrained  # noqa: E402
+
+__all__ = ["EVAL_BATCH_SIZE", "accuracy_table", "evaluate", "evaluate_pretrained", "main", "publish"]
 
 EVAL_BATCH_SIZE = 256
 
@@ -170,17 +173,7 @@ def publish(
     return entry
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors `prog: error: ...` and exit code 2 (no usage wall)."""
-
-    def error(self, message):
-        self.fail(f"{message} (see --help)")
-
-    def fail(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _check_before_tensorflow(parser: _Parser, args: argparse.Namespace):
+def _check_before_tensorflow(parser: OneLineParser, args: argparse.Namespace):
     """The checks that need no TensorFlow; returns the tag's registry entry (None with
     --publish). A bad argument ends here with one line and exit code 2."""
     if args.weights is not None and not os.path.isfile(args.weights):
@@ -207,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     # `quantens-evaluate` when started as that console script (setup.py), as the
     # command line's `quantens.cli.program_name` decides (the zoo does not import it)
     script = os.path.basename(sys.argv[0]).removesuffix(".exe")
-    parser = _Parser(
+    parser = OneLineParser(
         prog="quantens-evaluate" if script == "quantens-evaluate" else "python -m zoo.evaluate",
         description="Evaluate a pretrained tag per member (or publish a run as a tag).",
     )

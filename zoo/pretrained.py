@@ -46,6 +46,33 @@ from collections.abc import Mapping
 
 from quantens.errors import DownloadError, PretrainedError, one_line  # re-exported
 
+__all__ = [
+    "DEFAULT_HOME",
+    "HOME_ENV",
+    "REGISTRY_PATH",
+    "URL_ENV",
+    "WEIGHTS_DIR",
+    "DownloadError",
+    "PretrainedConfig",
+    "PretrainedError",
+    "build_model",
+    "cache_dir",
+    "check_architecture",
+    "create_pretrained",
+    "download",
+    "is_tag",
+    "list_pretrained",
+    "load_pretrained",
+    "load_weights_into",
+    "main",
+    "markdown_table",
+    "pretrained_config",
+    "read_registry",
+    "sha256sum",
+    "weights_url",
+    "write_registry",
+]
+
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 REGISTRY_PATH = os.path.join(WEIGHTS_DIR, "pretrained.json")
 HOME_ENV = "QUANTENS_HOME"

@@ -19,7 +19,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from zoo import register_teacher
+from zoo.registry import register_teacher
+
+__all__ = [
+    "ResNet18_v1",
+    "cifar_resnet",
+    "resnet_v1_imagenet",
+]
 
 _BN = {"momentum": 0.9, "epsilon": 1e-5}
 

@@ -24,7 +24,14 @@ import quantens
 from quantens import defaults
 from quantens.bits import validate_bit_widths
 from quantens.defaults import INITIAL_LAYERS
-from zoo import register_model
+from zoo.registry import register_model
+
+__all__ = [
+    "digits_resnet_e",
+    "resnet18_e1",
+    "resnet34_e1",
+    "resnet_e",
+]
 
 
 def _stem(x, filters: int, initial_layers: str, bn_kwargs: dict):

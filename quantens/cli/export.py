@@ -19,6 +19,8 @@ from quantens.layout import ResultDir
 from quantens.locking import ResultDirLock, check_unlocked
 from quantens.startup import load_tensorflow
 
+__all__ = ["PROG", "SCRIPT", "build_parser", "main", "validate"]
+
 PROG = "quantens.export"
 SCRIPT = "quantens-export"
 

@@ -15,6 +15,8 @@ from quantens.layout import ResultDir
 from quantens.locking import ResultDirLock, check_unlocked
 from quantens.startup import load_tensorflow
 
+__all__ = ["PROG", "SCRIPT", "main"]
+
 PROG = "quantens.report"
 SCRIPT = "quantens-report"
 

@@ -10,6 +10,7 @@ the export and the report; nothing is read back from the result directory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -104,40 +105,12 @@ def _teacher_flags(args) -> dict:
 
 def _build_distillation(args, spec, steps_per_epoch):
     """The Distillation of the KD flags (None when there is nothing to distil)."""
-    import zoo
-    from quantens import optimizers, results
     from quantens.distillation import Distillation
 
-    warmup_steps = round(args.kd_warmup_epochs * steps_per_epoch)
-    if warmup_steps and warmup_steps >= args.epochs * steps_per_epoch:
-        raise UsageError(
-            f"--kd-warmup-epochs {args.kd_warmup_epochs:g} covers all {warmup_steps} training "
-            f"steps ({steps_per_epoch} per epoch): no step would distil; choose fewer warm-up "
-            "epochs"
-        )
-    kd = dict(
-        temperature=args.kd_temperature, weight=args.kd_weight,
-        attention_weight=args.kd_attention_weight,
-        warmup_steps=warmup_steps,
-        student_weights=dict(args.kd_weights or []),
-        student_temperatures=dict(args.kd_temperatures or []),
-    )
+    kd = _kd_settings(args, steps_per_epoch)
     if args.ensemble_teacher:
-        flags = _teacher_flags(args)
-        if list(flags["bit_widths"]) != list(args.bit_widths):
-            raise UsageError(
-                f"--teacher-params {args.teacher_params}: the teacher ensemble has bit-widths "
-                f"{flags['bit_widths']}, this run {list(args.bit_widths)}; they must match"
-            )
-        teacher = zoo.create_model_from_flags(flags, spec.input_shape, spec.num_classes)
-        try:
-            results.load_weights(teacher, args.teacher_params)
-        except Exception as error:
-            raise WeightsError(
-                f"--teacher-params {args.teacher_params}: cannot load it as a {args.model} "
-                f"ensemble ({one_line(error)})"
-            ) from error
-        return Distillation(args.bit_widths, args.kd_mode, teacher, "ensemble", **kd)
+        return Distillation(args.bit_widths, args.kd_mode, _ensemble_teacher(args, spec),
+                            "ensemble", **kd)
     if getattr(args, "float_teacher", False):
         from zoo.applications import float_teacher
 
@@ -147,6 +120,57 @@ def _build_distillation(args, spec, steps_per_epoch):
         if args.kd_mode == "none":
             return None
         return Distillation(args.bit_widths, args.kd_mode, None, "none", **kd)
+    return _external_teacher_distillation(args, spec, steps_per_epoch, kd)
+
+
+def _kd_settings(args, steps_per_epoch: int) -> dict:
+    """The Distillation keywords of the KD flags (temperatures, weights, warm-up steps)."""
+    warmup_steps = round(args.kd_warmup_epochs * steps_per_epoch)
+    if warmup_steps and warmup_steps >= args.epochs * steps_per_epoch:
+        raise UsageError(
+            f"--kd-warmup-epochs {args.kd_warmup_epochs:g} covers all {warmup_steps} training "
+            f"steps ({steps_per_epoch} per epoch): no step would distil; choose fewer warm-up "
+            "epochs"
+        )
+    return dict(
+        temperature=args.kd_temperature, weight=args.kd_weight,
+        attention_weight=args.kd_attention_weight,
+        warmup_steps=warmup_steps,
+        student_weights=dict(args.kd_weights or []),
+        student_temperatures=dict(args.kd_temperatures or []),
+    )
+
+
+def _ensemble_teacher(args, spec):
+    """--ensemble-teacher: the first stage's ensemble, rebuilt from its flags, its weights
+    loaded from --teacher-params."""
+    import zoo
+    from quantens import results
+
+    flags = _teacher_flags(args)
+    if list(flags["bit_widths"]) != list(args.bit_widths):
+        raise UsageError(
+            f"--teacher-params {args.teacher_params}: the teacher ensemble has bit-widths "
+            f"{flags['bit_widths']}, this run {list(args.bit_widths)}; they must match"
+        )
+    teacher = zoo.create_model_from_flags(flags, spec.input_shape, spec.num_classes)
+    try:
+        results.load_weights(teacher, args.teacher_params)
+    except Exception as error:
+        raise WeightsError(
+            f"--teacher-params {args.teacher_params}: cannot load it as a {args.model} "
+            f"ensemble ({one_line(error)})"
+        ) from error
+    return teacher
+
+
+def _external_teacher_distillation(args, spec, steps_per_epoch: int, kd: dict):
+    """--teacher with --kd-teacher-mode pretrained_external (frozen) or untrained_external
+    (trained alongside with the --teacher-* optimizer and schedule)."""
+    import zoo
+    from quantens import optimizers
+    from quantens.distillation import Distillation
+
     weights = args.teacher_params
     if weights is None and args.kd_teacher_mode == "pretrained_external":
         weights = "pretrained"
@@ -265,40 +289,91 @@ def run(args: argparse.Namespace) -> dict:
         return _run(args, out, spec, plan)
 
 
+@dataclasses.dataclass
+class _Data:
+    """The datasets of a run: train (augmented, keyed by `epoch_counter`), validation, test."""
+
+    train: object
+    validation: object
+    test: object
+    epoch_counter: object
+    steps_per_epoch: int
+
+
+@dataclasses.dataclass
+class _Callbacks:
+    """The callbacks of `fit`, in order, and the two whose state the run reads afterwards."""
+
+    callbacks: list
+    history: object
+    best: object
+
+
 def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
-    from quantens import data
-
+    """One run: build data -> build ensemble -> callbacks -> fit -> final metrics -> export
+    -> report. `out` is None for --dry-run (which summarises the members and stops)."""
     strategy = _setup(args)
+    model = _build_model(args, spec, strategy)
+    if args.dry_run:
+        _summarise_members(model, args.bit_widths)
+        return {}
+    global_batch = args.batch_size * strategy.num_replicas_in_sync
+    started = time.time()
+    datasets = _build_data(args, plan, global_batch)
+    ensemble = _build_ensemble(args, spec, plan, model, strategy, datasets.steps_per_epoch,
+                               global_batch)
+    # The chief writes the result directory; other workers a private one (`run`).
+    from quantens import distribute
 
-    import tensorflow as tf
+    chief = distribute.is_chief(strategy)
+    run_dir = ResultDir(args.result_path)
+    config, logger = _prepare_result_dir(args, out, run_dir, model)
+    callbacks = _callbacks(args, out, run_dir, model, datasets.epoch_counter, logger,
+                           global_batch, chief)
+    _fit(args, ensemble, model, datasets, callbacks.callbacks, out)
+    metrics = _final_metrics(args, ensemble, model, plan, datasets, callbacks.best, out,
+                             train_seconds=round(time.time() - started, 1))
+    exported = _export(args, ensemble, plan, datasets.test, run_dir) if args.export and chief \
+        else None
+    _report(args, metrics, config, callbacks.history, exported, model, plan, run_dir, logger,
+            chief)
+    return metrics
+
+
+def _build_model(args: argparse.Namespace, spec, strategy):
+    """The model of the flags under `strategy`, with the --resume weights loaded (not for
+    --dry-run); records the dataset's input shape and classes in `args` (config.json)."""
     import tensorflow_datasets as tfds
 
-    import quantens
-    from quantens import distribute, optimizers, results
+    from quantens import results
 
     if not sys.stdout.isatty():
         tfds.disable_progress_bar()
     args.input_shape, args.num_classes = list(spec.input_shape), spec.num_classes
     with strategy.scope():
         model = _create_model(args, spec)
-    if args.dry_run:
-        _summarise_members(model, args.bit_widths)
-        return {}
-    if args.resume:
-        try:
-            results.load_weights(model, args.resume)
-        except Exception as error:  # h5py's OSError, Keras' ValueError on a mismatch
-            raise WeightsError(
-                f"--resume {args.resume}: cannot load these weights into {args.model} "
-                f"({one_line(error)})"
-            ) from error
+    if args.dry_run or not args.resume:
+        return model
+    try:
+        results.load_weights(model, args.resume)
+    except Exception as error:  # h5py's OSError, Keras' ValueError on a mismatch
+        raise WeightsError(
+            f"--resume {args.resume}: cannot load these weights into {args.model} "
+            f"({one_line(error)})"
+        ) from error
+    return model
 
-    replicas = strategy.num_replicas_in_sync
-    global_batch = args.batch_size * replicas
+
+def _build_data(args: argparse.Namespace, plan, global_batch: int) -> _Data:
+    """Build data: the train, validation and test datasets of `plan`.
+
+    Validation chooses (best checkpoint, tuner); test is reported and chooses
+    nothing. The data order of an epoch is a function of (seed, epoch).
+    """
+    from quantens import data
+
     take = 1 if args.test_run else None
-    started = time.time()
     epoch_counter = data.EpochCounter()  # the data order of an epoch = f(seed, epoch)
-    # validation chooses (best checkpoint, tuner); test is reported and chooses nothing
     try:
         train_ds = data.load(
             args.dataset, plan.train, global_batch, training=True,
@@ -318,6 +393,15 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
     except Exception as error:  # TFDS raises many kinds; all mean "no data here"
         raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
     steps_per_epoch = epoch_counter.steps_per_epoch = _steps(train_ds, fallback=1)
+    return _Data(train_ds, val_ds, test_ds, epoch_counter, steps_per_epoch)
+
+
+def _build_ensemble(args: argparse.Namespace, spec, plan, model, strategy,
+                    steps_per_epoch: int, global_batch: int):
+    """Build ensemble: the compiled `QuantEnsemble` of `model` with its optimizer, schedule
+    and distillation; a converted model's members calibrated before the first epoch."""
+    import quantens
+    from quantens import optimizers
 
     with strategy.scope():
         distillation = _build_distillation(args, spec, steps_per_epoch)
@@ -336,13 +420,17 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
         ensemble.compile(
             optimizer=optimizer, run_eagerly=args.mode == "imperative", jit_compile=args.jit
         )
-
     if args.calibration != "none" and not args.resume and _is_converted(args.model):
         _calibrate(ensemble, args, plan, global_batch)
+    return ensemble
 
-    # The chief writes the result directory; other workers a private one (`run`).
-    chief = distribute.is_chief(strategy)
-    run_dir = ResultDir(args.result_path)
+
+def _prepare_result_dir(args: argparse.Namespace, out: ResultDir, run_dir: ResultDir, model):
+    """The result directory made ready: stale temporaries removed, what a resumed run
+    starts from checked before anything is rewritten, config.json and model.json
+    written. Returns (config, logger)."""
+    from quantens import results
+
     os.makedirs(out.root, exist_ok=True)
     results.remove_stale_temporaries(out.root)  # of a killed run: never taken for a result
     # what a resumed run starts from, checked before anything of the directory is rewritten
@@ -353,6 +441,21 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
     results.write_model(model, out.model)
     logger = results.file_logger(args.log or out.log)
     logger.info("train.py %s", " ".join(sys.argv[1:]))
+    return config, logger
+
+
+def _callbacks(args: argparse.Namespace, out: ResultDir, run_dir: ResultDir, model,
+               epoch_counter, logger, global_batch: int, chief: bool) -> _Callbacks:
+    """Callbacks: backup, epoch counter, divergence guard, history, log, best checkpoint,
+    the backup's end of epoch (and TensorBoard on the chief).
+
+    At the end of an epoch, in this order: the divergence check, the history
+    row, the log line, the best checkpoint, and last the backup that marks the
+    epoch done: a kill at any instant repeats at most that epoch, its row once.
+    """
+    import tensorflow as tf
+
+    from quantens import results
 
     history = results.HistoryCSV(out.history)
     best = results.BestCheckpoint(
@@ -361,9 +464,6 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
     )
     # one backup folder for all workers: Keras keeps the chief's
     backup = results.BackupLast(run_dir.backup, delete_checkpoint=False)
-    # At the end of an epoch, in this order: the divergence check, the history row,
-    # the log line, the best checkpoint, and last the backup that marks the epoch
-    # done: a kill at any instant repeats at most that epoch, its row once.
     callbacks = [
         backup,  # first: it restores the training state the others start from
         epoch_counter,  # after the backup: it reads the restored step count
@@ -376,15 +476,31 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
     if chief and not args.no_tensorboard:  # per-member metrics and the learning rate
         callbacks.insert(-2, tf.keras.callbacks.TensorBoard(
             args.tensorboard_dir or run_dir.path(ResultDir.TENSORBOARD)))
+    return _Callbacks(callbacks, history, best)
+
+
+def _fit(args: argparse.Namespace, ensemble, model, datasets: _Data, callbacks: list,
+         out: ResultDir) -> None:
+    """Fit: trains for --epochs (validating each epoch), then saves the final weights."""
+    from quantens import results
+
     ensemble.fit(
-        train_ds, epochs=args.epochs, validation_data=val_ds, callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,
+        datasets.train, epochs=args.epochs, validation_data=datasets.validation,
+        callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
     )
     results.save_weights(model, out.weights)
-    train_seconds = round(time.time() - started, 1)
-    val_accuracy, teacher = _test_accuracy(ensemble, val_ds)
+
+
+def _final_metrics(args: argparse.Namespace, ensemble, model, plan, datasets: _Data, best,
+                   out: ResultDir, train_seconds: float) -> dict:
+    """Final metrics: validation and test accuracy of the final weights, test accuracy of
+    the checkpoint validation chose; written to metrics.json and returned."""
+    from quantens import results
+
+    val_accuracy, teacher = _test_accuracy(ensemble, datasets.validation)
     test_accuracy, teacher_test = (
-        (val_accuracy, teacher) if plan.validation_is_test else _test_accuracy(ensemble, test_ds)
+        (val_accuracy, teacher) if plan.validation_is_test
+        else _test_accuracy(ensemble, datasets.test)
     )
     best_test = None
     if best.best_epoch is not None:  # the checkpoint validation chose, on the test split
@@ -393,7 +509,7 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
             ensemble.set_weights(best.best_weights)
         else:  # chosen by an earlier, resumed process and not beaten since
             results.load_weights(model, out.best_weights)
-        best_test, _ = _test_accuracy(ensemble, test_ds)
+        best_test, _ = _test_accuracy(ensemble, datasets.test)
         ensemble.set_weights(final_weights)
     metrics = {
         "bit_widths": list(args.bit_widths),
@@ -410,22 +526,33 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
         "train_seconds": train_seconds,
     }
     results.write_json(out.metrics, metrics)
-    exported = None
-    if args.export and chief:
-        from quantens import export
+    return metrics
 
-        _, calibration = export.export_datasets(
-            args.dataset, args.bit_widths, batch_size=args.batch_size,
-            data_dir=args.data_dir, evaluate=False,
-        )
-        exported = export.export_ensemble(
-            ensemble, run_dir.export, val_data=test_ds, calibration_data=calibration,
-            batch_size=args.batch_size,
-            max_val_examples=args.batch_size if args.test_run else None, remove_stale=True,
-            extra={"model": args.model, "dataset": args.dataset, "split": str(plan.test),
-                   "weights": ResultDir.WEIGHTS},
-        )
-        print(export.summary_table(exported))
+
+def _export(args: argparse.Namespace, ensemble, plan, test_ds, run_dir: ResultDir):
+    """Export (--export, the chief): every member to <result-path>/export, checked on the
+    test split; prints the summary table and returns what `export_ensemble` returns."""
+    from quantens import export
+
+    _, calibration = export.export_datasets(
+        args.dataset, args.bit_widths, batch_size=args.batch_size,
+        data_dir=args.data_dir, evaluate=False,
+    )
+    exported = export.export_ensemble(
+        ensemble, run_dir.export, val_data=test_ds, calibration_data=calibration,
+        batch_size=args.batch_size,
+        max_val_examples=args.batch_size if args.test_run else None, remove_stale=True,
+        extra={"model": args.model, "dataset": args.dataset, "split": str(plan.test),
+               "weights": ResultDir.WEIGHTS},
+    )
+    print(export.summary_table(exported))
+    return exported
+
+
+def _report(args: argparse.Namespace, metrics: dict, config: dict, history, exported, model,
+            plan, run_dir: ResultDir, logger, chief: bool) -> None:
+    """Report: the chief writes the report; the table of test accuracy per member goes to
+    the log (every worker) and to stdout (the chief)."""
     if chief:
         from quantens import report
 
@@ -433,8 +560,9 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
             run_dir.root, metrics, config, report.parse_history(history.rows), exported
         )
         report.write_report(result, model=model)
-    table = accuracy_table(test_accuracy, args.bit_widths, teacher_test, best_test,
-                           best.best_epoch)
+    table = accuracy_table(metrics["test_accuracy"], args.bit_widths,
+                           metrics["teacher_test_accuracy"], metrics["best_test_accuracy"],
+                           metrics["best_epoch"])
     note = (f"test split: {plan.test}; checkpoints chosen on: {plan.validation}"
             + (" (the test split: pass --val-split to hold out a validation part of train)"
                if plan.validation_is_test else ""))
@@ -443,7 +571,6 @@ def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
         print(table)
         print(note)
         print(f"results in {args.result_path} ({metrics['train_seconds']:.0f} s)")
-    return metrics
 
 
 def two_stage(args: argparse.Namespace) -> dict:
@@ -475,9 +602,9 @@ def two_stage(args: argparse.Namespace) -> dict:
 def _main(args: argparse.Namespace) -> int:
     cli.load_tensorflow()
     if args.tune:
-        from quantens import tuning
+        from quantens.cli import tune
 
-        tuning.tune(args, run)
+        tune.tune(args, run)
         return 0
     if args.two_stage:
         two_stage(args)
@@ -492,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_main(lambda: _main(args), os.path.basename(sys.argv[0]) or "train.py")
 
 
-__all__ = ["accuracy_table", "main", "run"]
+__all__ = ["accuracy_table", "main", "run", "two_stage"]
 
 
 if __name__ == "__main__":

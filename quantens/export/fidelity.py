@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from quantens.errors import ExportError
-from quantens.export.graph import iter_batches
+from quantens.export.common import iter_batches
 from quantens.export.runtime import TFLiteRunner
+
+__all__ = ["DIFFERING_LOGIT_DIFF", "fidelity"]
 
 DIFFERING_LOGIT_DIFF = 1e-4  # an example "differs" beyond this |logit difference|
 

@@ -6,6 +6,8 @@ import collections
 
 import numpy as np
 
+__all__ = ["input_quantization", "int8_conv_weights", "op_counts", "op_name", "weight_ops"]
+
 
 def _flatbuffer_model(flatbuffer: bytes):
     from tensorflow.lite.tools import flatbuffer_utils
@@ -13,7 +15,7 @@ def _flatbuffer_model(flatbuffer: bytes):
     return flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
 
 
-def _op_name(model, code_index: int) -> str:
+def op_name(model, code_index: int) -> str:
     from tensorflow.lite.python import schema_py_generated as schema
 
     code = model.operatorCodes[code_index]
@@ -44,7 +46,7 @@ def op_counts(flatbuffer: bytes) -> dict[str, int]:
     counts: collections.Counter = collections.Counter()
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            counts[_op_name(model, op.opcodeIndex)] += 1
+            counts[op_name(model, op.opcodeIndex)] += 1
     return dict(sorted(counts.items()))
 
 
@@ -63,7 +65,7 @@ def int8_conv_weights(flatbuffer: bytes) -> list[dict]:
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            name = _op_name(model, op.opcodeIndex)
+            name = op_name(model, op.opcodeIndex)
             if name not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
                 continue
             tensor = subgraph.tensors[op.inputs[1]]
@@ -118,7 +120,7 @@ def weight_ops(flatbuffer: bytes) -> dict[str, int]:
     for subgraph in model.subgraphs:
         made_by = {out: op for op in subgraph.operators for out in op.outputs}
         for op in subgraph.operators:
-            name = _op_name(model, op.opcodeIndex)
+            name = op_name(model, op.opcodeIndex)
             if name == "LceBconv2d":
                 counts[f"{name} binary/binary"] += 1
                 continue
@@ -128,7 +130,7 @@ def weight_ops(flatbuffer: bytes) -> dict[str, int]:
             source, weights = subgraph.tensors[op.inputs[0]], op.inputs[1]
             storage = subgraph.tensors[weights]
             producer = made_by.get(weights)
-            if producer is not None and _op_name(model, producer.opcodeIndex) == "DEQUANTIZE":
+            if producer is not None and op_name(model, producer.opcodeIndex) == "DEQUANTIZE":
                 storage = subgraph.tensors[producer.inputs[0]]
             counts[f"{name} {types[source.type]}/{types[storage.type]}"] += 1
     return dict(sorted(counts.items()))
@@ -140,7 +142,7 @@ def input_quantization(flatbuffer: bytes) -> tuple[float, int] | None:
     graph = model.subgraphs[0]
     source = graph.inputs[0]
     for op in graph.operators:
-        if _op_name(model, op.opcodeIndex) == "QUANTIZE" and op.inputs[0] == source:
+        if op_name(model, op.opcodeIndex) == "QUANTIZE" and op.inputs[0] == source:
             q = graph.tensors[op.outputs[0]].quantization
             return float(q.scale[0]), int(q.zeroPoint[0])
     tensor = graph.tensors[source]

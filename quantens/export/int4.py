@@ -22,6 +22,8 @@ import numpy as np
 
 from quantens.errors import one_line
 
+__all__ = ["INT4_MAX", "INT4_MIN", "PACKABLE_OPS", "pack_int4", "pack_nibbles"]
+
 PACKABLE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 INT4_MIN, INT4_MAX = -8, 7
 
@@ -47,12 +49,12 @@ def _filters(model) -> list[tuple[str, object, int]]:
     """(op name, filter tensor, buffer index) of every int8 filter of a packable op."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    from quantens.export.flatbuffer import _op_name
+    from quantens.export.flatbuffer import op_name
 
     found = []
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            name = _op_name(model, op.opcodeIndex)
+            name = op_name(model, op.opcodeIndex)
             if name not in PACKABLE_OPS or len(op.inputs) < 2:
                 continue
             tensor = subgraph.tensors[op.inputs[1]]

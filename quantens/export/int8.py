@@ -18,18 +18,26 @@ on training data.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
+from quantens.errors import ExportError
+from quantens.export.common import quiet_converter_warnings, tensorflow
+from quantens.export.emit import FloatEmitter
 from quantens.export.flatbuffer import int8_conv_weights
-from quantens.export.graph import Act, MemberGraph, Step, _tf
+from quantens.export.graph import StepGraph
+from quantens.export.steps import Act, AffineStep, DenseStep, LinearStep
+
+__all__ = [
+    "Int8Emitter", "fake_quant_kernel", "fake_quant_weights", "int8_flatbuffer",
+    "round_to_grid", "weights_report",
+]
 
 
 def round_to_grid(x, act: Act):
     """clip(x, 0, r) rounded to the grid i * r / n as int8 (scale r/n, zero point -128)."""
-    tf = _tf()
+    tf = tensorflow()
     r, n = float(act.value_range), float(act.levels)
     if act.levels > 255:  # more levels than int8 holds: a calibrated-free 8-bit range
         return tf.quantization.fake_quant_with_min_max_args(
@@ -57,7 +65,7 @@ def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.nda
     range r), a bias rounded to units of r * |mult| would move the output by
     up to half that and flip the next binary activation.
     """
-    tf = _tf()
+    tf = tensorflow()
     shape = kernel.shape
     if depthwise:  # per channel of the output: (h, w, 1, c * m), as TFLite stores it
         kernel = kernel.reshape(shape[0], shape[1], 1, shape[2] * shape[3])
@@ -85,42 +93,82 @@ def fake_quant_weights(kernel: np.ndarray, unit: np.ndarray | None, mult: np.nda
     return tf.reshape(weights, shape) if depthwise else weights
 
 
-def fake_quant_kernel(step: Step, per_channel: bool, as_conv: bool = False,
+def fake_quant_kernel(step: LinearStep, per_channel: bool, as_conv: bool = False,
                       spread: bool = False):
-    """The int8 weights of a conv / depthwise / dense step, BN folded in.
+    """The int8 weights of a linear step (conv, depthwise, dense), BN folded in.
 
     `as_conv`: a dense kernel (in, out) as a 1x1 conv kernel (1, 1, in, out),
     so that its scales can be per output channel (TFLite's converter takes
     per-channel scales for CONV_2D, not for a matmul). `spread`: see
     `fake_quant_weights`.
     """
-    p = step.params
-    depthwise = step.op == "depthwise"
-    mult = p["mult"]
-    if depthwise:
-        h, w, c, m = p["kernel"].shape
-        folded = p["kernel"] * mult.reshape(1, 1, c, m)
-    else:
-        folded = p["kernel"] * mult
+    folded = step.folded_kernel()
     if as_conv:
         folded = folded.reshape(1, 1, *folded.shape)
-    return fake_quant_weights(folded, p["unit"], mult, per_channel, depthwise=depthwise,
-                              spread=spread)
+    return fake_quant_weights(folded, step.unit, step.mult, per_channel,
+                              depthwise=step.depthwise, spread=spread)
 
 
-@contextlib.contextmanager
-def _quiet_warnings():
-    import warnings
+class Int8Emitter(FloatEmitter):
+    """Emits a `StepGraph` fake-quantized on the member's grid, for the TFLite converter.
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        yield
+    `ranges` maps tensor names to calibrated (min, max) (`emit.calibrate`).
+    BN is folded into the kernel before it (one int8 op, one rounding); a
+    k-bit `round` activation is requantized onto its grid (`round_to_grid`).
+    `spread`: see `fake_quant_weights` (LCE files).
+    """
+
+    def __init__(self, graph: StepGraph, ranges, spread: bool = False):
+        super().__init__(graph)
+        if ranges is None:
+            raise ValueError("int8 mode needs calibrated ranges")
+        self.ranges = ranges
+        self.spread = spread
+
+    def quantize(self, name: str, t):
+        lo, hi = self.ranges[name]
+        return tensorflow().quantization.fake_quant_with_min_max_args(
+            t, min=float(lo), max=float(hi), num_bits=8)
+
+    def grid_activation(self, x, act: Act):
+        if act.kind == "round":
+            return round_to_grid(x, act)
+        raise ExportError(
+            "int8 export supports `round` activations; `det_sign` members with 2..8 "
+            "bits are exported as float32"
+        )
+
+    def linear(self, a, step: LinearStep):
+        tf = tensorflow()
+        # a dense kernel on a grid with a scale per output channel (narrow) needs
+        # per-channel int8 scales: only as a 1x1 convolution
+        dense_as_conv = (isinstance(step, DenseStep) and step.unit is not None
+                         and np.ptp(step.unit) > 0)
+        kernel = fake_quant_kernel(step, per_channel=not isinstance(step, DenseStep)
+                                   or dense_as_conv, as_conv=dense_as_conv, spread=self.spread)
+        if dense_as_conv:
+            y = tf.nn.conv2d(tf.reshape(a, [-1, 1, 1, int(a.shape[-1])]), kernel, 1, "VALID")
+            y = tf.reshape(y, [-1, int(kernel.shape[-1])])
+        else:
+            y = self.apply_kernel(a, kernel, step)
+        return tf.nn.bias_add(y, step.add.astype(np.float32))
+
+    def affine(self, x, step: AffineStep):
+        tf = tensorflow()
+        if len(x.shape) != 4:
+            return super().affine(x, step)
+        # one DEPTHWISE_CONV_2D: a single rounding
+        mult, add = step.mult, step.add.astype(np.float32)
+        kernel = fake_quant_weights(mult.reshape(1, 1, -1, 1), None, mult,
+                                    per_channel=True, depthwise=True)
+        y = tf.nn.bias_add(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID"), add)
+        return tf.nn.relu(y) if step.relu else y
 
 
-def int8_flatbuffer(graph: MemberGraph, ranges) -> bytes:
-    """The int8 file of `graph` with calibrated `ranges` (see `graph.calibrate`)."""
-    tf = _tf()
-    fn = tf.function(lambda x: graph.forward(x, "int8", ranges=ranges), autograph=False,
+def int8_flatbuffer(graph: StepGraph, ranges) -> bytes:
+    """The int8 file of `graph` with calibrated `ranges` (see `emit.calibrate`)."""
+    tf = tensorflow()
+    fn = tf.function(lambda x: Int8Emitter(graph, ranges).run(x), autograph=False,
                      input_signature=[tf.TensorSpec((1, *graph.input_shape), tf.float32,
                                                     "images")])
     holder = tf.Module()
@@ -128,7 +176,7 @@ def int8_flatbuffer(graph: MemberGraph, ranges) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [fn.get_concrete_function()], holder)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    with _quiet_warnings():
+    with quiet_converter_warnings():
         return converter.convert()
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["EXACT_OPS", "EXACT_TOLERANCE", "exact_int8", "store_exact_int8"]
+
 EXACT_OPS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0}  # op -> channel axis
 # |integer * scale - value| allowed per channel, relative to its largest |value|:
 # float32 rounding of the product, far below any grid's step (1/127)
@@ -71,7 +73,7 @@ def store_exact_int8(flatbuffer: bytes) -> tuple[bytes, dict]:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from quantens.export.flatbuffer import _op_name
+    from quantens.export.flatbuffer import op_name
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     users: dict[int, int] = {}
@@ -84,7 +86,7 @@ def store_exact_int8(flatbuffer: bytes) -> tuple[bytes, dict]:
     for subgraph in model.subgraphs:
         new_ops = []
         for op in subgraph.operators:
-            name = _op_name(model, op.opcodeIndex)
+            name = op_name(model, op.opcodeIndex)
             if name not in EXACT_OPS or len(op.inputs) < 2 or op.inputs[1] < 0:
                 continue
             tensor = subgraph.tensors[op.inputs[1]]

@@ -32,11 +32,20 @@ import tempfile
 import numpy as np
 
 from quantens.errors import ExportError
-from quantens.export.graph import Act, MemberGraph, Step, _tf
-from quantens.export.int8 import _quiet_warnings
+from quantens.export.common import quiet_converter_warnings, tensorflow
+from quantens.export.emit import FloatEmitter
+from quantens.export.graph import StepGraph
+from quantens.export.int8 import Int8Emitter
+from quantens.export.int8_filters import exact_int8, store_exact_int8
+from quantens.export.steps import Act, AddStep, ConvStep, LinearStep
+
+__all__ = [
+    "LCE_INT8_CHOICES", "LceEmitter", "LceInt8Emitter", "binary_conv", "lce_emitter",
+    "lce_flatbuffer", "remainder_plan",
+]
 
 
-def binary_conv(x, act: Act, step: Step, pads, on_grid=None):
+def binary_conv(x, act: Act, step: ConvStep, pads, on_grid=None):
     """The 1-bit conv in the +-1 form LCE binarizes, exactly equal to the member's.
 
     `x` is the tensor before the 1-bit activation `act`; `pads(x, step)` gives
@@ -58,18 +67,19 @@ def binary_conv(x, act: Act, step: Step, pads, on_grid=None):
     already; where the member pads them with 0, they are padded with 1 and the
     padding taps' weights are removed.
     """
-    tf = _tf()
-    p = step.params
-    kernel = p["kernel"]  # +-1
+    tf = tensorflow()
+    g = step.geometry
+    kernel = step.kernel  # +-1
+    mult_, add_ = step.mult, step.add
     if act.kind == "sign":
         s = tf.sign(tf.sign(x) + 0.1)
-        padding = pads(s, step) if p["padding"] == "SAME" else [[0, 0]] * 4
+        padding = pads(s, step) if g.padding == "SAME" else [[0, 0]] * 4
         if any(sum(pad) for pad in padding):
             s = tf.pad(s, padding, constant_values=1.0)
-        y = tf.nn.conv2d(s, tf.constant(kernel.astype(np.float32)), p["strides"], "VALID",
-                         dilations=p["dilations"])
-        y = y * p["mult"].astype(np.float32) + p["add"].astype(np.float32)
-        if p["pad_value"] != 1.0 and any(sum(pad) for pad in padding):
+        y = tf.nn.conv2d(s, tf.constant(kernel.astype(np.float32)), g.strides, "VALID",
+                         dilations=g.dilations)
+        y = y * mult_.astype(np.float32) + add_.astype(np.float32)
+        if g.pad_value != 1.0 and any(sum(pad) for pad in padding):
             # the member pads with v (larq's default 0), LCE's fast path with 1
             # (its zero-padding kernel gives wrong results on x86): remove what
             # the padding taps added, (1 - v) * their weights per output position
@@ -77,11 +87,11 @@ def binary_conv(x, act: Act, step: Step, pads, on_grid=None):
                             padding, constant_values=1.0)
             with tf.init_scope():  # a constant: computed eagerly while tracing
                 taps = tf.nn.conv2d(border.astype(np.float32), kernel.astype(np.float32),
-                                    p["strides"], "VALID", dilations=p["dilations"]).numpy()
-            correction = (-p["mult"] * (1.0 - p["pad_value"]) * taps).astype(np.float32)
+                                    g.strides, "VALID", dilations=g.dilations).numpy()
+            correction = (-mult_ * (1.0 - g.pad_value) * taps).astype(np.float32)
             return y, correction
         return y, None
-    if p["pad_value"] != 0.0 and p["padding"] == "SAME":
+    if g.pad_value != 0.0 and g.padding == "SAME":
         raise ExportError(f"{step.name}: round activations with pad_values != 0")
     r = float(act.value_range)
     if on_grid is None:
@@ -90,20 +100,71 @@ def binary_conv(x, act: Act, step: Step, pads, on_grid=None):
         half = tf.quantization.fake_quant_with_min_max_args(
             0.5 * r - on_grid, min=-64.0 * r, max=63.5 * r, num_bits=8)
         s = tf.sign(tf.sign(half) + 0.1)
-    if p["padding"] == "SAME" and any(sum(pad) for pad in pads(s, step)):
+    if g.padding == "SAME" and any(sum(pad) for pad in pads(s, step)):
         s = tf.pad(s, pads(s, step), constant_values=1.0)
-    y = tf.nn.conv2d(s, tf.constant(kernel.astype(np.float32)), p["strides"], "VALID",
-                     dilations=p["dilations"])
+    y = tf.nn.conv2d(s, tf.constant(kernel.astype(np.float32)), g.strides, "VALID",
+                     dilations=g.dilations)
     total = kernel.sum(axis=(0, 1, 2))
-    mult = -p["mult"] * r / 2.0
-    add = p["mult"] * r * total / 2.0 + p["add"]
+    mult = -mult_ * r / 2.0
+    add = mult_ * r * total / 2.0 + add_
     return y * mult.astype(np.float32) + add.astype(np.float32), None
+
+
+class LceEmitter(FloatEmitter):
+    """Emits a 1-bit member's `StepGraph` with its binary convolutions in LCE's +-1 form.
+
+    The convolutions of `graph.lce_plan()["binary"]` become `binary_conv`;
+    every other step is emitted as by the emitter this class is mixed into
+    (float32 here, int8 in `LceInt8Emitter`).
+    """
+
+    def __init__(self, graph: StepGraph, **kwargs):
+        super().__init__(graph, **kwargs)
+        self.binary = set(graph.lce_plan()["binary"])
+        self.pending: dict[str, np.ndarray] = {}  # constants to add to an ADD's summand
+
+    def linear_output(self, step: LinearStep):
+        if step.name not in self.binary:
+            return super().linear_output(step)
+        source, act = self.graph.binary_input(step)
+        # int8: the binarizer reads the activation on its int8 grid {0, r}
+        on_grid = self.activated(source, act) if isinstance(self, Int8Emitter) else None
+        y, correction = binary_conv(self.values[source], act, step, self.pads, on_grid=on_grid)
+        if correction is not None:
+            users = self.graph.readers(step.name)
+            if not step.relu and len(users) == 1 and isinstance(users[0], AddStep) \
+                    and len(users[0].inputs) == 2:
+                # LCE fuses any constant ADD after a bconv into its per-channel
+                # bias (and then fails): add it to the other summand instead
+                self.pending[step.name] = correction
+            else:
+                y = y + correction
+        return y
+
+    def summands(self, step: AddStep) -> list:
+        ins = super().summands(step)
+        for i, name in enumerate(step.inputs):
+            if name in self.pending and len(ins) == 2:
+                ins[1 - i] = ins[1 - i] + self.pending.pop(name)
+        return ins
+
+
+class LceInt8Emitter(LceEmitter, Int8Emitter):
+    """`LceEmitter` whose other layers are int8 on calibrated ranges (`lce_int8="full"`)."""
+
+    def __init__(self, graph: StepGraph, ranges):
+        super().__init__(graph, ranges=ranges, spread=True)
+
+
+def lce_emitter(graph: StepGraph, ranges=None) -> LceEmitter:
+    """The LCE emitter of `graph`: float32 remainder, or int8 on `ranges` when given."""
+    return LceEmitter(graph) if ranges is None else LceInt8Emitter(graph, ranges)
 
 
 LCE_INT8_CHOICES = ("exact", "full", "none")
 
 
-def lce_flatbuffer(graph: MemberGraph, int8: str = "exact", ranges=None) -> bytes:
+def lce_flatbuffer(graph: StepGraph, int8: str = "exact", ranges=None) -> bytes:
     """The LCE file of a 1-bit member's graph.
 
     `int8` says what becomes of the layers LCE does not binarize:
@@ -117,28 +178,26 @@ def lce_flatbuffer(graph: MemberGraph, int8: str = "exact", ranges=None) -> byte
     file agrees with its member as an int8 file does); `"none"`: float32.
     `remainder_plan` names the layers that are int8 and float32.
     """
-    tf = _tf()
+    tf = tensorflow()
     import larq_compute_engine as lce
-
-    from quantens.export.int8_filters import store_exact_int8
 
     if int8 not in LCE_INT8_CHOICES:
         raise ValueError(f"int8 must be one of {LCE_INT8_CHOICES}, not {int8!r}")
     if int8 == "full" and ranges is None:
         raise ValueError("int8='full' needs calibrated ranges")
-    kwargs = {"ranges": ranges} if int8 == "full" else {}
+    ranges = ranges if int8 == "full" else None
     module = tf.Module()
     module.serve = tf.function(
-        lambda x: {"logits": graph.forward(x, "lce", **kwargs)}, autograph=False,
+        lambda x: {"logits": lce_emitter(graph, ranges).run(x)}, autograph=False,
         input_signature=[tf.TensorSpec((1, *graph.input_shape), tf.float32, "images")])
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-        with _quiet_warnings():
+        with quiet_converter_warnings():
             flatbuffer = lce.convert_saved_model(tmp)
     return store_exact_int8(flatbuffer)[0] if int8 == "exact" else flatbuffer
 
 
-def remainder_plan(graph: MemberGraph, int8: str) -> dict:
+def remainder_plan(graph: StepGraph, int8: str) -> dict:
     """The layers with weights that LCE does not binarize: which are int8, which float32.
 
     `int8_layers`: names; `float32_layers`: name -> reason. With `"exact"` a
@@ -146,12 +205,10 @@ def remainder_plan(graph: MemberGraph, int8: str) -> dict:
     `quantens.export.int8_filters`, applied to the filter the converter
     stores); with `"full"` every one is an int8 op; with `"none"` none.
     """
-    from quantens.export.int8_filters import exact_int8
-
     binary = set(graph.lce_plan()["binary"])
     int8_layers, float_layers = [], {}
     for s in graph.steps:
-        if s.op not in ("conv", "depthwise", "dense") or s.name in binary:
+        if not isinstance(s, LinearStep) or s.name in binary:
             continue
         if int8 == "full":
             int8_layers.append(s.name)
@@ -159,12 +216,10 @@ def remainder_plan(graph: MemberGraph, int8: str) -> dict:
         if int8 == "none":
             float_layers[s.name] = "int8='none'"
             continue
-        kernel, mult = s.params["kernel"], s.params["mult"]
-        if s.op == "depthwise":  # (h, w, c, m): per channel of the output, c * m
-            h, w, c, m = kernel.shape
-            folded = (kernel * mult.reshape(1, 1, c, m)).reshape(h, w, c * m)
-        else:
-            folded = kernel * mult
+        folded = s.folded_kernel()
+        if s.depthwise:  # (h, w, c, m): per channel of the output, c * m
+            h, w, c, m = folded.shape
+            folded = folded.reshape(h, w, c * m)
         if exact_int8(folded.astype(np.float32), folded.ndim - 1) is None:
             float_layers[s.name] = ("int8 would round its weights (full precision, or "
                                     "integers beyond -127 ... 127)")

@@ -7,9 +7,11 @@ import math
 import os
 
 from quantens.errors import ExportError, ResultDirError, one_line
-from quantens.export.graph import MAX_CALIBRATION_EXAMPLES
+from quantens.export.emit import MAX_CALIBRATION_EXAMPLES
 from quantens.export.tflite import FLOAT32, member_format
 from quantens.layout import ResultDir
+
+__all__ = ["export_datasets", "export_result_dir", "load_result_ensemble", "read_result_config"]
 
 
 def read_result_config(result_dir: str, weights: str | None = ResultDir.WEIGHTS) -> dict:
@@ -195,7 +197,7 @@ def export_result_dir(result_dir: str, out_dir: str | None = None, *,
         data_dir=config.get("data_dir"), evaluate=evaluate,
     )
     from quantens import data
-    from quantens.export import export_ensemble
+    from quantens.export.ensemble_export import export_ensemble
 
     split = data.resolve(config["dataset"], config.get("data_dir")).test_split
     return export_ensemble(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from quantens.export.common import tensorflow
 from quantens.export.flatbuffer import input_quantization, op_counts
-from quantens.export.graph import _tf
+
+__all__ = ["TFLiteRunner"]
 
 
 class TFLiteRunner:
@@ -45,7 +47,7 @@ class TFLiteRunner:
         else:
             import warnings
 
-            tf = _tf()
+            tf = tensorflow()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
                 resolver = (tf.lite.experimental.OpResolverType.AUTO if use_xnnpack else

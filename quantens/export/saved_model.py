@@ -6,7 +6,9 @@ import os
 
 import numpy as np
 
-from quantens.export.graph import _tf
+from quantens.export.common import tensorflow
+
+__all__ = ["save_serving_model", "serving_functions"]
 
 
 def serving_functions(ensemble) -> dict:
@@ -16,7 +18,7 @@ def serving_functions(ensemble) -> dict:
     signatures run it; export uses the same functions as the Keras members'
     outputs in its fidelity checks.
     """
-    tf = _tf()
+    tf = tensorflow()
     from quantens.bits import bits as bits_scope
 
     model = ensemble.model
@@ -61,7 +63,7 @@ def save_serving_model(ensemble, path: str, functions: dict | None = None) -> di
     logits = loaded.signatures["serving_bits_1"](images=np.zeros((2, 8, 8, 1), "float32"))
     ```
     """
-    tf = _tf()
+    tf = tensorflow()
     functions = functions or serving_functions(ensemble)
     module = tf.Module()
     module.shared_variables = _distinct_variables(ensemble.model)  # each shared weight once

@@ -8,8 +8,19 @@ cannot binarize, `det_sign` members without an int8 form).
 from __future__ import annotations
 
 from quantens.errors import ExportError, one_line
+from quantens.export.builder import build_graph
+from quantens.export.common import iter_batches, tensorflow
+from quantens.export.emit import calibrate
 from quantens.export.flatbuffer import weight_ops
-from quantens.export.graph import MemberGraph, _tf, calibrate, iter_batches
+from quantens.export.graph import StepGraph
+from quantens.export.int4 import pack_int4 as pack
+from quantens.export.int8 import int8_flatbuffer
+from quantens.export.lce import LCE_INT8_CHOICES, lce_flatbuffer, remainder_plan
+
+__all__ = [
+    "FLOAT32", "INT8", "INT8_BITS", "LCE", "PACK_CHECK_EXAMPLES", "convert", "convert_member",
+    "float_flatbuffer", "member_file", "member_format",
+]
 
 INT8_BITS = range(2, 9)
 FLOAT32 = "float32"
@@ -53,7 +64,7 @@ def member_format(bits: int) -> str:
 
 def float_flatbuffer(member) -> bytes:
     """The float32 file of a Keras member (the TFLite converter, quantizers inlined)."""
-    tf = _tf()
+    tf = tensorflow()
     input_shape = tuple(member.input_shape[1:])
     fn = tf.function(lambda x: member(x, training=False), autograph=False,
                      input_signature=[tf.TensorSpec((1, *input_shape), tf.float32, "images")])
@@ -69,32 +80,27 @@ def float_flatbuffer(member) -> bytes:
 PACK_CHECK_EXAMPLES = 4  # inputs on which packed and int8 files must give identical outputs
 
 
-def _int8(graph: MemberGraph, calibration_data, pack_int4: bool) -> tuple[bytes, dict]:
+def _int8(graph: StepGraph, calibration_data, pack_int4: bool) -> tuple[bytes, dict]:
     """The int8 file (its 4-bit-sized filters packed) and its details."""
-    from quantens.export.int8 import int8_flatbuffer
-
     flatbuffer = int8_flatbuffer(graph, calibrate(graph, calibration_data))
     details: dict = {"grid_scales": sorted(graph.grid_scales())}
     if pack_int4:
-        from quantens.export.int4 import pack_int4 as pack
-
         examples = next(iter_batches(calibration_data, PACK_CHECK_EXAMPLES))[0]
         flatbuffer, details["weights_storage"] = pack(flatbuffer,
                                                       examples[:PACK_CHECK_EXAMPLES])
     return flatbuffer, details
 
 
-def _no_int8_reason(graph: MemberGraph, calibration_data) -> str | None:
+def _no_int8_reason(graph: StepGraph, calibration_data) -> str | None:
     """Why `graph` has no int8 form (None when it has one)."""
     if calibration_data is None:
         return "calibration_data"
-    if any(s.params.get("act") is not None and s.params["act"].kind == "sign"
-           for s in graph.steps) or graph.has_symmetric_activations():
+    if graph.has_sign_activations() or graph.has_symmetric_activations():
         return "`round` activations (det_sign's have no int8 form)"
     return None
 
 
-def _int8_or_float(graph: MemberGraph, member, calibration_data,
+def _int8_or_float(graph: StepGraph, member, calibration_data,
                    pack_int4: bool) -> tuple[bytes, str, dict]:
     if _no_int8_reason(graph, calibration_data) is None:
         return _as_int8(_int8(graph, calibration_data, pack_int4))
@@ -121,10 +127,8 @@ def convert(member, bits: int, calibration_data=None, pack_int4: bool = True,
     fmt = member_format(bits)
     if fmt == FLOAT32:
         return float_flatbuffer(member), FLOAT32, {}
-    graph = MemberGraph(member, bits)
+    graph = build_graph(member, bits)
     if fmt == LCE:
-        from quantens.export.lce import LCE_INT8_CHOICES, lce_flatbuffer, remainder_plan
-
         if lce_int8 not in LCE_INT8_CHOICES:
             raise ExportError(f"lce_int8 must be one of {', '.join(LCE_INT8_CHOICES)}, "
                               f"not {lce_int8!r}")

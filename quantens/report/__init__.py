@@ -55,13 +55,20 @@ from quantens.errors import ReportError, ResultDirError, one_line
 from quantens.layout import ResultDir
 
 __all__ = [
+    "EXPORT_REPORT",
     "PLOT_FILES",
     "REPORT_FILE",
+    "SIZE_ESTIMATED",
+    "SIZE_FROM_EXPORT",
     "ResultData",
     "estimate_member_bytes",
     "load_result",
     "member_sizes",
     "parse_history",
+    "plot_accuracy",
+    "plot_accuracy_vs_size",
+    "plot_training_curves",
+    "render_markdown",
     "write_report",
 ]
 

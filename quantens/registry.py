@@ -1,0 +1,243 @@
+"""The one table of layers with quantized kernels: what converts, trains and exports.
+
+Each row (`register_layer`) names a float Keras layer class, the switchable
+quantens layer that replaces it (one kernel for every member, see
+`quantens.layers`), the switchable layer's kernel quantizer arguments, and an
+export hook that describes the member's layer as export steps
+(`quantens.export.steps`). Every reader uses this table:
+`quantens.quantize_model` (which layers it converts, into what, and the
+"supported: ..." of its errors), `quantens.export` (which layers of a member
+it exports, how, and its errors) and the docs.
+
+BatchNormalization (switchable BN), ReLU-like activations (`QuantActivation`)
+and layers without weights are handled by the converter and the exporter
+themselves: they have no kernel to quantize.
+
+Adding a layer kind is one call, as this module does for each kind it supports:
+
+```python
+import quantens  # before TensorFlow: selects tf-keras
+import tensorflow as tf
+from quantens import registry
+
+entry = registry.layer_entry_for(tf.keras.layers.Conv2D(4, 3))
+assert entry.switchable_class is quantens.layers.QuantConv2D
+assert entry.kernels == ("kernel_quantizer",) and entry.role == "conv"
+assert registry.kernel_layer_names().startswith("Conv2D, DepthwiseConv2D")
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Protocol
+
+import tensorflow as tf
+
+from quantens.errors import ExportError
+from quantens.layers import (
+    QuantConv2D,
+    QuantDense,
+    QuantDepthwiseConv2D,
+    QuantSeparableConv2D,
+    SwitchableLayer,
+)
+
+if TYPE_CHECKING:
+    from quantens.export.steps import Kernel, LinearStep, Step
+
+__all__ = [
+    "CONV", "DENSE", "ExportHook", "LayerBuild", "LayerEntry", "kernel_layer_names",
+    "layer_entry_for", "member_layer_entry", "register_layer", "registered_layers",
+]
+
+CONV = "conv"
+DENSE = "dense"
+ROLES = (CONV, DENSE)
+
+
+class LayerBuild(Protocol):
+    """What the export builder offers an export hook while it builds one layer's steps.
+
+    `layer` is the member's layer (a float Keras layer or the larq layer of
+    the switchable one's `fixed_layer`); `inputs` the names of the steps it
+    reads.
+    """
+
+    layer: tf.keras.layers.Layer
+    inputs: list[str]
+
+    def kernel(self, attribute: str = "kernel", quantizer: str = "kernel_quantizer",
+               depthwise: bool = False) -> Kernel:
+        """`layer.<attribute>` through `layer.<quantizer>`: the member's quantized kernel."""
+
+    def linear(self, step_class: type[LinearStep], kernel: Kernel, *, name: str | None = None,
+               inputs: list[str] | None = None, act="input_quantizer", bias: bool = True,
+               finish: bool = True, **fields) -> LinearStep:
+        """A linear step of `kernel` (BN multiplier 1, the layer's bias or zeros).
+
+        `name` and `inputs` default to the layer's; `act` to the layer's input
+        quantizer (None: none); `fields` are the step class's own (a
+        convolution's `geometry`). `finish`: the step makes the layer's output,
+        so the layer's activation, and the BatchNormalization and ReLU that
+        only read the layer, are folded into it.
+        """
+
+
+class ExportHook(Protocol):
+    """Describes a member's layer as export steps; the last one makes the layer's output.
+
+    A hook may raise `ExportError` for a configuration it cannot export.
+    """
+
+    def __call__(self, layer: tf.keras.layers.Layer, build: LayerBuild) -> list[Step]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerEntry:
+    """One supported layer kind with a quantized kernel.
+
+    Arguments:
+        float_class: the Keras layer `quantize_model` converts (exactly this
+            class, not subclasses).
+        switchable_class: the quantens layer it becomes; its `fixed_layer`
+            gives the member's layer (see `quantens.layers.SwitchableLayer`).
+        kernels: the switchable layer's kernel quantizer arguments.
+        export: the export hook (`ExportHook`).
+        role: `"conv"` or `"dense"`: what the default precision policy takes
+            the layer for (the first convolution and the last dense layer stay
+            full precision).
+        exact: export only the float class and the member's larq class
+            themselves, not their subclasses.
+    """
+
+    float_class: type
+    switchable_class: type
+    kernels: tuple[str, ...]
+    export: ExportHook
+    role: str = CONV
+    exact: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.float_class.__name__
+
+    @property
+    def member_classes(self) -> tuple[type, ...]:
+        """The classes a member holds for this kind: the float one, the switchable one's fixed."""
+        return (self.float_class, self.switchable_class.fixed_class)
+
+    @property
+    def depthwise(self) -> bool:
+        """Whether it has a depthwise kernel (held at `depthwise_bits` by the converter)."""
+        return "depthwise_quantizer" in self.kernels
+
+
+_ENTRIES: dict[type, LayerEntry] = {}
+
+
+def register_layer(float_class: type, switchable_class: type, *, kernels: tuple[str, ...],
+                   export: ExportHook, role: str = CONV, exact: bool = True,
+                   replace: bool = False) -> LayerEntry:
+    """Adds a layer kind to the table (see `LayerEntry` for the arguments).
+
+    Raises ValueError for a class registered already (unless `replace`), a
+    switchable class that is not a subclass of the float one or lacks the
+    `SwitchableLayer` protocol, an unknown role or no kernels.
+    """
+    if not (isinstance(float_class, type) and issubclass(float_class, tf.keras.layers.Layer)):
+        raise ValueError(f"register_layer: {float_class!r} is not a Keras layer class")
+    if not (isinstance(switchable_class, type) and issubclass(switchable_class, float_class)
+            and issubclass(switchable_class, SwitchableLayer)
+            and hasattr(switchable_class, "fixed_class")):
+        raise ValueError(
+            f"register_layer: {getattr(switchable_class, '__name__', switchable_class)} must "
+            f"subclass {float_class.__name__} and be a quantens switchable layer "
+            "(fixed_layer, fixed_weights, fixed_class)"
+        )
+    kernels = tuple(kernels)
+    if not kernels or not all(isinstance(k, str) for k in kernels):
+        raise ValueError("register_layer: kernels must name the kernel quantizer arguments")
+    if role not in ROLES:
+        raise ValueError(f"register_layer: role must be one of {', '.join(ROLES)}, got {role!r}")
+    if float_class in _ENTRIES and not replace:
+        raise ValueError(f"register_layer: {float_class.__name__} is registered already")
+    entry = LayerEntry(float_class, switchable_class, kernels, export, role, exact)
+    _ENTRIES[float_class] = entry
+    return entry
+
+
+def registered_layers() -> tuple[LayerEntry, ...]:
+    """Every entry, in the order registered."""
+    return tuple(_ENTRIES.values())
+
+
+def layer_entry_for(layer) -> LayerEntry | None:
+    """The entry whose float class is exactly `layer`'s class (what the converter converts)."""
+    return _ENTRIES.get(type(layer))
+
+
+def member_layer_entry(layer) -> LayerEntry | None:
+    """The entry of a member's layer: the nearest registered float class among its bases.
+
+    The caller checks `exact` (`type(layer) in entry.member_classes`).
+    """
+    for cls in type(layer).__mro__:
+        if cls in _ENTRIES:
+            return _ENTRIES[cls]
+    return None
+
+
+def kernel_layer_names() -> str:
+    """"Conv2D, DepthwiseConv2D, ...": the registered kinds, for messages and docs."""
+    return ", ".join(entry.name for entry in _ENTRIES.values())
+
+
+# -------------------------------------------------------------- built-in kinds
+
+
+def _conv2d(layer, build: LayerBuild) -> list:
+    from quantens.export.steps import ConvGeometry, ConvStep
+
+    if layer.groups != 1:
+        raise ExportError(f"{layer.name}: grouped convolutions are not supported")
+    return [build.linear(ConvStep, build.kernel(), geometry=ConvGeometry.of(layer))]
+
+
+def _depthwise_conv2d(layer, build: LayerBuild) -> list:
+    from quantens.export.steps import ConvGeometry, DepthwiseStep
+
+    kernel = build.kernel("depthwise_kernel", "depthwise_quantizer", depthwise=True)
+    return [build.linear(DepthwiseStep, kernel, geometry=ConvGeometry.of(layer))]
+
+
+def _separable_conv2d(layer, build: LayerBuild) -> list:
+    """A depthwise step, then a pointwise (1x1) convolution step."""
+    from quantens.export.steps import ConvGeometry, ConvStep, DepthwiseStep
+
+    depthwise = build.linear(
+        DepthwiseStep, build.kernel("depthwise_kernel", "depthwise_quantizer", depthwise=True),
+        name=f"{layer.name}/depthwise", bias=False, finish=False,
+        geometry=ConvGeometry.of(layer))
+    pointwise = build.linear(
+        ConvStep, build.kernel("pointwise_kernel", "pointwise_quantizer"),
+        inputs=[depthwise.name], act=None,
+        geometry=ConvGeometry(strides=(1, 1), dilations=(1, 1), padding="VALID"))
+    return [depthwise, pointwise]
+
+
+def _dense(layer, build: LayerBuild) -> list:
+    from quantens.export.steps import DenseStep
+
+    return [build.linear(DenseStep, build.kernel())]
+
+
+register_layer(tf.keras.layers.Conv2D, QuantConv2D, kernels=("kernel_quantizer",),
+               export=_conv2d)
+register_layer(tf.keras.layers.DepthwiseConv2D, QuantDepthwiseConv2D,
+               kernels=("depthwise_quantizer",), export=_depthwise_conv2d)
+register_layer(tf.keras.layers.SeparableConv2D, QuantSeparableConv2D,
+               kernels=("depthwise_quantizer", "pointwise_quantizer"), export=_separable_conv2d)
+register_layer(tf.keras.layers.Dense, QuantDense, kernels=("kernel_quantizer",),
+               export=_dense, role=DENSE, exact=False)
+

@@ -1,0 +1,98 @@
+"""Imports inside `quantens/export`: no cycle, module-level and function-level imports alike.
+
+The export package is built in one direction: shared helpers, the steps, the
+graph and its builder, then one emitter per format, then the file writers.
+A function-level import back up that chain (graph -> int8, graph -> lce) is a
+cycle that Python only tolerates because it is deferred; this test finds them
+by parsing the sources with `ast`, so nothing is imported to check it.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+PACKAGE = "quantens.export"
+EXPORT_DIR = pathlib.Path(__file__).resolve().parents[1] / "quantens" / "export"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    return PACKAGE if path.name == "__init__.py" else f"{PACKAGE}.{path.stem}"
+
+
+def _imported_modules(path: pathlib.Path, modules: set[str]) -> set[str]:
+    """The modules of `modules` that `path` imports anywhere (any depth, any function)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x, from .graph import y
+                parts = package.split(".")
+                parts = parts[:len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            # `from quantens.export import int8` imports the submodule int8;
+            # `from quantens.export import export_ensemble`, the package itself
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                       for alias in node.names]
+        else:
+            continue
+        # (a submodule's parent package is already being imported when the
+        # submodule runs: only naming the package itself is an edge to it)
+        found.update(t for t in targets if t in modules and t != name)
+    return found
+
+
+def import_graph(directory: pathlib.Path = EXPORT_DIR) -> dict[str, set[str]]:
+    """module -> the modules of the package it imports."""
+    paths = sorted(directory.glob("*.py"))
+    modules = {_module_name(p) for p in paths}
+    return {_module_name(p): _imported_modules(p, modules) for p in paths}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` (a list of modules, first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
+    (tmp_path / "__init__.py").write_text("from quantens.export.a import f\n")
+    (tmp_path / "a.py").write_text("def f():\n    from . import b\n    return b\n")
+    (tmp_path / "b.py").write_text("def g():\n    from quantens.export.a import f\n")
+    graph = import_graph(tmp_path)
+    assert graph["quantens.export"] == {"quantens.export.a"}
+    assert graph["quantens.export.a"] == {"quantens.export.b"}
+    assert find_cycle(graph) is not None
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "b.py").write_text("X = 1\n")
+    assert find_cycle(import_graph(tmp_path)) is None
+
+
+def test_no_import_cycle_inside_the_export_package():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
