@@ -57,6 +57,7 @@ _LAZY = {
     "Distillation": "quantens.distillation",
     # switchable layers and the table of supported layer kinds
     "QuantActivation": "quantens.layers",
+    "QuantConv1D": "quantens.layers",
     "QuantConv2D": "quantens.layers",
     "QuantDense": "quantens.layers",
     "QuantDepthwiseConv2D": "quantens.layers",
@@ -160,6 +161,7 @@ __all__ = [
     "PACTActivation",
     "PretrainedError",
     "QuantActivation",
+    "QuantConv1D",
     "QuantConv2D",
     "QuantDense",
     "QuantDepthwiseConv2D",

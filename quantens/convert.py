@@ -961,7 +961,7 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
         UsageError: `model` is not a tf.keras model; bad `bit_widths`, policy,
             option name or option value.
         ConfigError: a subclassed model, a layer called more than once, a
-            layer with weights it cannot convert (RNNs, `Conv1D`,
+            layer with weights it cannot convert (RNNs, `Conv3D`,
             `Conv2DTranspose`, `Embedding`, ...), an already quantized layer
             (the message names the layer); an output that is not logits
             (`logits_model`); nothing to quantize (no convolution, dense layer

@@ -1,6 +1,6 @@
 """Switchable layers: one kernel for every member, per-bit quantizers and BN.
 
-`QuantConv2D`, `QuantDepthwiseConv2D`, `QuantSeparableConv2D` and
+`QuantConv2D`, `QuantConv1D`, `QuantDepthwiseConv2D`, `QuantSeparableConv2D` and
 `QuantDense` subclass larq's layers of the same name and hold ONE kernel variable (one of each
 kind for the separable convolution); the kernel and the inputs are quantized to the
 active bit-width (`quantens.bits`) each time the layer is called.
@@ -45,7 +45,7 @@ from quantens.quantizers import (
 )
 
 __all__ = [
-    "QuantActivation", "QuantConv2D", "QuantDense", "QuantDepthwiseConv2D",
+    "QuantActivation", "QuantConv1D", "QuantConv2D", "QuantDense", "QuantDepthwiseConv2D",
     "QuantSeparableConv2D", "SwitchableBatchNormalization", "SwitchableLayer",
     "SwitchableQuantizedVariable",
 ]
@@ -193,6 +193,27 @@ class QuantConv2D(_SwitchableKernelLayer, lq.layers.QuantConv2D):
     """
 
     fixed_class = lq.layers.QuantConv2D
+
+
+@tf.keras.utils.register_keras_serializable(package="quantens")
+class QuantConv1D(_SwitchableKernelLayer, lq.layers.QuantConv1D):
+    """larq's `QuantConv1D` with one kernel shared by every bit-width (sequences, sensors).
+
+    ```python
+    import numpy as np
+    import quantens
+    from quantens.layers import QuantConv1D
+
+    conv = QuantConv1D(4, 3, padding="same", input_quantizer=None)
+    x = np.random.rand(2, 16, 3).astype("float32")
+    with quantens.bits(2):
+        y2 = conv(x)
+    assert y2.shape == (2, 16, 4) and len(conv.trainable_weights) == 2
+    assert conv.fixed_layer(2).kernel_quantizer.precision == 2
+    ```
+    """
+
+    fixed_class = lq.layers.QuantConv1D
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")

@@ -13,7 +13,8 @@ BatchNormalization (switchable BN), ReLU-like activations (`QuantActivation`)
 and layers without weights are handled by the converter and the exporter
 themselves: they have no kernel to quantize.
 
-Adding a layer kind is one call, as this module does for each kind it supports:
+Adding a layer kind is one call, as this module does for `Conv1D` (a 2-D
+convolution on the (N, 1, W, C) view of its input, in its export hook):
 
 ```python
 import quantens  # before TensorFlow: selects tf-keras
@@ -24,6 +25,8 @@ entry = registry.layer_entry_for(tf.keras.layers.Conv2D(4, 3))
 assert entry.switchable_class is quantens.layers.QuantConv2D
 assert entry.kernels == ("kernel_quantizer",) and entry.role == "conv"
 assert registry.kernel_layer_names().startswith("Conv2D, DepthwiseConv2D")
+assert registry.layer_entry_for(tf.keras.layers.Conv1D(4, 3)).switchable_class is \
+    quantens.layers.QuantConv1D
 ```
 """
 
@@ -32,10 +35,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import tensorflow as tf
 
 from quantens.errors import ExportError
 from quantens.layers import (
+    QuantConv1D,
     QuantConv2D,
     QuantDense,
     QuantDepthwiseConv2D,
@@ -241,3 +246,32 @@ register_layer(tf.keras.layers.SeparableConv2D, QuantSeparableConv2D,
 register_layer(tf.keras.layers.Dense, QuantDense, kernels=("kernel_quantizer",),
                export=_dense, role=DENSE, exact=False)
 
+
+def _conv1d(layer, build: LayerBuild) -> list:
+    """A 1-D convolution as a 2-D one on the (N, 1, W, C) view of its input."""
+    from quantens.export.steps import ConvGeometry, ConvStep, ReshapeStep
+
+    width, channels = layer.input_shape[1:]
+    if layer.padding == "causal" or layer.groups != 1 or width is None \
+            or layer.data_format != "channels_last":
+        raise ExportError(
+            f"{layer.name}: Conv1D exports with 'valid' or 'same' padding, one group, "
+            "channels last and a fixed input length"
+        )
+    kernel = build.kernel()  # (k, in, out)
+    view = ReshapeStep(name=f"{layer.name}/as_2d", inputs=build.inputs,
+                       shape=(1, int(width), int(channels)))
+    conv = build.linear(
+        ConvStep, kernel.reshaped(1, *np.shape(kernel.values)), name=f"{layer.name}/conv2d",
+        inputs=[view.name],
+        geometry=ConvGeometry(strides=(1, int(layer.strides[0])),
+                              dilations=(1, int(layer.dilation_rate[0])),
+                              padding=layer.padding.upper(),
+                              pad_value=float(getattr(layer, "pad_values", 0.0))))
+    back = ReshapeStep(name=layer.name, inputs=[conv.name],
+                       shape=tuple(int(d) for d in layer.output_shape[1:]))
+    return [view, conv, back]
+
+
+register_layer(tf.keras.layers.Conv1D, QuantConv1D, kernels=("kernel_quantizer",),
+               export=_conv1d)

@@ -767,7 +767,7 @@ def test_a_model_with_nothing_to_quantize_is_a_config_error():
          r"weight_quantization='identity' keeps every kernel full precision"),
         # the layer kinds of quantens.registry, in the order registered
         (bn_only, {}, r"'bn_only' has nothing to quantize.*no Conv2D, DepthwiseConv2D, "
-                      r"SeparableConv2D or Dense layer and no ReLU-like activation"),
+                      r"SeparableConv2D, Dense or Conv1D layer and no ReLU-like activation"),
     ]
     for model, kwargs, match in cases:
         with pytest.raises(ConfigError, match=match) as error:

@@ -148,18 +148,18 @@ def test_every_registered_layer_kind_is_a_switchable_layer_of_its_float_class():
 
 def test_register_layer_refuses_what_would_break_the_table():
     from quantens import registry
-    from quantens.layers import QuantDense
+    from quantens.layers import QuantConv1D
 
-    dense = registry.layer_entry_for(tf.keras.layers.Dense(2))
+    conv1d = registry.layer_entry_for(tf.keras.layers.Conv1D(2, 3))
     with pytest.raises(ValueError, match="registered already"):
-        registry.register_layer(tf.keras.layers.Dense, QuantDense,
-                                kernels=("kernel_quantizer",), export=dense.export)
+        registry.register_layer(tf.keras.layers.Conv1D, QuantConv1D,
+                                kernels=("kernel_quantizer",), export=conv1d.export)
     with pytest.raises(ValueError, match="must subclass Conv2D"):
-        registry.register_layer(tf.keras.layers.Conv2D, QuantDense,
-                                kernels=("kernel_quantizer",), export=dense.export,
+        registry.register_layer(tf.keras.layers.Conv2D, QuantConv1D,
+                                kernels=("kernel_quantizer",), export=conv1d.export,
                                 replace=True)
     with pytest.raises(ValueError, match="role"):
-        registry.register_layer(tf.keras.layers.Dense, QuantDense,
-                                kernels=("kernel_quantizer",), export=dense.export,
+        registry.register_layer(tf.keras.layers.Conv1D, QuantConv1D,
+                                kernels=("kernel_quantizer",), export=conv1d.export,
                                 role="pooling", replace=True)
-    assert registry.layer_entry_for(tf.keras.layers.Dense(2)) is dense
+    assert registry.layer_entry_for(tf.keras.layers.Conv1D(2, 3)) is conv1d
