@@ -60,6 +60,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
         # benchmarks only: TF Model Optimization's int8 model beside the members
         "bench": ["tensorflow-model-optimization>=0.8"],
+        # the documentation site (`make docs`): mkdocs, the Material theme, API pages
+        # generated from the docstrings
+        "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.27,<2"],
     },
     entry_points={
         "console_scripts": [
