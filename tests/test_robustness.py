@@ -452,7 +452,7 @@ def test_a_second_run_or_export_on_a_running_directory_exits_2_and_ctrl_c_resume
 # export killed (SIGKILL) after the SavedModel is written into its temporary folder
 KILLED_EXPORT = """
 import os, signal, sys
-import quantens.export as export
+import quantens.export.ensemble_export as export  # where export_ensemble looks it up
 from quantens.cli.export import main
 
 save = export.save_serving_model
