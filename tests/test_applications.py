@@ -318,6 +318,7 @@ def test_train_py_trains_mobilenet_v2_on_mock_cifar10(tmp_path):
     result = _train(tmp_path, [
         "--model", "mobilenet_v2", "--alpha", "0.35", "--dataset", "cifar10", "--epochs", "1",
         "--test-run", "--batch-size", "2", "--bit-widths", "32", "4", "1", "--no-tensorboard",
+        "--mode", "imperative",  # one step of MobileNetV2: less than tracing it
     ], mock=True)
     assert result.returncode == 0, result.stderr[-3000:]
     config = _check_run(tmp_path / "results" / "mobilenet_v2_cifar10", (32, 4, 1))
@@ -329,7 +330,7 @@ def test_train_py_trains_and_resumes_a_saved_float_model(tmp_path, tfds_dir):
     path = tmp_path / "my cnn.keras"
     _save_cnn(path)
     argv = ["--model", str(path), "--data-dir", tfds_dir, "--test-run", "--bit-widths", "32",
-            "4", "1", "--no-tensorboard"]
+            "4", "1", "--no-tensorboard", "--mode", "imperative"]  # one step each: eager
     first = _train(tmp_path, [*argv, "--epochs", "1"])
     assert first.returncode == 0, first.stderr[-3000:]
     assert "note: --model" in first.stdout and "removed the final softmax" in first.stdout

@@ -149,7 +149,8 @@ def test_seed_example_1_runs_on_mock_imagenet(tmp_path):
 
 def test_a_second_run_with_more_epochs_resumes(tfds_dir, tmp_path):
     base = ["train.py", "--test-run", "--width", "8", "--bit-widths", "8", "1",
-            "--data-dir", tfds_dir, "--result-path", str(tmp_path / "r")]
+            "--data-dir", tfds_dir, "--result-path", str(tmp_path / "r"),
+            "--mode", "imperative"]  # one step per run: less than tracing it
     first = run_script([*base, "--epochs", "1"])
     assert first.returncode == 0, first.stderr[-3000:]
     second = run_script([*base, "--epochs", "2"])
@@ -162,7 +163,7 @@ def test_a_second_run_with_more_epochs_resumes(tfds_dir, tmp_path):
 def test_resume_flag_starts_from_given_weights(tfds_dir, tmp_path):
     first = tmp_path / "first"
     base = ["train.py", "--test-run", "--width", "8", "--bit-widths", "8", "1",
-            "--data-dir", tfds_dir, "--epochs", "1", "--lr", "1e-12"]
+            "--data-dir", tfds_dir, "--epochs", "1", "--lr", "1e-12", "--mode", "imperative"]
     assert run_script([*base, "--result-path", str(first)]).returncode == 0
     second = run_script([*base, "--result-path", str(tmp_path / "second"), "--seed", "7",
                          "--resume", str(first)])
