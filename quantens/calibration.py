@@ -252,7 +252,7 @@ def _set_statistics(layer, bits: int, moments, reference) -> None:
 
 
 def _batches(data, max_examples: int, batch_size: int) -> list[np.ndarray]:
-    from quantens.export.graph import iter_batches
+    from quantens.export.common import iter_batches
 
     if isinstance(data, tf.Tensor):
         data = data.numpy()

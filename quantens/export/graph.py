@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 
-from quantens.export.common import iter_batches  # noqa: F401  (read here by quantens.calibration)
 from quantens.export.steps import (
     Act,
     ActStep,
