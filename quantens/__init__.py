@@ -90,6 +90,7 @@ _LAZY = {
     "Digits": "quantens.data",
     "EpochCounter": "quantens.data",
     "FolderInfo": "quantens.data",
+    "PreprocessingCheck": "quantens.data",
     "Split": "quantens.data",
     "SplitPlan": "quantens.data",
     # training runs: optimizers, callbacks, result directories, reports
@@ -159,6 +160,7 @@ __all__ = [
     "MXNetSchedule",
     "NarrowRangeWeights",
     "PACTActivation",
+    "PreprocessingCheck",
     "PretrainedError",
     "QuantActivation",
     "QuantConv1D",

@@ -8,6 +8,7 @@ from quantens import defaults
 
 assert defaults.BIT_WIDTHS == (32, 8, 4, 2, 1)
 assert "progressive" in defaults.KD_MODES
+assert defaults.INPUT_PREPROCESSING in defaults.INPUT_PREPROCESSINGS
 ```
 """
 
@@ -32,6 +33,8 @@ __all__ = [
     "ENSEMBLE_TEACHER",
     "FULL_PRECISION",
     "INITIAL_LAYERS",
+    "INPUT_PREPROCESSING",
+    "INPUT_PREPROCESSINGS",
     "KD_MODES",
     "KD_TEACHER_MODES",
     "KD_TEMPERATURE",
@@ -147,6 +150,15 @@ DERIVED_KEYS = ("input_shape", "num_classes")
 # -------------------------------------------------------------------- data
 DATASET = "digits"
 AUGMENTATIONS = ("low", "medium", "high")
+
+INPUT_PREPROCESSINGS = ("standardized", "none", "unit", "symmetric", "caffe", "torch")
+"""`--input-preprocessing`: what a model is fed in place of the pixels x in [0, 255]:
+standardized ((x - mean) / std, the dataset's), none (x), unit (x / 255), symmetric
+(x / 127.5 - 1), caffe and torch (keras.applications' modes; RGB images only). The
+functions are `quantens.data.preprocessing_fn`."""
+INPUT_PREPROCESSING = "standardized"
+"""The default of `--input-preprocessing` and `quantens.data.load`: what quantens' own
+models are trained on."""
 
 # ---------------------------------------------------------------- training
 OPTIMIZERS = ("radam", "adam", "sgd", "nag")

@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import quantens  # noqa: E402,F401  (tf-keras before TensorFlow)
 from quantens.argparsing import OneLineParser  # noqa: E402
+from quantens.defaults import INPUT_PREPROCESSING  # noqa: E402
 from quantens.errors import one_line  # noqa: E402
 from quantens.layout import ResultDir  # noqa: E402
 from zoo import pretrained  # noqa: E402
@@ -44,8 +45,12 @@ def evaluate(
     dataset: str = "digits",
     data_dir: str | None = None,
     batch_size: int = EVAL_BATCH_SIZE,
+    preprocessing: str = INPUT_PREPROCESSING,
 ) -> dict[int, float]:
     """Test accuracy of every member of `model` on the dataset's evaluation split.
+
+    `preprocessing`: the inputs the model was trained on (`train.py
+    --input-preprocessing`; the registry's tags: `standardized`).
 
     ```python
     import zoo
@@ -60,7 +65,8 @@ def evaluate(
     spec = qd.resolve(dataset, data_dir)
     ensemble = quantens.QuantEnsemble(model, bit_widths)
     ensemble.compile()
-    test = qd.load(dataset, spec.test_split, batch_size, data_dir=data_dir)
+    test = qd.load(dataset, spec.test_split, batch_size, data_dir=data_dir,
+                   preprocessing=preprocessing)
     logs = ensemble.evaluate(test, return_dict=True, verbose=0)
     return {int(b): float(logs[f"accuracy_{b}"]) for b in ensemble.bit_widths}
 
@@ -145,6 +151,12 @@ def publish(
     config = read_json(ResultDir(result_dir).config)
     if config.get("model") != name:
         raise ValueError(f"{result_dir} trained {config.get('model')!r}, not {name!r}")
+    preprocessing = config.get("input_preprocessing") or INPUT_PREPROCESSING
+    if preprocessing != INPUT_PREPROCESSING:  # a tag's users feed standardised images
+        raise ValueError(
+            f"{result_dir} was trained with --input-preprocessing {preprocessing}; the "
+            f"registry's tags take {INPUT_PREPROCESSING} inputs: publish a run trained on them"
+        )
     source = os.path.join(result_dir, weights_file)
     if not os.path.isfile(source):
         raise ValueError(f"{source}: no such file")

@@ -182,8 +182,9 @@ def _application(name: str):
     return builder if callable(builder) and name[:1].isupper() else None
 
 
-def _keras_application_teacher(builder, name, input_shape, num_classes, weights, mean, std):
-    """A keras.applications model fed with quantens' normalised images."""
+def _keras_application_teacher(builder, name, input_shape, num_classes, weights, mean, std,
+                               bgr=False):
+    """A keras.applications model fed with quantens' preprocessed images."""
     import tensorflow as tf
 
     pretrained = weights == "pretrained"
@@ -204,6 +205,8 @@ def _keras_application_teacher(builder, name, input_shape, num_classes, weights,
     mode = next((m for prefix, m in _APPLICATION_MODES.items() if name.startswith(prefix)), None)
     inputs = tf.keras.Input(tuple(input_shape))
     raw = inputs * (tf.constant(std) * 255.0) + tf.constant(mean) * 255.0  # back to 0..255
+    if bgr:  # inputs in BGR order (caffe): back to RGB
+        raw = raw[..., ::-1]
     x = raw if mode is None else tf.keras.applications.imagenet_utils.preprocess_input(
         raw, mode=mode
     )
@@ -217,6 +220,7 @@ def create_teacher(
     weights: str | None = None,
     mean=(0.5,),
     std=(0.5,),
+    bgr: bool = False,
 ):
     """A full-precision teacher returning logits.
 
@@ -227,8 +231,10 @@ def create_teacher(
         weights: None (random initialisation), `"pretrained"` (the teacher's
             own pretrained source: ImageNet weights of keras.applications), or
             the path of a Keras weights file.
-        mean, std: the normalisation of the inputs (keras.applications
-            teachers undo it and apply their own preprocessing).
+        mean, std: the normalisation of the inputs, (pixels / 255 - mean) / std
+            (keras.applications teachers undo it and apply their own
+            preprocessing; `quantens.data.preprocessing_mean_std`).
+        bgr: the inputs' channels are in BGR order (`caffe` preprocessing).
 
     ```python
     from zoo import create_teacher
@@ -256,7 +262,7 @@ def create_teacher(
     elif _application(name) is not None:
         teacher = _keras_application_teacher(
             _application(name), name, input_shape, num_classes,
-            None if is_file else weights, mean, std,
+            None if is_file else weights, mean, std, bgr,
         )
     else:
         raise TeacherError(

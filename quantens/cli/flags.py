@@ -177,7 +177,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    """The "data" flags: dataset, data directory, splits and augmentation."""
+    """The "data" flags: dataset, data directory, splits, augmentation and input preprocessing."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=DEFAULT_DATASET,
                    help="TFDS name (digits, mnist, cifar10, cifar100, imagenet2012) or "
@@ -194,6 +194,12 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    "test split, as the seed did; the report then says so)")
     g.add_argument("--augmentation", default="medium", choices=defaults.AUGMENTATIONS,
                    help="strength of training augmentation")
+    g.add_argument("--input-preprocessing", default=None, choices=defaults.INPUT_PREPROCESSINGS,
+                   help="what the model is fed in place of the pixels x in [0, 255]: "
+                   "standardized ((x - mean) / std, the dataset's), none (x: a model with its "
+                   "own Rescaling), unit (x / 255), symmetric (x / 127.5 - 1), caffe or torch "
+                   "(keras.applications' modes, RGB only); a saved float model (--model PATH) "
+                   "is checked against the others before training (default: standardized)")
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:

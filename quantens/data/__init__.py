@@ -21,6 +21,7 @@ The package by concern (every public name is also here, `quantens.data.X`):
 | `splits` | `Split`, `SplitPlan`, `plan_splits`: split planning and seeded holdouts |
 | `folders` | image folders: `validate_image_folder`, `FolderInfo`, `MAX_IMAGE_PIXELS` |
 | `augmentation` | `preprocess_fn` (crops, flips) and normalisation |
+| `preprocessing` | the input preprocessings (`preprocessing_fn`), and `check_preprocessing`: which one a float model fits |
 | `pipeline` | `load` (source, preprocessing, batches) and `EpochCounter` |
 
 ```python
@@ -58,11 +59,28 @@ from quantens.data.folders import (
     validate_image_folder,
 )
 from quantens.data.pipeline import EpochCounter, load
+from quantens.data.preprocessing import (
+    CAFFE_BGR_MEAN,
+    COMPARE_MAX_EXAMPLES,
+    MISMATCH_MIN_GAIN,
+    MISMATCH_MIN_RATIO,
+    RGB_ONLY,
+    PreprocessingCheck,
+    applicable_preprocessings,
+    check_preprocessing,
+    compare_preprocessings,
+    describe_preprocessing,
+    likely_preprocessing,
+    preprocessing_fn,
+    preprocessing_mean_std,
+)
 from quantens.data.splits import SPLIT_PARTS, Split, SplitPlan, plan_splits
 from quantens.errors import DataError
 
 __all__ = [
     "ALIASES",
+    "CAFFE_BGR_MEAN",
+    "COMPARE_MAX_EXAMPLES",
     "DATASETS",
     "DIGITS_SPLIT_SEED",
     "DIGITS_TRAIN_FRACTION",
@@ -74,17 +92,28 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_SIZE",
     "MAX_IMAGE_PIXELS",
+    "MISMATCH_MIN_GAIN",
+    "MISMATCH_MIN_RATIO",
+    "RGB_ONLY",
     "SPLIT_PARTS",
     "DataError",
     "DatasetSpec",
     "Digits",
     "EpochCounter",
     "FolderInfo",
+    "PreprocessingCheck",
     "Split",
     "SplitPlan",
+    "applicable_preprocessings",
+    "check_preprocessing",
+    "compare_preprocessings",
+    "describe_preprocessing",
+    "likely_preprocessing",
     "load",
     "plan_splits",
     "preprocess_fn",
+    "preprocessing_fn",
+    "preprocessing_mean_std",
     "resolve",
     "validate_image_folder",
 ]

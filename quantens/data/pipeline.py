@@ -14,10 +14,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from quantens.data.augmentation import normalizer, preprocess_fn
+from quantens.data.augmentation import preprocess_fn
 from quantens.data.catalog import FOLDER, resolve
 from quantens.data.folders import FolderInfo, validate_image_folder
+from quantens.data.preprocessing import preprocessing_fn
 from quantens.data.splits import Split, as_split, part_mask, select_part
+from quantens.defaults import INPUT_PREPROCESSING
 from quantens.errors import DataError, one_line
 
 __all__ = ["EpochCounter", "load"]
@@ -98,8 +100,9 @@ def load(
     take_batches: int | None = None,
     augmentation: str = "medium",
     epoch: tf.Variable | None = None,
+    preprocessing: str = INPUT_PREPROCESSING,
 ) -> tf.data.Dataset:
-    """A batched `(image, label)` dataset, augmented, normalised, prefetched.
+    """A batched `(image, label)` dataset, augmented, preprocessed, prefetched.
 
     Arguments:
         name: a TFDS name (`digits`, `mnist`, `cifar10`, `cifar100`,
@@ -120,10 +123,15 @@ def load(
         epoch: an integer variable holding the epoch about to start; with it,
             the order and augmentations of each epoch depend only on
             (`shuffle_seed`, epoch), so a resumed run sees the same batches.
+        preprocessing: what the model is fed in place of the pixels in [0, 255]
+            (`quantens.defaults.INPUT_PREPROCESSINGS`, `preprocessing_fn`):
+            `standardized` (the dataset's mean and std), `none`, `unit`,
+            `symmetric`, `caffe`, `torch`.
 
     Raises:
         DataError: unknown dataset or split, missing folder or files, a bad
-            image folder (see `validate_image_folder`).
+            image folder (see `validate_image_folder`), an unknown
+            preprocessing or one that does not apply to the images.
     """
     if augmentation not in ("low", "medium", "high"):
         raise DataError(f"unknown augmentation {augmentation!r}: choose low, medium or high")
@@ -131,9 +139,10 @@ def load(
         raise DataError(f"--data-dir {data_dir} does not exist or is not a folder")
     split = as_split(split)
     spec = resolve(name, data_dir)
+    normalize = preprocessing_fn(preprocessing, spec)
     ds = _source(spec, split, training, data_dir, shuffle_seed)
     parallel = num_workers or tf.data.AUTOTUNE
-    augment, normalize = preprocess_fn(spec, training, augmentation), normalizer(spec)
+    augment = preprocess_fn(spec, training, augmentation)
     if not training:
         ds = _evaluation_batches(ds, augment, normalize, batch_size, parallel)
     else:

@@ -25,7 +25,9 @@ member_<b>.tflite    one flatbuffer per member:
 export.json          per member: file, bytes, op histogram, and on the test split
                      top-1 agreement with the Keras member, max |logit difference|,
                      accuracy of the TFLite file; for the 1-bit member what is
-                     binarized, int8 and float32 (`lce`); seconds per phase
+                     binarized, int8 and float32 (`lce`); seconds per phase; from
+                     train.py and export_result_dir also `input_preprocessing`:
+                     the inputs every file takes (name, formula with numbers)
 ```
 
 The directory is written under a temporary name beside `export/` and renamed
@@ -145,6 +147,7 @@ from quantens.export.member import MemberGraph
 from quantens.export.result_dir import (
     export_datasets,
     export_result_dir,
+    input_preprocessing_field,
     load_result_ensemble,
     read_result_config,
 )
@@ -175,7 +178,7 @@ __all__ = [
     "MAX_CALIBRATION_EXAMPLES", "SAVED_MODEL_DIR", "SUPPORTED_LAYERS", "MemberGraph",
     "StepGraph", "TFLiteRunner", "build_graph", "calibrate", "convert", "convert_member",
     "export_datasets", "export_ensemble", "export_result_dir", "fidelity",
-    "int8_conv_weights", "load_result_ensemble", "member_file", "member_format", "op_counts",
-    "read_result_config", "remove_stale_exports", "save_serving_model", "serving_functions",
-    "summary_table", "supported_layers", "weight_ops",
+    "input_preprocessing_field", "int8_conv_weights", "load_result_ensemble", "member_file",
+    "member_format", "op_counts", "read_result_config", "remove_stale_exports",
+    "save_serving_model", "serving_functions", "summary_table", "supported_layers", "weight_ops",
 ]

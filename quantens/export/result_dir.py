@@ -6,12 +6,19 @@ import json
 import math
 import os
 
+from quantens.defaults import INPUT_PREPROCESSING
 from quantens.errors import ExportError, ResultDirError, one_line
 from quantens.export.emit import MAX_CALIBRATION_EXAMPLES
 from quantens.export.tflite import FLOAT32, member_format
 from quantens.layout import ResultDir
 
-__all__ = ["export_datasets", "export_result_dir", "load_result_ensemble", "read_result_config"]
+__all__ = [
+    "export_datasets",
+    "export_result_dir",
+    "input_preprocessing_field",
+    "load_result_ensemble",
+    "read_result_config",
+]
 
 
 def read_result_config(result_dir: str, weights: str | None = ResultDir.WEIGHTS) -> dict:
@@ -132,12 +139,14 @@ def _check_weights_file(model, path: str, config: dict) -> None:
 
 
 def export_datasets(dataset: str, bit_widths, *, batch_size: int = 256,
-                    data_dir: str | None = None, evaluate: bool = True):
+                    data_dir: str | None = None, evaluate: bool = True,
+                    preprocessing: str = INPUT_PREPROCESSING):
     """(validation data or None, calibration data or None) of a dataset, for `export_ensemble`.
 
     Validation data (fidelity) is the dataset's test split; calibration data (only
     when a member may be stored as int8: 1..8 bits) the first examples of its training split,
-    both without augmentation.
+    both without augmentation, with the run's input `preprocessing`
+    (`quantens.data.preprocessing_fn`).
 
     ```python
     from quantens.export import export_datasets
@@ -151,17 +160,38 @@ def export_datasets(dataset: str, bit_widths, *, batch_size: int = 256,
 
     try:
         spec = data.resolve(dataset, data_dir)
-        val = data.load(dataset, spec.test_split, batch_size, data_dir=data_dir) if evaluate else None
+        val = data.load(dataset, spec.test_split, batch_size, data_dir=data_dir,
+                        preprocessing=preprocessing) if evaluate else None
         calibration = None
         if any(member_format(b) != FLOAT32 for b in bit_widths):
             calibration = data.load(
                 dataset, spec.train_split, batch_size, data_dir=data_dir,
-                take_batches=max(1, math.ceil(MAX_CALIBRATION_EXAMPLES / batch_size)))
+                take_batches=max(1, math.ceil(MAX_CALIBRATION_EXAMPLES / batch_size)),
+                preprocessing=preprocessing)
     except Exception as error:  # TFDS raises many kinds; all mean "no data"
         raise ExportError(
             f"dataset {dataset} cannot be loaded (data_dir {data_dir}): {one_line(error)}"
         ) from error
     return val, calibration
+
+
+def input_preprocessing_field(name: str, spec) -> dict:
+    """export.json's `input_preprocessing`: what the exported models expect as input.
+
+    `{"name": ..., "description": ...}`, the description a formula with the
+    numbers of the dataset `spec` (`quantens.data.describe_preprocessing`).
+
+    ```python
+    import quantens.data as qd
+    from quantens.export import input_preprocessing_field
+
+    field = input_preprocessing_field("unit", qd.DATASETS["digits"])
+    assert field == {"name": "unit", "description": "x / 255: pixels in [0, 1]"}
+    ```
+    """
+    from quantens.data.preprocessing import describe_preprocessing
+
+    return {"name": name, "description": describe_preprocessing(name, spec)}
 
 
 def export_result_dir(result_dir: str, out_dir: str | None = None, *,
@@ -192,18 +222,21 @@ def export_result_dir(result_dir: str, out_dir: str | None = None, *,
     """
     ensemble, config = load_result_ensemble(result_dir, weights, model=model)
     batch_size = int(batch_size or config.get("batch_size") or 256)
+    # runs before --input-preprocessing were standardised
+    preprocessing = config.get("input_preprocessing") or INPUT_PREPROCESSING
     val, calibration = export_datasets(
         config["dataset"], ensemble.bit_widths, batch_size=batch_size,
-        data_dir=config.get("data_dir"), evaluate=evaluate,
+        data_dir=config.get("data_dir"), evaluate=evaluate, preprocessing=preprocessing,
     )
     from quantens import data
     from quantens.export.ensemble_export import export_ensemble
 
-    split = data.resolve(config["dataset"], config.get("data_dir")).test_split
+    spec = data.resolve(config["dataset"], config.get("data_dir"))
     return export_ensemble(
         ensemble, out_dir or ResultDir(result_dir).export, val_data=val,
         calibration_data=calibration, batch_size=batch_size, max_val_examples=max_val_examples,
         extra={"model": config["model"], "dataset": config["dataset"],
-               "split": split if evaluate else None, "weights": weights},
+               "split": spec.test_split if evaluate else None, "weights": weights,
+               "input_preprocessing": input_preprocessing_field(preprocessing, spec)},
         remove_stale=remove_stale, pack_int4=pack_int4,
     )
