@@ -54,7 +54,7 @@ import tensorflow as tf
 
 from quantens.bits import bits as bits_scope
 from quantens.defaults import CALIBRATION_METHODS, FULL_PRECISION
-from quantens.errors import ConfigError, DataError, UsageError, one_line
+from quantens.errors import ConfigError, DataError, QuantensError, UsageError, one_line
 from quantens.quantizers import PACT_MIN_ALPHA, ClipActivation
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "PASSES",
     "SAMPLES_PER_LAYER",
     "calibrate",
+    "check_calibratable",
     "choose_clip",
 ]
 
@@ -161,6 +162,47 @@ def _probe_input(layer):
         ) from None
 
 
+def check_calibratable(model: tf.keras.Model, bit_widths) -> None:
+    """Raises ConfigError unless some activation of `model` has a clip value to calibrate.
+
+    `calibrate` fits the clip values (`ClipActivation`) and BN statistics of a
+    converted float model's members (`quantize_model`) before training. A
+    model none of whose quantized activations has a clip value for the
+    members `bit_widths` (below 32 bits) learned its ranges and BN statistics
+    together in training (the zoo's ResNetE): calibrating it would change only
+    its trained BN statistics, so it is refused. `train.py --calibration` asks
+    the same question.
+
+    ```python
+    import quantens
+    import tensorflow as tf
+    from quantens.calibration import check_calibratable
+
+    model = tf.keras.Sequential([tf.keras.layers.Dense(4, activation="relu", input_shape=(3,)),
+                                 tf.keras.layers.Dense(2)])
+    check_calibratable(quantens.quantize_model(model, (32, 2), policy={}), (2,))
+    ```
+    """
+    low = [b for b in bit_widths if b != FULL_PRECISION]
+    if not low:
+        return
+    for layer in model.layers:
+        quantizer = _clip_quantizer(layer)
+        if quantizer is None:
+            continue
+        for b in low:
+            with bits_scope(b):
+                if quantizer.precision != FULL_PRECISION:
+                    return
+    raise ConfigError(
+        f"model {model.name!r} has no clip value to calibrate for members "
+        f"{' '.join(map(str, low))}: its activations have ranges learned in training (no "
+        "ClipActivation follows those members), and calibration would only overwrite the BN "
+        "statistics trained with them; calibrate converts of float models "
+        "(quantens.quantize_model), or leave calibration out"
+    )
+
+
 class _Probes:
     """A model sharing the ensemble's layers that returns the inputs to calibrate on."""
 
@@ -246,34 +288,81 @@ def _set_statistics(layer, bits: int, moments, reference) -> None:
         fresh = variance_32 <= 0  # a dead channel at 32 bits: the member's own moments
         mean = np.where(fresh, mean, bn_32.moving_mean.numpy() + (mean - mean_32))
         variance = np.where(fresh, variance, bn_32.moving_variance.numpy() * ratio)
+    mean, variance = mean.astype(np.float32), variance.astype(np.float32)
+    if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
+        raise DataError(
+            f"calibration of member {bits}: the inputs of BN layer {layer.name!r} have "
+            "non-finite statistics (activations overflow float32: inputs far larger than the "
+            "training data?); pass inputs scaled as in training. Nothing was changed"
+        )
     branch = layer.branch(bits)
-    branch.moving_mean.assign(mean.astype(np.float32))
-    branch.moving_variance.assign(variance.astype(np.float32))
+    branch.moving_mean.assign(mean)
+    branch.moving_variance.assign(variance)
 
 
-def _batches(data, max_examples: int, batch_size: int) -> list[np.ndarray]:
-    from quantens.export.common import iter_batches
+def _unbatched_dataset(data, wanted: tuple) -> bool:
+    """Whether `data` is a tf.data.Dataset whose elements are single inputs, not batches."""
+    if not isinstance(data, tf.data.Dataset):
+        return False
+    spec = data.element_spec
+    spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+    shape = getattr(spec, "shape", None)
+    return shape is not None and shape.rank is not None and shape.rank == len(wanted)
 
-    if isinstance(data, tf.Tensor):
-        data = data.numpy()
-    if isinstance(data, list) and data and isinstance(data[0], np.ndarray):
-        data = tuple(data)
+
+def _batches(data, max_examples: int, batch_size: int, wanted: tuple) -> list[np.ndarray]:
+    """The calibration inputs as float32 batches, checked: the model's shape, finite values.
+
+    `wanted`: the model's input shape without the batch axis (None where any size fits).
+    """
+    from quantens.export.common import in_memory, iter_batches
+
+    if isinstance(data, list) and data and in_memory(data[0]) is not None:
+        data = tuple(data)  # [x, y] as (x, y)
+    if _unbatched_dataset(data, wanted):
+        raise UsageError(
+            "calibration data: the tf.data.Dataset yields single inputs, not batches: pass "
+            f"dataset.batch({batch_size}) (calibrate reads batches, as model.fit does)"
+        )
+    chunks, total, got = [], 0, None
     try:
-        chunks, total = [], 0
         for x, _ in iter_batches(data, batch_size):
             x = np.asarray(x, np.float32)
+            if got is None:
+                got = tuple(x.shape[1:])
+            elif tuple(x.shape[1:]) != got:
+                raise DataError(f"calibration data has batches of inputs of shape {got} and "
+                                f"{tuple(x.shape[1:])}: pass inputs of one shape, the model's")
             chunks.append(x[:max_examples - total])
             total += len(chunks[-1])
             if total >= max_examples:
                 break
+    except QuantensError:
+        raise
     except (TypeError, ValueError) as error:
         raise UsageError(
-            "calibration data must be an array of inputs, an (x, y) tuple or a batched "
-            f"tf.data.Dataset, got {type(data).__name__}: {one_line(error)}"
+            "calibration data must be an array or tensor of inputs, an (x, y) tuple or a "
+            f"batched tf.data.Dataset, got {type(data).__name__}: {one_line(error)}"
         ) from error
+    if got is not None and (len(wanted) != len(got) or any(
+            w is not None and w != g for w, g in zip(wanted, got, strict=True))):
+        single = len(got) == len(wanted) - 1 and tuple(wanted[1:]) == got
+        raise DataError(
+            f"calibration data has inputs of shape {got}, the model takes {wanted}: "
+            + ("one input, not a batch: add a batch axis (x[None])" if single else
+               "pass images of the training split as the model reads them")
+        )
     if total == 0:
         raise DataError("calibration data is empty: pass a few hundred inputs of the training split")
     x = np.concatenate(chunks)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        images = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+        raise DataError(
+            f"calibration data holds {int(bad.sum())} non-finite values (NaN or inf) in "
+            f"{len(images)} of its first {len(x)} inputs (input {int(images[0])} first): "
+            "clean or drop them; nothing was calibrated"
+        )
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 
 
@@ -331,8 +420,10 @@ def calibrate(ensemble, data, bit_widths=None, *, method: str = "mse",
     Arguments:
         ensemble: a `QuantEnsemble`, or the functional model of one (then
             `bit_widths` names its members).
-        data: inputs from the training split: an array, an `(x, y)` tuple or
-            a batched `tf.data.Dataset`; at most `max_examples` are read.
+        data: inputs from the training split: an array or tensor, an `(x, y)`
+            (or `(x, y, sample_weight)`) tuple of arrays or tensors, or a
+            batched `tf.data.Dataset` of `x` or `(x, y)`; at most
+            `max_examples` are read, every one finite.
         bit_widths: the members to calibrate (default: every member below 32 bits).
         method: `"mse"` or `"percentile"` (see `choose_clip`).
         batch_norm: re-estimate each member's BN statistics (switchable BN
@@ -349,23 +440,38 @@ def calibrate(ensemble, data, bit_widths=None, *, method: str = "mse",
             QuantEnsemble nor a Keras model (or a model without `bit_widths`),
             bit-widths that are not members, an unknown method, `max_examples`
             or `batch_size` below 1, data of another kind.
-        ConfigError: a model whose switchable layers lack one of the members.
-        DataError: empty data, or inputs of another shape than the model's.
+        ConfigError: a model whose switchable layers lack one of the members,
+            or with no clip value to calibrate (`check_calibratable`).
+        DataError: empty data, inputs of another shape than the model's, a
+            non-finite input (NaN, inf), or a member's clip values or BN
+            statistics that come out non-finite.
+
+    Whatever it raises (or a Ctrl-C half way), every weight of the model is
+    as it was before the call.
     """
     model, members = _checked_arguments(ensemble, bit_widths, method, max_examples, batch_size)
-    batches = _batches(data, int(max_examples), int(batch_size))
-    wanted = tuple(model.input_shape[1:])
-    got = tuple(batches[0].shape[1:])
-    if len(wanted) != len(got) or any(
-            w is not None and w != g for w, g in zip(wanted, got, strict=True)):
-        raise DataError(
-            f"calibration data has inputs of shape {got}, the model takes {wanted}: pass "
-            "images of the training split as the model reads them"
-        )
+    low = [b for b in members if b != FULL_PRECISION]
+    try:
+        check_calibratable(model, low)
+    except ConfigError as error:
+        raise ConfigError(f"calibrate: {error}") from None
+    batches = _batches(data, int(max_examples), int(batch_size), tuple(model.input_shape[1:]))
     own = getattr(ensemble, "bit_widths", members)
     probes = _Probes(model, batch_norm)
+    weights = model.weights
+    before = tf.keras.backend.batch_get_value(weights)
+    try:
+        return _calibrate_members(probes, batches, low, own, method, seed, verbose)
+    except BaseException:  # an error or Ctrl-C half way: every member as it was
+        tf.keras.backend.batch_set_value(list(zip(weights, before, strict=True)))
+        raise
+
+
+def _calibrate_members(probes: _Probes, batches, low, own, method: str, seed: int,
+                       verbose: int) -> dict[int, dict[str, float]]:
+    """`calibrate`'s passes over `batches` for the members `low`, each value checked
+    (finite) before it is written."""
     rng = np.random.default_rng(seed)
-    low = [b for b in members if b != FULL_PRECISION]
     reference = None  # the 32-bit member's BN inputs: what each member's shift is measured from
     if probes.bns and FULL_PRECISION in own:
         reference = probes.run(batches, FULL_PRECISION, rng, clips=False)[1]
@@ -385,6 +491,13 @@ def calibrate(ensemble, data, bit_widths=None, *, method: str = "mse",
                 variable = quantizer.clip_variable(b)
                 if id(variable) in done:
                     continue
+                if values is not None and not np.isfinite(values).all():
+                    raise DataError(
+                        f"calibration of member {b}: the inputs of {layer.name!r} are not "
+                        "finite (activations overflow float32: inputs far larger than the "
+                        "training data?); pass inputs scaled as in training. Nothing was "
+                        "changed"
+                    )
                 alpha = choose_clip(values, active, quantizer.max_value, method)
                 if alpha is not None:
                     variable.assign(alpha)

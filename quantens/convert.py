@@ -106,6 +106,8 @@ from __future__ import annotations
 
 import collections
 import fnmatch
+import math
+import numbers
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -115,6 +117,7 @@ import tensorflow as tf
 
 from quantens import keras_graph, registry
 from quantens.bits import check_bit_width
+from quantens.checks import check_model_io
 from quantens.defaults import (
     BIT_WIDTHS,
     CONVERTED_WEIGHT_QUANTIZATION,
@@ -245,7 +248,9 @@ def _relu_layer_cap(layer) -> tuple[bool, float | None]:
         if layer.max_value is None:
             return True, None
         cap = float(layer.max_value)
-        return (True, cap) if cap > 0 else (False, None)
+        if math.isinf(cap) and cap > 0:  # ReLU(max_value=inf) is the uncapped relu
+            return True, None
+        return (True, cap) if math.isfinite(cap) and cap > 0 else (False, None)
     return _relu_cap(layer.activation)
 
 
@@ -856,10 +861,10 @@ def _check_options(options: dict) -> dict:
         )
     relu_range = options["relu_range"]
     if relu_range is not None:
-        if isinstance(relu_range, bool) or not isinstance(relu_range, (int, float)) \
-                or not relu_range > 0:
+        if isinstance(relu_range, bool) or not isinstance(relu_range, numbers.Real) \
+                or not math.isfinite(relu_range) or not relu_range > 0:
             raise UsageError(
-                f"relu_range must be a positive number (or None: a clip value per member), "
+                f"relu_range must be a finite number > 0 (or None: a clip value per member), "
                 f"got {relu_range!r}")
         options["relu_range"] = float(relu_range)
     if options["depthwise_bits"] is not None:
@@ -913,17 +918,17 @@ def _either(names: str) -> str:
     return f"{head} or {last}" if head else last
 
 
-def _new_input(x):
+def _new_input(x, input_shape: tuple[int, ...]):
     config = keras_graph.producer(x).get_config()
     return tf.keras.Input(
-        batch_shape=config["batch_input_shape"], dtype=config.get("dtype"),
+        batch_shape=(config["batch_input_shape"][0], *input_shape), dtype=config.get("dtype"),
         sparse=config.get("sparse", False), ragged=config.get("ragged", False),
         name=config["name"],
     )
 
 
 def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Policy = None,
-                   **quantizer_options) -> tf.keras.Model:
+                   input_shape=None, **quantizer_options) -> tf.keras.Model:
     """A copy of a float functional or Sequential model made of switchable layers.
 
     The converted model holds one kernel per convolution / dense layer for
@@ -949,6 +954,10 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
             replaces the default; `{}` fixes nothing. A layer fixed below 32
             bits is quantized in the 32-bit member too, which then no longer
             computes what `model` computes.
+        input_shape: the input size without the batch axis, e.g. `(32, 32, 3)`,
+            for a model saved for inputs of any size (`(None, None, 3)`): the
+            converted model takes this size (a TFLite file needs a fixed one).
+            Sizes the model fixes itself must agree.
         **quantizer_options: see `QUANTIZER_OPTIONS`: `weight_quantization`
             (`"narrow"`, `"dorefa"` or `"identity"`), `relu_range` (one clip
             value for every member instead of one per member),
@@ -963,8 +972,10 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
         ConfigError: a subclassed model, a layer called more than once, a
             layer with weights it cannot convert (RNNs, `Conv3D`,
             `Conv2DTranspose`, `Embedding`, ...), an already quantized layer
-            (the message names the layer); an output that is not logits
-            (`logits_model`); nothing to quantize (no convolution, dense layer
+            (the message names the layer); more than one input or output, an
+            input of unknown size without `input_shape`, or an output that
+            is not logits (`quantens.checks.check_model_io`, `logits_model`);
+            nothing to quantize (no convolution, dense layer
             or ReLU-like activation follows the member: every member would
             compute the same).
 
@@ -995,6 +1006,7 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
     options = _check_options(quantizer_options)
     _check_graph_model(model)
     plan = _Plan(model)  # what cannot be converted, before looking at the output
+    shape = check_model_io(model, "quantize_model", input_shape)
     model, removed = logits_model(model)
     if removed:
         plan = _Plan(model)
@@ -1010,7 +1022,7 @@ def quantize_model(model: tf.keras.Model, bit_widths=BIT_WIDTHS, *, policy: Poli
     from quantens.ensemble import quiet_logger
 
     with quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
-        inputs = [_new_input(x) for x in model.inputs]
+        inputs = [_new_input(x, shape) for x in model.inputs]
         outputs = builder.run(model, inputs)
     nested_inputs = keras_graph.nested_inputs(model)
     nested_outputs = keras_graph.nested_outputs(model)

@@ -136,6 +136,10 @@ def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weig
             f"switchable layers, got {type(model).__name__}: pass e.g. "
             "zoo.create_model(name, bit_widths=...) or quantens.quantize_model(model, bit_widths)"
         )
+    if getattr(model, "inputs", None):  # a functional model: what training and export need
+        from quantens.checks import check_model_io
+
+        check_model_io(model, where)
     bit_widths = check_bit_widths(bit_widths, where)
     members = " ".join(map(str, bit_widths))
     missing = missing_members(model, bit_widths)
@@ -736,32 +740,44 @@ KERAS_FILE_ENTRIES = ("config.json", "model.weights.h5")
 """What a `.keras` file of `QuantEnsemble.save` holds (and `metadata.json`)."""
 
 
-def _keras_file_problem(path: str) -> str | None:
-    """Why `path` is not a whole `.keras` file of a QuantEnsemble, or None.
+def _keras_file_problem(path: str) -> tuple[bool, str] | None:
+    """(damaged?, why) when `path` is not a whole `.keras` file of a QuantEnsemble, else None.
 
     Reads the zip's central directory and every entry's checksum (a truncated
-    or half-copied file fails here), then the class name in config.json.
+    or half-copied file fails here: damaged), then what the archive holds and
+    the class name in config.json (an intact file of something else: not
+    damaged, the wrong file).
     """
     import json
 
     if not zipfile.is_zipfile(path):
-        return "not a complete .keras (zip) file: truncated or half-copied?"
+        return True, "not a complete .keras (zip) file: truncated or half-copied?"
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            missing = [n for n in KERAS_FILE_ENTRIES if n not in names]
-            if missing:
-                return f"the archive has no {' and no '.join(missing)}"
             bad = archive.testzip()
             if bad is not None:
-                return f"{bad} in the archive fails its checksum"
-            config = json.loads(archive.read("config.json"))
+                return True, f"{bad} in the archive fails its checksum"
+            names = set(archive.namelist())
+            config = json.loads(archive.read("config.json")) if "config.json" in names else None
     except Exception as error:  # zipfile, zlib and json raise many kinds
-        return f"{type(error).__name__}: {one_line(error, 160)}"
+        return True, f"{type(error).__name__}: {one_line(error, 160)}"
+    missing = [n for n in KERAS_FILE_ENTRIES if n not in names]
+    if config is None and "metadata.json" in names:  # a Keras save, cut short
+        return True, f"the archive has no {' and no '.join(missing)}"
+    if config is None:
+        listed = ", ".join(sorted(names)[:4]) or "nothing"
+        return False, (f"a zip archive without a Keras model in it (no config.json; it holds "
+                       f"{listed}): not a file that ensemble.save(path) wrote")
     name = config.get("class_name") if isinstance(config, dict) else None
+    if not name:
+        return False, ("a .keras archive whose config.json names no Keras class: not a file "
+                       "that ensemble.save(path) wrote")
     if name != QuantEnsemble.__name__:
-        return (f"it holds a {name or 'unknown'} model, not a QuantEnsemble (load it with "
-                "tf.keras.models.load_model)")
+        return False, (f"an intact .keras file holding a {name}, not a QuantEnsemble: load it "
+                       "with tf.keras.models.load_model, or convert a float model with "
+                       "quantens.quantize_model and wrap it in quantens.QuantEnsemble")
+    if missing:
+        return True, f"the archive has no {' and no '.join(missing)}"
     return None
 
 
@@ -808,11 +824,13 @@ def load_ensemble(path, custom_objects=None, compile: bool = True) -> QuantEnsem
             "wrote (weights alone: ensemble.load_weights, or quantens.results.load_weights)"
         )
     problem = _keras_file_problem(path)
-    if problem:
+    if problem and problem[0]:
         raise WeightsError(
-            f"{path} is damaged ({problem}): use another copy of the file, or save the "
+            f"{path} is damaged ({problem[1]}): use another copy of the file, or save the "
             "ensemble again with ensemble.save(path)"
         )
+    if problem:
+        raise WeightsError(f"{path} is {problem[1]}")
     try:
         with quiet_logger("larq.layers_base"):
             ensemble = tf.keras.models.load_model(path, custom_objects=custom_objects,

@@ -74,6 +74,8 @@ np.testing.assert_allclose(w2, lq.quantizers.DoReFa(k_bit=2, mode="weights")(w))
 
 from __future__ import annotations
 
+import math
+
 import larq as lq
 import tensorflow as tf
 
@@ -240,8 +242,8 @@ def _check_positive(value, what: str) -> float | None:
     if value is None:
         return None
     value = float(value)
-    if not value > 0:
-        raise ValueError(f"{what} must be positive (or None), got {value}")
+    if not (math.isfinite(value) and value > 0):  # inf would make every step inf, NaN below it
+        raise ValueError(f"{what} must be a finite number > 0 (or None), got {value}")
     return value
 
 

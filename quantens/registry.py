@@ -33,12 +33,13 @@ assert registry.layer_entry_for(tf.keras.layers.Conv1D(4, 3)).switchable_class i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import tensorflow as tf
 
-from quantens.errors import ExportError
+from quantens.errors import ExportError, UsageError
 from quantens.layers import (
     QuantConv1D,
     QuantConv2D,
@@ -146,27 +147,38 @@ def register_layer(float_class: type, switchable_class: type, *, kernels: tuple[
                    replace: bool = False) -> LayerEntry:
     """Adds a layer kind to the table (see `LayerEntry` for the arguments).
 
-    Raises ValueError for a class registered already (unless `replace`), a
-    switchable class that is not a subclass of the float one or lacks the
-    `SwitchableLayer` protocol, an unknown role or no kernels.
+    Raises `UsageError` (a ValueError, one line) for a class registered
+    already (unless `replace`), a switchable class that is not a subclass of
+    the float one or lacks the `SwitchableLayer` protocol, an unknown role,
+    `kernels` that is not a sequence of argument names (a bare string is
+    refused), or an `export` that is not callable.
     """
     if not (isinstance(float_class, type) and issubclass(float_class, tf.keras.layers.Layer)):
-        raise ValueError(f"register_layer: {float_class!r} is not a Keras layer class")
+        raise UsageError(f"register_layer: {float_class!r} is not a Keras layer class")
     if not (isinstance(switchable_class, type) and issubclass(switchable_class, float_class)
             and issubclass(switchable_class, SwitchableLayer)
             and hasattr(switchable_class, "fixed_class")):
-        raise ValueError(
+        raise UsageError(
             f"register_layer: {getattr(switchable_class, '__name__', switchable_class)} must "
             f"subclass {float_class.__name__} and be a quantens switchable layer "
             "(fixed_layer, fixed_weights, fixed_class)"
         )
+    if isinstance(kernels, (str, bytes)) or not isinstance(kernels, Iterable):
+        raise UsageError(
+            f"register_layer: kernels must be a sequence of kernel quantizer argument names, "
+            f"e.g. ({kernels!r},), got {type(kernels).__name__} {kernels!r}"
+        )
     kernels = tuple(kernels)
-    if not kernels or not all(isinstance(k, str) for k in kernels):
-        raise ValueError("register_layer: kernels must name the kernel quantizer arguments")
+    if not kernels or not all(isinstance(k, str) and k.isidentifier() for k in kernels):
+        raise UsageError("register_layer: kernels must name the kernel quantizer arguments, "
+                         f"e.g. ('kernel_quantizer',), got {kernels!r}")
+    if not callable(export):
+        raise UsageError(f"register_layer: export must be a function (layer, build) -> steps, "
+                         f"got {type(export).__name__}")
     if role not in ROLES:
-        raise ValueError(f"register_layer: role must be one of {', '.join(ROLES)}, got {role!r}")
+        raise UsageError(f"register_layer: role must be one of {', '.join(ROLES)}, got {role!r}")
     if float_class in _ENTRIES and not replace:
-        raise ValueError(f"register_layer: {float_class.__name__} is registered already")
+        raise UsageError(f"register_layer: {float_class.__name__} is registered already")
     entry = LayerEntry(float_class, switchable_class, kernels, export, role, exact)
     _ENTRIES[float_class] = entry
     return entry

@@ -37,7 +37,7 @@ def test_default_clip_values_keep_a_cap_from_4_bits_up_and_give_low_bits_their_o
     assert ClipActivation((32, 8), clip=2.5).clip == {"8": 2.5}
     with pytest.raises(ValueError, match=r"clip values for \[3\] bits: not a member"):
         ClipActivation((32, 8), clip={3: 1.0})
-    with pytest.raises(ValueError, match="clip value of the 8-bit member must be positive"):
+    with pytest.raises(ValueError, match="clip value of the 8-bit member must be a finite number > 0"):
         ClipActivation((32, 8), clip={8: 0.0})
 
 

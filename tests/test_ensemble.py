@@ -498,8 +498,8 @@ def test_load_ensemble_round_trips_and_names_a_damaged_file(small_model, tmp_pat
     refused("empty.keras", None, "is damaged", "has no config.json and no model.weights.h5")
     plain = tf.keras.Sequential([tf.keras.layers.Dense(2, input_shape=(3,))])
     plain.save(str(tmp_path / "plain.keras"))
-    refused("plain.keras", None, "holds a Sequential model, not a QuantEnsemble",
-            "tf.keras.models.load_model")
+    refused("plain.keras", None, "is an intact .keras file holding a Sequential, not a "
+            "QuantEnsemble", "tf.keras.models.load_model")  # not called damaged: it is not
     refused("missing.keras", None, "does not exist")
     refused("run.h5", data, "is not a .keras file")
 

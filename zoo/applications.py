@@ -71,8 +71,16 @@ import tensorflow as tf
 
 import quantens
 from quantens import defaults
+from quantens.checks import check_model_io
 from quantens.convert import SoftmaxRemovedWarning, logits_model
-from quantens.errors import ConfigError, DownloadError, PretrainedError, WeightsError, one_line
+from quantens.errors import (
+    ConfigError,
+    DownloadError,
+    PretrainedError,
+    UsageError,
+    WeightsError,
+    one_line,
+)
 from zoo.registry import register_model
 
 IMAGENET_FLOAT = "imagenet_float"
@@ -626,25 +634,25 @@ def load_float_model(path: str, input_shape=None, num_classes: int | None = None
         raise ConfigError(f"cannot load {path} as a Keras model: {one_line(error)}") from error
     except Exception as error:  # h5py's OSError/RuntimeError/KeyError, zipfile.BadZipFile
         raise _damaged(path, error) from error
-    if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
+    if not isinstance(model, tf.keras.Model):
+        raise ConfigError(
+            f"{path} holds a {type(model).__name__}, not a model: save the float model "
+            "(a functional or Sequential tf.keras.Model) with model.save(path)"
+        )
+    if not getattr(model, "_is_graph_network", False):
         raise ConfigError(
             f"{path} holds a subclassed model: quantize_model needs a functional or "
             "Sequential model"
         )
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    try:  # one input and output of logits, of the dataset's images when given
+        check_model_io(model, path, input_shape, fixed_size=False)
+    except ConfigError:
+        raise
+    except UsageError as error:  # input_shape (the dataset's images) contradicts the model
         raise ConfigError(
-            f"{path}: the model has {len(model.inputs)} inputs and {len(model.outputs)} "
-            "outputs; quantens trains models with one image input and one output of logits"
-        )
-    shape = tuple(model.input_shape[1:])
-    if input_shape is not None:
-        wanted = tuple(int(d) for d in input_shape)
-        if len(shape) != len(wanted) or any(
-                d is not None and d != w for d, w in zip(shape, wanted, strict=False)):
-            raise ConfigError(
-                f"{path}: the model's input shape is {shape}, the dataset's images are "
-                f"{wanted}; save a model for {wanted} inputs"
-            )
+            f"{path}: the model's input shape is {tuple(model.input_shape[1:])}, the dataset's "
+            f"images are {tuple(input_shape)}; save a model for {tuple(input_shape)} inputs"
+        ) from error
     output = tuple(model.output_shape[1:])
     if num_classes is not None and output != (int(num_classes),):
         raise ConfigError(
@@ -703,7 +711,8 @@ def saved_model(
         raise ConfigError(f"{path}: alpha={alpha!r} (--alpha) has no meaning for a saved model")
     quantizer_options = converted_options(path, **options)
     model = load_float_model(path, input_shape, num_classes)
-    return quantens.quantize_model(model, bit_widths, policy=policy, **quantizer_options)
+    return quantens.quantize_model(model, bit_widths, policy=policy, input_shape=input_shape,
+                                   **quantizer_options)
 
 
 __all__ = [

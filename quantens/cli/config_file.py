@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 
+from quantens import defaults
 from quantens.cli.flags import bits_list, bits_value
 from quantens.defaults import DERIVED_KEYS
 
@@ -30,6 +31,11 @@ def config_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
         parser.error(f"--config {known.config}: expected a JSON object of flag values")
     actions = {action.dest: action for action in parser._actions}
     values = {k: v for k, v in values.items() if k not in DERIVED_KEYS}
+    if values.get("float_teacher") is False and not defaults.is_model_file(
+            values.get("model", known.model)):
+        # config.json records the resolved value; for a model without a float teacher it is
+        # the default, not a --no-float-teacher to refuse
+        values["float_teacher"] = None
     unknown = sorted(set(values) - set(actions))
     if unknown:
         parser.error(f"--config {known.config}: unknown flags {', '.join(unknown)}")

@@ -17,7 +17,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from quantens import cli  # noqa: E402  (sets TF_USE_LEGACY_KERAS first)
+from quantens import cli, defaults  # noqa: E402  (sets TF_USE_LEGACY_KERAS first)
 from quantens.errors import (  # noqa: E402
     ConfigError,
     DataError,
@@ -168,15 +168,17 @@ def _external_teacher_distillation(args, spec, steps_per_epoch: int, kd: dict):
     """--teacher with --kd-teacher-mode pretrained_external (frozen) or untrained_external
     (trained alongside with the --teacher-* optimizer and schedule)."""
     import zoo
-    from quantens import optimizers
+    from quantens import data, optimizers
     from quantens.distillation import Distillation
 
     weights = args.teacher_params
     if weights is None and args.kd_teacher_mode == "pretrained_external":
         weights = "pretrained"
+    # what a keras.applications teacher undoes to get back to the pixels
+    mean, std, bgr = data.preprocessing_mean_std(args.input_preprocessing, spec)
     try:
         teacher = zoo.create_teacher(
-            args.teacher, spec.input_shape, spec.num_classes, weights, spec.mean, spec.std
+            args.teacher, spec.input_shape, spec.num_classes, weights, mean, std, bgr=bgr
         )
     except TeacherError as error:
         raise TeacherError(f"--teacher {args.teacher}: {error}") from error
@@ -214,13 +216,67 @@ def _calibrate(ensemble, args, plan, batch_size: int) -> None:
     try:
         images = data.load(args.dataset, plan.train, batch_size, training=False,
                            data_dir=args.data_dir, num_workers=args.num_workers,
-                           take_batches=1 if args.test_run else None)
+                           take_batches=1 if args.test_run else None,
+                           preprocessing=args.input_preprocessing)
     except Exception as error:  # TFDS raises many kinds; all mean "no data here"
         raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
     print(f"calibrating members {' '.join(map(str, low))} on up to {CALIBRATION_EXAMPLES} "
           f"training images ({args.calibration})", flush=True)
     quantens.calibrate(ensemble, images, low, method=args.calibration,
                        verbose=1 if sys.stdout.isatty() else 0)
+
+
+def _check_float_inputs(args, spec, plan, explicit: bool) -> None:
+    """--model PATH: the saved float model's validation accuracy under the stated
+    --input-preprocessing and every other one (`quantens.data.check_preprocessing`), printed.
+
+    One that fits it far better (`quantens.data.likely_preprocessing`) means it was
+    trained on other inputs, and its members and float teacher would learn noise: refused
+    before anything is trained (ConfigError naming the fix) when the flag was not given,
+    a warning when it was. The random state is reseeded afterwards: the run is the same
+    as without the check.
+    """
+    import warnings
+
+    import tensorflow as tf
+
+    from quantens import data
+    from zoo.applications import SoftmaxRemovedWarning, load_float_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SoftmaxRemovedWarning)  # _create_model says so
+        try:
+            model = load_float_model(args.model, spec.input_shape, spec.num_classes)
+        except (TypeError, ValueError):
+            return  # _create_model reports it, in its words
+    examples = args.batch_size if args.test_run else data.COMPARE_MAX_EXAMPLES
+    try:
+        check = data.check_preprocessing(
+            model, args.dataset, plan.validation, args.input_preprocessing,
+            data_dir=args.data_dir, batch_size=args.batch_size, max_examples=examples,
+        )
+    except DataError:
+        raise
+    except Exception as error:  # TFDS raises many kinds; all mean "no data here"
+        raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
+    finally:
+        tf.keras.utils.set_random_seed(args.seed)  # as _setup left it
+    others = ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in check.accuracies.items()
+                       if name != check.stated)
+    print(f"float model: validation accuracy {check.accuracy:.4f} with --input-preprocessing "
+          f"{check.stated} ({others}; {check.examples} images)", flush=True)
+    better = check.better
+    if better is None:
+        return
+    problem = (f"--model {args.model}: the float model scores {100 * check.accuracy:.1f} % on "
+               f"validation with --input-preprocessing {check.stated} but "
+               f"{100 * check.accuracies[better]:.1f} % with {better}")
+    if not explicit:
+        raise ConfigError(f"{problem}: it was trained on other inputs; pass "
+                          f"--input-preprocessing {better}")
+    print(f"warning: {problem}: it was most likely trained on other inputs, and its members "
+          f"and teacher would learn from noise; the likely fix: --input-preprocessing {better}",
+          file=sys.stderr, flush=True)
 
 
 def _create_model(args, spec):
@@ -274,19 +330,29 @@ def run(args: argparse.Namespace) -> dict:
         plan = data.plan_splits(spec, args.val_split)
     except DataError as error:
         raise DataError(f"--dataset: {error}") from error
+    # not given: the default, recorded in config.json (a saved model that scores far
+    # better on other inputs is then refused, not only warned about: `_check_float_inputs`)
+    explicit = args.input_preprocessing is not None
+    args.input_preprocessing = args.input_preprocessing or defaults.INPUT_PREPROCESSING
+    try:
+        data.describe_preprocessing(args.input_preprocessing, spec)  # applies to the images?
+    except DataError as error:
+        raise UsageError(
+            f"--{str(error).replace('input preprocessing ', 'input-preprocessing ', 1)}"
+        ) from error
     try:
         zoo.check_flags(vars(args), spec.input_shape, spec.num_classes)
     except ConfigError as error:
         message = str(error).removeprefix(f"{args.model} ")
         raise ConfigError(f"--model {args.model} {message}") from error
     if args.dry_run:
-        return _run(args, None, spec, plan)
+        return _run(args, None, spec, plan, explicit)
     cluster = read_tf_config()
     run_dir = ResultDir(args.result_path)
     chief = cluster is None or not cluster.multi_worker or cluster.is_chief
     out = run_dir if chief else run_dir.worker(cluster.task_index)
     with ResultDirLock(out.root, "train.py"):
-        return _run(args, out, spec, plan)
+        return _run(args, out, spec, plan, explicit)
 
 
 @dataclasses.dataclass
@@ -309,11 +375,16 @@ class _Callbacks:
     best: object
 
 
-def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan) -> dict:
-    """One run: build data -> build ensemble -> callbacks -> fit -> final metrics -> export
-    -> report. `out` is None for --dry-run (which summarises the members and stops)."""
+def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan,
+         explicit_preprocessing: bool = True) -> dict:
+    """One run: (a saved model's inputs checked ->) build data -> build ensemble -> callbacks
+    -> fit -> final metrics -> export -> report. `out` is None for --dry-run (which
+    summarises the members and stops)."""
     strategy = _setup(args)
+    if not args.dry_run and defaults.is_model_file(args.model):
+        _check_float_inputs(args, spec, plan, explicit_preprocessing)
     model = _build_model(args, spec, strategy)
+    _check_calibration(args, model)
     if args.dry_run:
         _summarise_members(model, args.bit_widths)
         return {}
@@ -379,14 +450,17 @@ def _build_data(args: argparse.Namespace, plan, global_batch: int) -> _Data:
             args.dataset, plan.train, global_batch, training=True,
             data_dir=args.data_dir, num_workers=args.num_workers, shuffle_seed=args.seed,
             take_batches=take, augmentation=args.augmentation, epoch=epoch_counter.variable,
+            preprocessing=args.input_preprocessing,
         )
         val_ds = data.load(
             args.dataset, plan.validation, global_batch, training=False,
             data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
+            preprocessing=args.input_preprocessing,
         )
         test_ds = val_ds if plan.validation_is_test else data.load(
             args.dataset, plan.test, global_batch, training=False,
             data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
+            preprocessing=args.input_preprocessing,
         )
     except DataError:
         raise
@@ -423,6 +497,19 @@ def _build_ensemble(args: argparse.Namespace, spec, plan, model, strategy,
     if args.calibration != "none" and not args.resume and _is_converted(args.model):
         _calibrate(ensemble, args, plan, global_batch)
     return ensemble
+
+
+def _check_calibration(args: argparse.Namespace, model) -> None:
+    """--calibration given for a model with no clip value to calibrate: the library's
+    answer (`quantens.calibration.check_calibratable`), before anything is trained."""
+    from quantens.calibration import check_calibratable
+
+    if args.calibration == cli.DEFAULTS["calibration"]:
+        return  # the default: a model with nothing to calibrate is not calibrated
+    try:
+        check_calibratable(model, args.bit_widths)
+    except ConfigError as error:
+        raise ConfigError(f"--calibration {args.calibration}: {error}") from error
 
 
 def _prepare_result_dir(args: argparse.Namespace, out: ResultDir, run_dir: ResultDir, model):
@@ -532,18 +619,21 @@ def _final_metrics(args: argparse.Namespace, ensemble, model, plan, datasets: _D
 def _export(args: argparse.Namespace, ensemble, plan, test_ds, run_dir: ResultDir):
     """Export (--export, the chief): every member to <result-path>/export, checked on the
     test split; prints the summary table and returns what `export_ensemble` returns."""
-    from quantens import export
+    from quantens import data, export
 
     _, calibration = export.export_datasets(
         args.dataset, args.bit_widths, batch_size=args.batch_size,
-        data_dir=args.data_dir, evaluate=False,
+        data_dir=args.data_dir, evaluate=False, preprocessing=args.input_preprocessing,
     )
+    spec = data.resolve(args.dataset, args.data_dir)
     exported = export.export_ensemble(
         ensemble, run_dir.export, val_data=test_ds, calibration_data=calibration,
         batch_size=args.batch_size,
         max_val_examples=args.batch_size if args.test_run else None, remove_stale=True,
         extra={"model": args.model, "dataset": args.dataset, "split": str(plan.test),
-               "weights": ResultDir.WEIGHTS},
+               "weights": ResultDir.WEIGHTS,
+               "input_preprocessing": export.input_preprocessing_field(
+                   args.input_preprocessing, spec)},
     )
     print(export.summary_table(exported))
     return exported

@@ -200,12 +200,8 @@ def _refuse_flags_without_effect(args: argparse.Namespace) -> None:
     if args.dry_run and args.export:
         raise UsageError("--export has no effect with --dry-run (nothing is trained): leave "
                          "one of them out")
-    if given("calibration") and args.model in defaults.RESNET_E_MODELS:
-        raise UsageError(
-            f"--calibration {args.calibration} applies to converted networks (mobilenet_v2, "
-            f"resnet50, keras:NAME, a saved model); --model {args.model} has learned its "
-            "ranges: leave it out"
-        )
+    # --calibration for a model with nothing to calibrate: train.py asks the library
+    # (quantens.calibration.check_calibratable) once the model is built
     weights = dict(args.member_loss_weights or [])
     if all(weights.get(b, 1.0) == 0 for b in args.bit_widths):
         raise UsageError(
@@ -433,6 +429,11 @@ def _resolve_float_teacher(args: argparse.Namespace) -> None:
     trained = defaults.is_model_file(args.model)
     if args.float_teacher is None:
         args.float_teacher = trained and not others
+    elif not args.float_teacher and not trained:
+        raise UsageError(
+            f"--no-float-teacher has no effect: --model {args.model} is not a saved float "
+            "model, so it has no float teacher to turn off; leave the flag out"
+        )
     elif args.float_teacher:
         if not trained:
             raise UsageError(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["iter_batches", "quiet_converter_warnings", "tensorflow"]
+__all__ = ["in_memory", "iter_batches", "quiet_converter_warnings", "tensorflow"]
 
 
 def tensorflow():
@@ -34,8 +34,47 @@ def quiet_converter_warnings():
         yield
 
 
+def _array(value) -> np.ndarray | None:
+    """`value` as a numpy array when it is one or a tensor (anything with `.numpy()`), else None."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "numpy") and hasattr(value, "shape") and hasattr(value, "dtype"):
+        return np.asarray(value.numpy())
+    return None
+
+
+def in_memory(data) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(x, y or None) of data held in memory, or None for a dataset or another iterable.
+
+    In memory: an array or a tensor of inputs; an `(x, y)` or `(x, y,
+    sample_weight)` tuple of arrays or tensors, as `model.fit` takes
+    them (sample weights are not read).
+
+    ```python
+    import numpy as np
+    from quantens.export.common import in_memory
+
+    x, y = in_memory((np.zeros((3, 2)), np.arange(3)))
+    assert x.shape == (3, 2) and y.tolist() == [0, 1, 2]
+    assert in_memory(iter([])) is None
+    ```
+    """
+    x = _array(data)
+    if x is not None:
+        return x, None
+    if isinstance(data, tuple) and 1 <= len(data) <= 3:
+        arrays = [_array(item) for item in data]
+        if arrays[0] is not None and all(a is not None for a in arrays[1:2]):
+            return arrays[0], arrays[1] if len(arrays) > 1 else None
+    return None
+
+
 def iter_batches(data, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(x, y or None) numpy batches from a dataset, an array or an (x, y) tuple.
+    """(x, y or None) numpy batches from a dataset, an array or tensor, or an (x, y) tuple.
+
+    Arrays and tensors held in memory (see `in_memory`) are cut into batches of
+    `batch_size`; a batched `tf.data.Dataset` (or any iterable of batches)
+    gives its own batches, `(x, y)` or `x` alone.
 
     ```python
     import numpy as np
@@ -47,10 +86,9 @@ def iter_batches(data, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.n
     """
     if data is None:
         return
-    if isinstance(data, np.ndarray):
-        data = (data, None)
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
-        x, y = data
+    held = in_memory(data)
+    if held is not None:
+        x, y = held
         for start in range(0, len(x), batch_size):
             yield x[start:start + batch_size], None if y is None else y[start:start + batch_size]
         return
