@@ -368,7 +368,8 @@ def _batches(data, max_examples: int, batch_size: int, wanted: tuple) -> list[np
 
 def _checked_arguments(ensemble, bit_widths, method, max_examples, batch_size):
     """`calibrate`'s arguments checked: (the functional model, the members to calibrate)."""
-    from quantens.ensemble import QuantEnsemble, check_bit_widths, missing_members
+    from quantens.checks import check_bit_widths, missing_members
+    from quantens.ensemble import QuantEnsemble
 
     if isinstance(ensemble, QuantEnsemble):
         model, own = ensemble.model, ensemble.bit_widths

@@ -1,4 +1,12 @@
-"""Checks of what a model must be for quantens to train and export it, shared by every entry.
+"""The checks every entry point shares: one home per fact, each a typed one-line error.
+
+Arguments: `check_bit_widths` (members), `check_number` (a finite number),
+`check_per_member` (`{bits: number}` of members), `member_key`. Models:
+`missing_members` (a layer without one of the members) and `check_model_io`
+(what a model must be for quantens to train and export it).
+`quantize_model`, `QuantEnsemble`, `calibrate`, `Distillation` and the
+command line call these; no module here imports another quantens module at
+import time but `bits`, `defaults` and `errors`, so any module can use them.
 
 `quantize_model`, `QuantEnsemble` and the zoo's loader of saved models
 (`train.py --model PATH`) ask the same questions here, so a model they
@@ -30,12 +38,23 @@ except ConfigError as error:
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from quantens.errors import ConfigError, UsageError
+from quantens.bits import validate_bit_widths
+from quantens.defaults import FULL_PRECISION
+from quantens.errors import ConfigError, UsageError, one_line
 
-__all__ = ["check_model_io", "fixed_input_shape"]
+__all__ = [
+    "check_bit_widths",
+    "check_model_io",
+    "check_number",
+    "check_per_member",
+    "fixed_input_shape",
+    "member_key",
+    "missing_members",
+]
 
 
 def _shape(shape) -> tuple:
@@ -121,3 +140,139 @@ def check_model_io(model, where: str, input_shape=None, fixed_size: bool = True)
             "rebuild the model with a fixed tf.keras.Input shape"
         )
     return fixed
+
+
+_BIT_WIDTHS_EXPECTED = "distinct integers from 1 to 32, e.g. (32, 8, 4, 2, 1)"
+
+
+def check_bit_widths(bit_widths, where: str, argument: str = "bit_widths") -> tuple[int, ...]:
+    """`validate_bit_widths` for a public function's argument: a `UsageError` naming both.
+
+    ```python
+    from quantens.checks import check_bit_widths
+    from quantens.errors import UsageError
+
+    assert check_bit_widths([1, 32], "f") == (32, 1)
+    try:
+        check_bit_widths(None, "f")
+        raise AssertionError("None passed")
+    except UsageError as error:
+        assert str(error).startswith("f: bit_widths must list")
+    ```
+    """
+    if bit_widths is None or isinstance(bit_widths, (bool, float, Mapping)) or not isinstance(
+            bit_widths, (Iterable, numbers.Integral, str)):
+        raise UsageError(
+            f"{where}: {argument} must list the members' bit-widths, {_BIT_WIDTHS_EXPECTED}; "
+            f"got {bit_widths!r}"
+        )
+    try:
+        return validate_bit_widths(bit_widths)
+    except (TypeError, ValueError) as error:
+        raise UsageError(
+            f"{where}: {argument} {bit_widths!r}: {one_line(error)}"
+        ) from error
+
+
+def member_key(b):
+    """A per-member key as an int ("4" and numpy integers too), else None.
+
+    ```python
+    from quantens.checks import member_key
+
+    assert member_key("4") == 4 and member_key(True) is None and member_key(2.5) is None
+    ```
+    """
+    try:
+        value = int(b)
+        return value if not isinstance(b, bool) and value == float(b) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _layers(model) -> Iterable:
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from _layers(layer)
+
+
+def missing_members(model, bit_widths) -> str | None:
+    """Why `model` cannot run every member of `bit_widths` (a layer without one), or None.
+
+    ```python
+    import zoo
+    from quantens.checks import missing_members
+
+    model = zoo.create_model("digits_resnet_e", width=4, bit_widths=(32, 1))
+    assert missing_members(model, (32, 1)) is None
+    assert "(no 4)" in missing_members(model, (32, 4, 1))  # its BN has no 4-bit statistics
+    ```
+    """
+    from quantens.layers import SwitchableBatchNormalization
+    from quantens.quantizers import ClipActivation
+
+    for layer in _layers(model):
+        owners = []
+        if isinstance(layer, SwitchableBatchNormalization) and not layer.shared:
+            owners.append((layer.bit_widths, bit_widths))
+        for key in ("quantizer", "input_quantizer"):
+            quantizer = getattr(layer, key, None)
+            if isinstance(quantizer, ClipActivation) and quantizer.bits is None:
+                low = [b for b in bit_widths if b != FULL_PRECISION]
+                owners.append((quantizer.member_bits, low))
+        for have, need in owners:
+            missing = sorted(set(need) - set(have), reverse=True)
+            if missing:
+                return (f"its layer {layer.name!r} has members {' '.join(map(str, have))} "
+                        f"only (no {' '.join(map(str, missing))})")
+    return None
+
+
+
+def check_number(value, where: str, argument: str, positive: bool = False,
+                 hint: str = "") -> float:
+    """A finite number (> 0 when `positive`, else >= 0), or a UsageError naming `argument`.
+
+    ```python
+    from quantens.checks import check_number
+
+    assert check_number(2, "f", "weight") == 2.0
+    ```
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise UsageError(
+            f"{where}: {argument} must be a finite number {'> 0' if positive else '>= 0'}"
+            f"{hint}, got {value!r}"
+        )
+    return float(value)
+
+
+def check_per_member(values, bit_widths, where: str, argument: str,
+                     positive: bool = False) -> dict[int, float]:
+    """`{bits: number}` of members checked (None: {}), or a UsageError naming `argument`.
+
+    ```python
+    from quantens.checks import check_per_member
+
+    assert check_per_member({"1": 2}, (32, 1), "f", "weights") == {1: 2.0}
+    ```
+    """
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise UsageError(
+            f"{where}: {argument} must be a dict {{bits: value}}, e.g. {{1: 2.0}}, "
+            f"got {type(values).__name__}"
+        )
+    checked = {}
+    for b, v in values.items():
+        key = member_key(b)
+        if key not in bit_widths:
+            raise UsageError(
+                f"{where}: {argument} names bit-widths [{b!r}] that are not members "
+                f"({' '.join(map(str, bit_widths))}): give values only for members"
+            )
+        checked[key] = check_number(v, where, f"{argument}[{key}]", positive)
+    return checked

@@ -136,7 +136,7 @@ def attention_loss(student_features, target_features) -> tf.Tensor:
 def _students(pairs, mode: str, has_teacher: bool, argument: str, values,
               bit_widths: tuple[int, ...], positive: bool) -> dict[int, float]:
     """Per-student values checked: members, numbers, and students of the plan only."""
-    from quantens.ensemble import check_per_member
+    from quantens.checks import check_per_member
 
     checked = check_per_member(values, bit_widths, "Distillation", argument, positive)
     students = [b for b in bit_widths if any(s == b for s, _ in pairs)]
@@ -155,7 +155,7 @@ def _checked_arguments(bit_widths, mode, teacher, teacher_mode, temperature, wei
                        teacher_optimizer, teacher_weight_decay, attention_weight, warmup_steps,
                        student_weights, student_temperatures) -> dict:
     """`Distillation`'s arguments checked, with the plan they make (`pairs`)."""
-    from quantens.ensemble import check_bit_widths, check_number
+    from quantens.checks import check_bit_widths, check_number
 
     bit_widths = check_bit_widths(bit_widths, "Distillation")
     if mode not in KD_MODES:

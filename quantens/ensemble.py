@@ -20,112 +20,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import numbers
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import tensorflow as tf
 from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import bits as bits_scope
-from quantens.bits import validate_bit_widths
-from quantens.defaults import BIT_WIDTHS, FULL_PRECISION, MEMBER_BACKWARD, MEMBER_BACKWARDS
+from quantens.checks import (
+    check_bit_widths,
+    check_model_io,
+    check_number,
+    check_per_member,
+    member_key,
+    missing_members,
+)
+from quantens.defaults import BIT_WIDTHS, MEMBER_BACKWARD, MEMBER_BACKWARDS
 from quantens.errors import ConfigError, UsageError, WeightsError, one_line
 
 __all__ = [
     "KERAS_FILE_ENTRIES",
     "QuantEnsemble",
-    "check_bit_widths",
-    "check_number",
-    "check_per_member",
     "held_precision",
     "load_ensemble",
     "member_table",
-    "missing_members",
     "quiet_logger",
 ]
-
-_BIT_WIDTHS_EXPECTED = "distinct integers from 1 to 32, e.g. (32, 8, 4, 2, 1)"
-
-
-def check_bit_widths(bit_widths, where: str, argument: str = "bit_widths") -> tuple[int, ...]:
-    """`validate_bit_widths` for a public function's argument: a `UsageError` naming both.
-
-    ```python
-    from quantens.ensemble import check_bit_widths
-    from quantens.errors import UsageError
-
-    assert check_bit_widths([1, 32], "f") == (32, 1)
-    try:
-        check_bit_widths(None, "f")
-        raise AssertionError("None passed")
-    except UsageError as error:
-        assert str(error).startswith("f: bit_widths must list")
-    ```
-    """
-    if bit_widths is None or isinstance(bit_widths, (bool, float, Mapping)) or not isinstance(
-            bit_widths, (Iterable, numbers.Integral, str)):
-        raise UsageError(
-            f"{where}: {argument} must list the members' bit-widths, {_BIT_WIDTHS_EXPECTED}; "
-            f"got {bit_widths!r}"
-        )
-    try:
-        return validate_bit_widths(bit_widths)
-    except (TypeError, ValueError) as error:
-        raise UsageError(
-            f"{where}: {argument} {bit_widths!r}: {one_line(error)}"
-        ) from error
-
-
-def _member_key(b):
-    """A member_loss_weights key as an int ("4" and numpy integers too), else None."""
-    try:
-        value = int(b)
-        return value if not isinstance(b, bool) and value == float(b) else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _layers(model) -> Iterable:
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if getattr(layer, "layers", None):
-            yield from _layers(layer)
-
-
-def missing_members(model: tf.keras.Model, bit_widths) -> str | None:
-    """Why `model` cannot run every member of `bit_widths` (a layer without one), or None.
-
-    ```python
-    import zoo
-    from quantens.ensemble import missing_members
-
-    model = zoo.create_model("digits_resnet_e", width=4, bit_widths=(32, 1))
-    assert missing_members(model, (32, 1)) is None
-    assert "(no 4)" in missing_members(model, (32, 4, 1))  # its BN has no 4-bit statistics
-    ```
-    """
-    from quantens.layers import SwitchableBatchNormalization
-    from quantens.quantizers import ClipActivation
-
-    for layer in _layers(model):
-        owners = []
-        if isinstance(layer, SwitchableBatchNormalization) and not layer.shared:
-            owners.append((layer.bit_widths, bit_widths))
-        for key in ("quantizer", "input_quantizer"):
-            quantizer = getattr(layer, key, None)
-            if isinstance(quantizer, ClipActivation) and quantizer.bits is None:
-                low = [b for b in bit_widths if b != FULL_PRECISION]
-                owners.append((quantizer.member_bits, low))
-        for have, need in owners:
-            missing = sorted(set(need) - set(have), reverse=True)
-            if missing:
-                return (f"its layer {layer.name!r} has members {' '.join(map(str, have))} "
-                        f"only (no {' '.join(map(str, missing))})")
-    return None
-
 
 def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weight_decay):
     """`QuantEnsemble`'s arguments checked: (bit_widths, target_bits, loss weights, decay)."""
@@ -137,8 +58,6 @@ def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weig
             "zoo.create_model(name, bit_widths=...) or quantens.quantize_model(model, bit_widths)"
         )
     if getattr(model, "inputs", None):  # a functional model: what training and export need
-        from quantens.checks import check_model_io
-
         check_model_io(model, where)
     bit_widths = check_bit_widths(bit_widths, where)
     members = " ".join(map(str, bit_widths))
@@ -150,7 +69,7 @@ def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weig
         )
     if target_bits is None:
         target_bits = bit_widths[-1]
-    if _member_key(target_bits) not in bit_widths:
+    if member_key(target_bits) not in bit_widths:
         raise UsageError(
             f"{where}: target_bits {target_bits!r} is not one of the bit-widths {members}: "
             f"choose a member (default: the lowest, {bit_widths[-1]})"
@@ -159,55 +78,7 @@ def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weig
     weights = {b: weights.get(b, 1.0) for b in bit_widths}
     weight_decay = check_number(weight_decay, where, "weight_decay",
                                 hint=" (an L2 coefficient such as 1e-4)")
-    return bit_widths, _member_key(target_bits), weights, weight_decay
-
-
-def check_number(value, where: str, argument: str, positive: bool = False,
-                 hint: str = "") -> float:
-    """A finite number (> 0 when `positive`, else >= 0), or a UsageError naming `argument`.
-
-    ```python
-    from quantens.ensemble import check_number
-
-    assert check_number(2, "f", "weight") == 2.0
-    ```
-    """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        raise UsageError(
-            f"{where}: {argument} must be a finite number {'> 0' if positive else '>= 0'}"
-            f"{hint}, got {value!r}"
-        )
-    return float(value)
-
-
-def check_per_member(values, bit_widths, where: str, argument: str,
-                     positive: bool = False) -> dict[int, float]:
-    """`{bits: number}` of members checked (None: {}), or a UsageError naming `argument`.
-
-    ```python
-    from quantens.ensemble import check_per_member
-
-    assert check_per_member({"1": 2}, (32, 1), "f", "weights") == {1: 2.0}
-    ```
-    """
-    if values is None:
-        return {}
-    if not isinstance(values, Mapping):
-        raise UsageError(
-            f"{where}: {argument} must be a dict {{bits: value}}, e.g. {{1: 2.0}}, "
-            f"got {type(values).__name__}"
-        )
-    checked = {}
-    for b, v in values.items():
-        key = _member_key(b)
-        if key not in bit_widths:
-            raise UsageError(
-                f"{where}: {argument} names bit-widths [{b!r}] that are not members "
-                f"({' '.join(map(str, bit_widths))}): give values only for members"
-            )
-        checked[key] = check_number(v, where, f"{argument}[{key}]", positive)
-    return checked
+    return bit_widths, member_key(target_bits), weights, weight_decay
 
 
 @contextlib.contextmanager

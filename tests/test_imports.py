@@ -1,4 +1,4 @@
-"""Imports inside `quantens/export`: no cycle, module-level and function-level imports alike.
+"""Imports of `quantens` and `zoo`: no cycle, module-level and function-level imports alike.
 
 The export package is built in one direction: shared helpers, the steps, the
 graph and its builder, then one emitter per format, then the file writers.
@@ -12,17 +12,20 @@ from __future__ import annotations
 import ast
 import pathlib
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "quantens.export"
-EXPORT_DIR = pathlib.Path(__file__).resolve().parents[1] / "quantens" / "export"
+EXPORT_DIR = ROOT / "quantens" / "export"
 
 
-def _module_name(path: pathlib.Path) -> str:
-    return PACKAGE if path.name == "__init__.py" else f"{PACKAGE}.{path.stem}"
+def _module_name(path: pathlib.Path, directory: pathlib.Path = EXPORT_DIR,
+                 package: str = PACKAGE) -> str:
+    parts = [*package.split("."), *path.relative_to(directory).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imported_modules(path: pathlib.Path, modules: set[str]) -> set[str]:
-    """The modules of `modules` that `path` imports anywhere (any depth, any function)."""
-    name = _module_name(path)
+def _imported_modules(path: pathlib.Path, modules: set[str], name: str) -> set[str]:
+    """The modules of `modules` that `path` (module `name`) imports anywhere (any depth,
+    any function)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -46,11 +49,23 @@ def _imported_modules(path: pathlib.Path, modules: set[str]) -> set[str]:
     return found
 
 
-def import_graph(directory: pathlib.Path = EXPORT_DIR) -> dict[str, set[str]]:
-    """module -> the modules of the package it imports."""
-    paths = sorted(directory.glob("*.py"))
-    modules = {_module_name(p) for p in paths}
-    return {_module_name(p): _imported_modules(p, modules) for p in paths}
+def import_graph(directory: pathlib.Path = EXPORT_DIR, package: str = PACKAGE,
+                 recursive: bool = False) -> dict[str, set[str]]:
+    """module -> the modules of the package it imports (its subpackages too if `recursive`)."""
+    paths = sorted(directory.rglob("*.py") if recursive else directory.glob("*.py"))
+    names = {p: _module_name(p, directory, package) for p in paths}
+    modules = set(names.values())
+    return {names[p]: _imported_modules(p, modules, names[p]) for p in paths}
+
+
+def project_graph(root: pathlib.Path = ROOT) -> dict[str, set[str]]:
+    """The import graph of `quantens` and `zoo` together (edges between them included)."""
+    graphs = [import_graph(root / name, name, recursive=True) for name in ("quantens", "zoo")]
+    modules = set().union(*graphs)
+    paths = {**{p: _module_name(p, root / "quantens", "quantens")
+                for p in (root / "quantens").rglob("*.py")},
+             **{p: _module_name(p, root / "zoo", "zoo") for p in (root / "zoo").rglob("*.py")}}
+    return {name: _imported_modules(p, modules, name) for p, name in sorted(paths.items())}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -96,3 +111,26 @@ def test_the_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
 def test_no_import_cycle_inside_the_export_package():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_anywhere_in_quantens_or_zoo():
+    graph = project_graph()
+    assert {"quantens.ensemble", "quantens.distillation", "quantens.cli.train",
+            "zoo.applications"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_project_cycle_finder_sees_a_planted_circle_between_packages(tmp_path):
+    for package in ("quantens", "zoo"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "quantens" / "sub").mkdir()
+    (tmp_path / "quantens" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "quantens" / "sub" / "a.py").write_text("def f():\n    from zoo.b import g\n")
+    (tmp_path / "zoo" / "b.py").write_text("from quantens.sub.a import f\n")
+    graph = project_graph(tmp_path)
+    assert graph["quantens.sub.a"] == {"zoo.b"} and graph["zoo.b"] == {"quantens.sub.a"}
+    assert find_cycle(graph) is not None
+    (tmp_path / "zoo" / "b.py").write_text("X = 1\n")
+    assert find_cycle(project_graph(tmp_path)) is None

@@ -32,7 +32,6 @@ with quiet_native_logs():  # TensorFlow's start-up lines would bury a command's 
     from zoo import applications, resnet, resnet_e  # noqa: F401  (registers the builders)
     from zoo.factory import (
         accepted_arguments,
-        builder_kwargs,
         check_arguments,
         check_flags,
         create_model,
@@ -40,6 +39,7 @@ with quiet_native_logs():  # TensorFlow's start-up lines would bury a command's 
         create_teacher,
         get_builder,
     )
+    from zoo.flags import builder_kwargs
 
 _PRETRAINED = ("create_pretrained", "list_pretrained", "load_pretrained", "pretrained_config")
 

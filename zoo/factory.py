@@ -21,10 +21,10 @@ from collections.abc import Callable
 from quantens import defaults
 from quantens.errors import ConfigError, TeacherError, one_line
 from zoo import applications, registry
+from zoo.flags import builder_kwargs
 
 __all__ = [
     "accepted_arguments",
-    "builder_kwargs",
     "check_arguments",
     "check_flags",
     "create_model",
@@ -300,42 +300,3 @@ def check_flags(flags: dict, input_shape, num_classes: int) -> None:
     What `create_model_from_flags` would refuse, without building anything.
     """
     check_arguments(flags["model"], builder_kwargs(flags, input_shape, num_classes))
-
-
-def builder_kwargs(flags: dict, input_shape, num_classes: int) -> dict:
-    """The builder arguments that `train.py` flags (a config.json) stand for.
-
-    ```python
-    from zoo.factory import builder_kwargs
-
-    kwargs = builder_kwargs({"model": "digits_resnet_e", "width": 8}, (8, 8, 1), 10)
-    assert kwargs["width"] == 8 and kwargs["initial_layers"] == "thumbnail"
-    ```
-    """
-    flags = {**defaults.ARCHITECTURE_DEFAULTS, **flags}
-    get = flags.get
-    kwargs = dict(
-        input_shape=tuple(input_shape),
-        num_classes=int(num_classes),
-        bit_widths=tuple(get("bit_widths")),
-        activation_method=get("activation_method"),
-        clip_threshold=get("clip_threshold"),
-        fp_weights=bool(get("fp_weights")),
-        share_bn=bool(get("share_bn")),
-        sync_bn=bool(get("sync_bn", False)),
-    )
-    if get("weight_quantization") is not None:  # None: the architecture's own default
-        kwargs["weight_quantization"] = get("weight_quantization")
-    # flags that are off keep the architecture's own default
-    for flag in ("fp_downsample_sc", "pool_downsample_sc"):
-        if get(flag):
-            kwargs[flag] = True
-    if get("initial_layers"):
-        kwargs["initial_layers"] = get("initial_layers")
-    elif kwargs["input_shape"][0] < 64 and not applications.is_converted(get("model")):
-        kwargs["initial_layers"] = "thumbnail"  # ResNetE's stem for small images
-    if get("width"):
-        kwargs["width"] = int(get("width"))
-    if get("alpha") is not None:
-        kwargs["alpha"] = float(get("alpha"))
-    return kwargs

@@ -398,13 +398,18 @@ def _differences(mine, theirs, path: str = "") -> list[str]:
 
 
 def build_model(name: str, tag: str):
-    """A fresh (untrained) model with the architecture of a tag."""
-    import zoo
+    """A fresh (untrained) model with the architecture of a tag: its builder (the zoo's
+    registry) called with the arguments of the tag's flags."""
+    from zoo.flags import builder_kwargs
+    from zoo.registry import model_builder
 
     config = pretrained_config(name, tag)
-    return zoo.create_model_from_flags(
-        {**config.flags, "model": name}, config.input_shape, config.num_classes
-    )
+    builder = model_builder(name)
+    if builder is None:
+        raise PretrainedError(f"{name!r} is not a registered zoo architecture: its tag "
+                              f"{tag!r} cannot be built")
+    return builder(**builder_kwargs({**config.flags, "model": name}, config.input_shape,
+                                    config.num_classes))
 
 
 def check_architecture(model, name: str, tag: str) -> None:

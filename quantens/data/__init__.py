@@ -21,7 +21,8 @@ The package by concern (every public name is also here, `quantens.data.X`):
 | `splits` | `Split`, `SplitPlan`, `plan_splits`: split planning and seeded holdouts |
 | `folders` | image folders: `validate_image_folder`, `FolderInfo`, `MAX_IMAGE_PIXELS` |
 | `augmentation` | `preprocess_fn` (crops, flips) and normalisation |
-| `preprocessing` | the input preprocessings (`preprocessing_fn`), and `check_preprocessing`: which one a float model fits |
+| `preprocessing` | the input preprocessings: `preprocessing_fn`, `describe_preprocessing` |
+| `preprocessing_check` | `check_preprocessing`: which preprocessing a float model fits, measured |
 | `pipeline` | `load` (source, preprocessing, batches) and `EpochCounter` |
 
 ```python
@@ -61,18 +62,21 @@ from quantens.data.folders import (
 from quantens.data.pipeline import EpochCounter, load
 from quantens.data.preprocessing import (
     CAFFE_BGR_MEAN,
+    RGB_ONLY,
+    applicable_preprocessings,
+    checked_preprocessing,
+    describe_preprocessing,
+    preprocessing_fn,
+    preprocessing_mean_std,
+)
+from quantens.data.preprocessing_check import (
     COMPARE_MAX_EXAMPLES,
     MISMATCH_MIN_GAIN,
     MISMATCH_MIN_RATIO,
-    RGB_ONLY,
     PreprocessingCheck,
-    applicable_preprocessings,
     check_preprocessing,
     compare_preprocessings,
-    describe_preprocessing,
     likely_preprocessing,
-    preprocessing_fn,
-    preprocessing_mean_std,
 )
 from quantens.data.splits import SPLIT_PARTS, Split, SplitPlan, plan_splits
 from quantens.errors import DataError
@@ -106,6 +110,7 @@ __all__ = [
     "SplitPlan",
     "applicable_preprocessings",
     "check_preprocessing",
+    "checked_preprocessing",
     "compare_preprocessings",
     "describe_preprocessing",
     "likely_preprocessing",
