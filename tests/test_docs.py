@@ -293,3 +293,29 @@ def test_the_supported_layer_table_is_the_registry(hooks):
         e.float_class.__name__ for e in registry.registered_layers()]
     assert [ticked(r[1])[0] for r in rows] == [
         e.switchable_class.__name__ for e in registry.registered_layers()]
+
+
+# ------------------------------------------------------------- the export package's layers
+
+EXPORT_LIST_INTRO = "The modules, one idea each, each importing only those above it:"
+
+
+def export_module_list() -> list[str]:
+    """The modules that `quantens.export`'s docstring lists, in its order (read with `ast`)."""
+    source = (ROOT / "quantens" / "export" / "__init__.py").read_text(encoding="utf-8")
+    doc = ast.get_docstring(ast.parse(source))
+    block = re.search(r"```\n(.*?)\n```", doc[doc.index(EXPORT_LIST_INTRO):], re.S).group(1)
+    return [line.split()[0] for line in block.splitlines() if line and not line[0].isspace()]
+
+
+def test_the_export_modules_import_only_those_listed_above_them():
+    from test_imports import import_graph
+
+    listed = export_module_list()
+    graph = {name.rpartition(".")[2]: {m.rpartition(".")[2] for m in imported}
+             for name, imported in import_graph().items() if name != "quantens.export"}
+    graph.pop("__main__", None)  # the command line: it may import anything
+    assert sorted(listed) == sorted(graph), "the docstring's list is not the package's modules"
+    wrong = {module: sorted(graph[module] - set(listed[:i]))
+             for i, module in enumerate(listed) if graph[module] - set(listed[:i])}
+    assert not wrong, f"quantens.export's docstring: these import modules listed below them: {wrong}"

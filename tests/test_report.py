@@ -93,12 +93,17 @@ def test_report_numbers_equal_metrics_json(reported):
     markdown = (path / "report.md").read_text()
     rows = table_rows(markdown)
     assert metrics["bit_widths"] == list(BITS)
+    header = rows["bits"]
+    # one accuracy column per split, each header naming its split; nothing repeated
+    assert header[1:4] == ["validation accuracy", "test accuracy",
+                           "best checkpoint's test accuracy"]
+    assert len(header) == len(set(header)), header
+    assert not any("exact" in cell for cell in header)
     for b in BITS:
-        value = metrics["val_accuracy"][str(b)]
         cells = rows[str(b)]
-        assert cells[1] == f"{value:.4f}"
-        assert float(cells[2]) == value  # exact, not rounded
-        header = rows["bits"]
+        assert len(cells) == len(header)
+        value = metrics["val_accuracy"][str(b)]
+        assert cells[header.index("validation accuracy")] == f"{value:.4f}"
         assert cells[header.index("test accuracy")] == f"{metrics['test_accuracy'][str(b)]:.4f}"
         best = metrics["best_test_accuracy"][str(b)]
         assert cells[header.index("best checkpoint's test accuracy")] == f"{best:.4f}"
@@ -172,10 +177,13 @@ def test_teacher_accuracy_is_reported_and_drawn(run_copy, reported):
     metrics_path = run_copy / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     metrics["teacher_val_accuracy"] = 0.98765
+    metrics["teacher_test_accuracy"] = 0.97531
     metrics_path.write_text(json.dumps(metrics))
     markdown = open(write_report(str(run_copy))).read()
-    assert "- teacher validation accuracy: 0.9877 (exact 0.98765)" in markdown
-    assert table_rows(markdown)["teacher"][1:3] == ["0.9877", "0.98765"]
+    assert "- teacher validation accuracy: 0.9877\n" in markdown
+    rows = table_rows(markdown)
+    assert len(rows["teacher"]) == len(rows["bits"])
+    assert rows["teacher"][1:4] == ["0.9877", "0.9753", "-"]  # validation, test, best checkpoint
     import matplotlib.image
 
     with_teacher = matplotlib.image.imread(str(run_copy / "accuracy_per_bits.png"))
@@ -185,6 +193,22 @@ def test_teacher_accuracy_is_reported_and_drawn(run_copy, reported):
     red = (with_teacher[..., 0] > 0.7) & (with_teacher[..., 1] < 0.4) & (with_teacher[..., 2] < 0.4)
     red_without = (without[..., 0] > 0.7) & (without[..., 1] < 0.4) & (without[..., 2] < 0.4)
     assert red.sum() > red_without.sum() + 100
+
+
+def test_validation_on_the_test_split_is_one_column():
+    from quantens.report import ResultData, render_markdown
+
+    accuracy = {"32": 0.9861111044883728, "1": 0.91}
+    metrics = {"bit_widths": [32, 1], "target_bits": 1, "val_accuracy": accuracy,
+               "test_accuracy": accuracy, "best_test_accuracy": None,
+               "validation_is_test": True, "validation_split": "test", "test_split": "test"}
+    markdown = render_markdown(ResultData("run", metrics, {}, []), None, "estimated", {})
+    rows = table_rows(markdown)
+    assert rows["bits"][:2] == ["bits", "validation (= test) accuracy"]
+    assert "test accuracy" not in rows["bits"]  # the same numbers once, not twice
+    assert "best checkpoint's test accuracy" not in rows["bits"]  # none was chosen
+    assert rows["32"][1] == "0.9861" and "0.9861111044883728" not in markdown
+    assert "**validation is the test split**" in markdown
 
 
 def test_without_history_the_report_says_so(run_copy):

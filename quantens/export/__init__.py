@@ -37,6 +37,8 @@ The modules, one idea each, each importing only those above it:
 
 ```
 common        TensorFlow on demand, quiet converters, batches of data
+flatbuffer    reading TFLite files: operators, int8 weights, input quantization
+runtime       running TFLite files (TensorFlow Lite and Larq Compute Engine)
 steps         one typed dataclass per kind of op (ConvStep, AffineStep, ...)
 graph         StepGraph: a member's steps and the questions emitters ask
 builder       the walk of a member's Keras graph that makes its steps (kernel
@@ -44,15 +46,19 @@ builder       the walk of a member's Keras graph that makes its steps (kernel
               the convolution before it)
 emit          the float emitter (the member's own arithmetic) and `calibrate`
 int8          the int8 emitter and full-integer files on the member's grid
+int8_filters  float filters stored as int8 where that is exact (LCE files)
 lce           the LCE emitter: the 1-bit member's binary convolutions
 int4          packed 4-bit filters (rewrites an int8 file)
-int8_filters  float filters stored as int8 where that is exact (LCE files)
 member        MemberGraph: a member's steps with `forward` in any mode
 tflite        which format a member gets, and its file
-saved_model, runtime (running files), flatbuffer (reading them), fidelity
+saved_model   ONE SavedModel of every member, a signature per member
+fidelity      how a member file agrees with its Keras member
 ensemble_export  `export_ensemble`: the export directory
 result_dir    a finished run's directory
 ```
+
+(`tests/test_docs.py` checks this order against the imports, function-level
+ones included.)
 
 Members of zoo models and of `quantens.quantize_model` conversions (depthwise,
 separable and 1-D convolutions, ReLU6 on its k-bit grid, layers without

@@ -8,8 +8,8 @@ reads a result directory of `train.py` (`metrics.json`, and where present
 `config.json`, `history.csv`, `export/export.json`) and writes into it:
 
 ```
-report.md                 accuracy per bit-width (and the teacher's), size per member,
-                          training time, links to the plots
+report.md                 per member (and the teacher): validation and test accuracy,
+                          a column each; size; training time, links to the plots
 accuracy_per_bits.png     validation accuracy per member (bars), the teacher as a line
 accuracy_vs_size.png      accuracy against the size of each member
 training_curves.png       loss and accuracy per member and epoch (history.csv)
@@ -526,7 +526,7 @@ def render_markdown(
     lines.append(f"- members: {', '.join(f'{b} bit' for b in bit_widths)}")
     lines.append(f"- target bits: {target if target is not None else 'not recorded'}")
     if teacher is not None:
-        lines.append(f"- teacher validation accuracy: {float(teacher):.4f} (exact {teacher!r})")
+        lines.append(f"- teacher validation accuracy: {float(teacher):.4f}")
     else:
         lines.append("- teacher: none")
     lines.append(f"- training time: {_fmt_seconds(metrics.get('train_seconds'))}")
@@ -534,28 +534,35 @@ def render_markdown(
         lines.append(f"- epochs: {len(history)} (history.csv)")
     test = metrics.get("test_accuracy") or {}
     best = metrics.get("best_test_accuracy") or {}
+    validation_is_test = bool(test) and bool(metrics.get("validation_is_test"))
     if test:
         lines.append(
             f"- accuracy: validation on `{metrics.get('validation_split', 'validation')}` "
             f"(chooses the best checkpoint), test on `{metrics.get('test_split', 'test')}` "
             "(chooses nothing)"
             + ("; **validation is the test split** (pass --val-split to hold out part of "
-               "train)" if metrics.get("validation_is_test") else "")
+               "train)" if validation_is_test else "")
         )
-    lines += ["", "## Validation accuracy and size per member", ""]
-    extra = " test accuracy | best checkpoint's test accuracy |" if test else ""
+    # one column per split (validation, then test unless it is the same split), and
+    # the test accuracy of the checkpoint that validation chose (when one was chosen)
+    columns = [("validation (= test) accuracy" if validation_is_test
+                else "validation accuracy", metrics["val_accuracy"],
+                metrics.get("teacher_val_accuracy"))]
+    if test and not validation_is_test:
+        columns.append(("test accuracy", test, metrics.get("teacher_test_accuracy")))
+    if test and best:
+        columns.append(("best checkpoint's test accuracy", best, None))
+
+    def accuracy_cells(values) -> str:
+        return " | ".join(f"{float(v):.4f}" if _is_number(v) else "-" for v in values)
+
+    lines += ["", "## Accuracy and size per member", ""]
     lines += [
-        f"| bits | accuracy | exact accuracy |{extra} size (bytes) | size (KiB) | note |",
-        "|-----:|---------:|:---------------|" + ("---:|---:|" if test else "")
-        + "-------------:|-----------:|:-----|",
+        "| bits | " + " | ".join(c[0] for c in columns) + " | size (bytes) | size (KiB) | note |",
+        "|-----:|" + "---:|" * len(columns) + "-------------:|-----------:|:-----|",
     ]
     for b in bit_widths:
-        value = metrics["val_accuracy"][str(b)]
-        tests = ""
-        if test:
-            tests = " " + " | ".join(
-                f"{float(t[str(b)]):.4f}" if _is_number((t or {}).get(str(b))) else "-"
-                for t in (test, best)) + " |"
+        accuracies = accuracy_cells((values or {}).get(str(b)) for _, values, _ in columns)
         size = sizes.get(b) if sizes else None
         kib = f"{size / 1024:.1f}" if size is not None else "?"
         notes = []
@@ -569,11 +576,10 @@ def render_markdown(
         if _is_number(tflite_accuracy):
             notes.append(f"TFLite accuracy {tflite_accuracy:.4f}")
         lines.append(
-            f"| {b} | {float(value):.4f} | {value!r} |{tests} {_fmt_bytes(size)} | {kib} | "
-            f"{', '.join(notes)} |"
+            f"| {b} | {accuracies} | {_fmt_bytes(size)} | {kib} | {', '.join(notes)} |"
         )
     if teacher is not None:
-        lines.append(f"| teacher | {float(teacher):.4f} | {teacher!r} | | | |")
+        lines.append(f"| teacher | {accuracy_cells(t for _, _, t in columns)} | | | |")
     lines += ["", f"Sizes: {size_note}.", "", "## Plots", ""]
     captions = {
         "accuracy": "Validation accuracy per bit-width",
