@@ -8,7 +8,7 @@ DOCS_STAMP := $(VENV)/.docs-installed
 SITE ?= site
 ARGS ?=
 
-.PHONY: install train test test-fast lint docs bench clean
+.PHONY: install train test test-slow test-fast lint docs bench clean
 
 install: $(STAMP)
 
@@ -21,14 +21,20 @@ $(STAMP): setup.py constraints.txt
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-# everything (CI): well under 15 minutes on 2 cores; two workers, one test file each at a time
-# (module fixtures train once per file)
+# the suite without the slow lane: at most 10 minutes on 2 cores; two workers, one test file
+# each at a time (module fixtures train once per file)
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
-
-# the fast lane while you work: unit tests, no end-to-end runs of train.py (a few minutes)
-test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+# the slow lane: end-to-end runs of train.py, export, search and minutes of training (CI runs
+# it after `make test`)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m slow tests
+
+# the fast lane while you work: no end-to-end runs, no unit test that trains whole models
+# (at most 3 minutes)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not trains" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

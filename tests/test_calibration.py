@@ -11,6 +11,8 @@ from quantens.calibration import choose_clip
 from quantens.errors import ConfigError, DataError, UsageError
 from quantens.quantizers import ClipActivation, PACTActivation
 
+pytestmark = pytest.mark.trains  # trains or traces whole models: not in `make test-fast`
+
 L = tf.keras.layers
 
 
@@ -241,6 +243,7 @@ def test_the_float_original_as_teacher_gives_the_hand_computed_kd_term(trained_f
     assert hand > 0.01  # the low-bit members differ from the original: a real term
 
 
+@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_a_converted_model_fine_tuned_from_the_float_original_trains_without_nan(
         trained_floats):
     """The MobileNetV2-shaped model, calibrated, then 2 epochs with the original as teacher:

@@ -19,6 +19,8 @@ from quantens import export, registry
 from quantens.convert import supported_layers
 from quantens.layers import QuantConv1D
 
+pytestmark = pytest.mark.trains  # trains or traces whole models: not in `make test-fast`
+
 BITS = (32, 8, 4, 2, 1)
 L = tf.keras.layers
 LENGTH, CHANNELS, CLASSES = 32, 3, 3

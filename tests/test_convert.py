@@ -21,6 +21,8 @@ from quantens.layers import (
 )
 from quantens.quantizers import NarrowRangeWeights, RangeRoundActivation
 
+pytestmark = pytest.mark.trains  # trains or traces whole models: not in `make test-fast`
+
 BITS = (32, 8, 4, 2, 1)
 L = tf.keras.layers
 KERNEL_TYPES = {

@@ -20,6 +20,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.trains  # every example of the library: not in `make test-fast`
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("quantens", "zoo")
 MIN_EXAMPLES = 40

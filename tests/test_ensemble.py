@@ -11,6 +11,8 @@ from conftest import ROOT, run_script, tiny_model
 
 import quantens
 
+pytestmark = pytest.mark.trains  # trains or traces whole models: not in `make test-fast`
+
 BITS = (32, 8, 4, 2, 1)
 
 

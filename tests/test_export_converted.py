@@ -19,6 +19,8 @@ import quantens
 from quantens import export
 from quantens.errors import ConfigError, ExportError
 
+pytestmark = pytest.mark.trains  # trains or traces whole models: not in `make test-fast`
+
 BITS = (32, 8, 4, 2, 1)
 L = tf.keras.layers
 EPOCHS = 12
@@ -177,6 +179,7 @@ def test_one_bit_member_binarizes_the_convs_that_read_1_bit_activations(exported
     assert member["fidelity"]["agreement"] >= 0.99, member["fidelity"]
 
 
+@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_keras_mobilenet_v2_exports_every_member(tmp_path):
     """keras.applications' MobileNetV2 (alpha 0.35, 32x32): float and LCE files equal
     their Keras members, the int8 file has int8 depthwise convolutions."""

@@ -78,7 +78,7 @@ def _forms(x, y):
 # ------------------------------------------------------------ calibration, property-style
 
 
-@pytest.mark.parametrize("draw", range(3))
+@pytest.mark.parametrize("draw", range(2))
 def test_calibration_of_finite_data_in_any_accepted_form_keeps_members_finite(ensemble, draw):
     rng = np.random.default_rng(draw)
     scale = 10.0 ** rng.uniform(-3, 3)  # from near-constant inputs to large ones
