@@ -249,9 +249,12 @@ def check_number(value, where: str, argument: str, positive: bool = False,
     return float(value)
 
 
-def check_per_member(values, bit_widths, where: str, argument: str,
+def check_per_member(values, bit_widths, where: str, argument: str | None,
                      positive: bool = False) -> dict[int, float]:
     """`{bits: number}` of members checked (None: {}), or a UsageError naming `argument`.
+
+    The library's and the command line's one check of per-member values
+    (`--kd-weights 1:2` is `where="--kd-weights"`, `argument=None`).
 
     ```python
     from quantens.checks import check_per_member
@@ -259,11 +262,12 @@ def check_per_member(values, bit_widths, where: str, argument: str,
     assert check_per_member({"1": 2}, (32, 1), "f", "weights") == {1: 2.0}
     ```
     """
+    subject = f"{where}: {argument}" if argument else where
     if values is None:
         return {}
     if not isinstance(values, Mapping):
         raise UsageError(
-            f"{where}: {argument} must be a dict {{bits: value}}, e.g. {{1: 2.0}}, "
+            f"{subject} must be a dict {{bits: value}}, e.g. {{1: 2.0}}, "
             f"got {type(values).__name__}"
         )
     checked = {}
@@ -271,8 +275,9 @@ def check_per_member(values, bit_widths, where: str, argument: str,
         key = member_key(b)
         if key not in bit_widths:
             raise UsageError(
-                f"{where}: {argument} names bit-widths [{b!r}] that are not members "
+                f"{subject} names bit-widths [{b!r}] that are not members "
                 f"({' '.join(map(str, bit_widths))}): give values only for members"
             )
-        checked[key] = check_number(v, where, f"{argument}[{key}]", positive)
+        checked[key] = check_number(v, where, f"{argument}[{key}]" if argument else
+                                    f"the value for {key} bits", positive)
     return checked

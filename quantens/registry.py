@@ -2,7 +2,8 @@
 
 Each row (`register_layer`) names a float Keras layer class, the switchable
 quantens layer that replaces it (one kernel for every member, see
-`quantens.layers`), the switchable layer's kernel quantizer arguments, and an
+`quantens.layers`), the switchable layer's kernel quantizer arguments (read
+from the switchable class itself: named once, there), and an
 export hook that describes the member's layer as export steps
 (`quantens.export.steps`). Every reader uses this table:
 `quantens.quantize_model` (which layers it converts, into what, and the
@@ -142,10 +143,14 @@ class LayerEntry:
 _ENTRIES: dict[type, LayerEntry] = {}
 
 
-def register_layer(float_class: type, switchable_class: type, *, kernels: tuple[str, ...],
-                   export: ExportHook, role: str = CONV, exact: bool = True,
-                   replace: bool = False) -> LayerEntry:
+def register_layer(float_class: type, switchable_class: type, *, export: ExportHook,
+                   kernels: tuple[str, ...] | None = None, role: str = CONV,
+                   exact: bool = True, replace: bool = False) -> LayerEntry:
     """Adds a layer kind to the table (see `LayerEntry` for the arguments).
+
+    `kernels` defaults to the switchable class's own list of kernel quantizer
+    arguments (its `_QUANTIZER_KEYS`, the one home of that fact); given, it
+    must name the same arguments.
 
     Raises `UsageError` (a ValueError, one line) for a class registered
     already (unless `replace`), a switchable class that is not a subclass of
@@ -163,7 +168,10 @@ def register_layer(float_class: type, switchable_class: type, *, kernels: tuple[
             f"subclass {float_class.__name__} and be a quantens switchable layer "
             "(fixed_layer, fixed_weights, fixed_class)"
         )
-    if isinstance(kernels, (str, bytes)) or not isinstance(kernels, Iterable):
+    own = tuple(getattr(switchable_class, "_QUANTIZER_KEYS", ()) or ())
+    if kernels is None:
+        kernels = own
+    elif isinstance(kernels, (str, bytes)) or not isinstance(kernels, Iterable):
         raise UsageError(
             f"register_layer: kernels must be a sequence of kernel quantizer argument names, "
             f"e.g. ({kernels!r},), got {type(kernels).__name__} {kernels!r}"
@@ -172,6 +180,11 @@ def register_layer(float_class: type, switchable_class: type, *, kernels: tuple[
     if not kernels or not all(isinstance(k, str) and k.isidentifier() for k in kernels):
         raise UsageError("register_layer: kernels must name the kernel quantizer arguments, "
                          f"e.g. ('kernel_quantizer',), got {kernels!r}")
+    if own and kernels != own:
+        raise UsageError(
+            f"register_layer: kernels {kernels!r} differ from {switchable_class.__name__}'s "
+            f"kernel quantizer arguments {own!r}: leave kernels out (they come from the class)"
+        )
     if not callable(export):
         raise UsageError(f"register_layer: export must be a function (layer, build) -> steps, "
                          f"got {type(export).__name__}")
@@ -249,14 +262,10 @@ def _dense(layer, build: LayerBuild) -> list:
     return [build.linear(DenseStep, build.kernel())]
 
 
-register_layer(tf.keras.layers.Conv2D, QuantConv2D, kernels=("kernel_quantizer",),
-               export=_conv2d)
-register_layer(tf.keras.layers.DepthwiseConv2D, QuantDepthwiseConv2D,
-               kernels=("depthwise_quantizer",), export=_depthwise_conv2d)
-register_layer(tf.keras.layers.SeparableConv2D, QuantSeparableConv2D,
-               kernels=("depthwise_quantizer", "pointwise_quantizer"), export=_separable_conv2d)
-register_layer(tf.keras.layers.Dense, QuantDense, kernels=("kernel_quantizer",),
-               export=_dense, role=DENSE, exact=False)
+register_layer(tf.keras.layers.Conv2D, QuantConv2D, export=_conv2d)
+register_layer(tf.keras.layers.DepthwiseConv2D, QuantDepthwiseConv2D, export=_depthwise_conv2d)
+register_layer(tf.keras.layers.SeparableConv2D, QuantSeparableConv2D, export=_separable_conv2d)
+register_layer(tf.keras.layers.Dense, QuantDense, export=_dense, role=DENSE, exact=False)
 
 
 def _conv1d(layer, build: LayerBuild) -> list:
@@ -285,5 +294,4 @@ def _conv1d(layer, build: LayerBuild) -> list:
     return [view, conv, back]
 
 
-register_layer(tf.keras.layers.Conv1D, QuantConv1D, kernels=("kernel_quantizer",),
-               export=_conv1d)
+register_layer(tf.keras.layers.Conv1D, QuantConv1D, export=_conv1d)

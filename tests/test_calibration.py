@@ -243,7 +243,6 @@ def test_the_float_original_as_teacher_gives_the_hand_computed_kd_term(trained_f
     assert hand > 0.01  # the low-bit members differ from the original: a real term
 
 
-@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_a_converted_model_fine_tuned_from_the_float_original_trains_without_nan(
         trained_floats):
     """The MobileNetV2-shaped model, calibrated, then 2 epochs with the original as teacher:

@@ -267,11 +267,13 @@ def test_python_forms_keep_their_program_names(tmp_path):
 
 
 RECIPE_BAD = [
-    (["--kd-mode", "progressive", "--kd-weights", "2:1.0"], "--kd-weights: 2 bits is not a member"),
+    (["--kd-mode", "progressive", "--kd-weights", "2:1.0"], "--kd-weights names bit-widths [2] that are not members"),
     (["--kd-mode", "progressive", "--kd-weights", "1"], "is not BITS:VALUE"),
-    (["--kd-mode", "progressive", "--kd-temperatures", "1:0"], "must be a positive number"),
+    (["--kd-mode", "progressive", "--kd-temperatures", "1:0"],
+     "--kd-temperatures: the value for 1 bits must be a finite number > 0"),
     (["--kd-mode", "progressive", "--kd-weights", "1:1", "1:2"], "1 bits is given twice"),
-    (["--member-loss-weights", "1:-1"], "must be a non-negative number"),
+    (["--member-loss-weights", "1:-1"],
+     "--member-loss-weights: the value for 1 bits must be a finite number >= 0"),
     (["--kd-mode", "progressive", "--kd-warmup-epochs", "-1"], "--kd-warmup-epochs"),
     (["--kd-weights", "1:2"], "choose a --kd-mode"),
     (["--kd-mode", "progressive", "--kd-warmup-epochs", "30"], "leaves no epoch"),

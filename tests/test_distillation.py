@@ -365,7 +365,6 @@ def test_member_loss_weights_scale_each_cross_entropy_in_the_total(batch):
     np.testing.assert_allclose(float(total), by_hand, rtol=1e-5)
 
 
-@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_two_stage_trains_fp_weights_then_the_ensemble_teacher_from_it(tmp_path, tfds_dir):
     """`train.py --two-stage`: stage1 with --fp-weights, stage2 from stage1's weights with
     them as ensemble teacher (KD on: kd_loss in its history)."""

@@ -179,7 +179,6 @@ def test_one_bit_member_binarizes_the_convs_that_read_1_bit_activations(exported
     assert member["fidelity"]["agreement"] >= 0.99, member["fidelity"]
 
 
-@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_keras_mobilenet_v2_exports_every_member(tmp_path):
     """keras.applications' MobileNetV2 (alpha 0.35, 32x32): float and LCE files equal
     their Keras members, the int8 file has int8 depthwise convolutions."""

@@ -163,3 +163,18 @@ def test_register_layer_refuses_what_would_break_the_table():
                                 kernels=("kernel_quantizer",), export=conv1d.export,
                                 role="pooling", replace=True)
     assert registry.layer_entry_for(tf.keras.layers.Conv1D(2, 3)) is conv1d
+
+
+def test_a_layer_kinds_kernel_quantizers_are_named_once_by_its_switchable_class():
+    from quantens import registry
+    from quantens.layers import QuantConv1D
+
+    for entry in registry.registered_layers():  # derived, never written twice
+        assert entry.kernels == entry.switchable_class._QUANTIZER_KEYS, entry.name
+    conv1d = registry.layer_entry_for(tf.keras.layers.Conv1D(2, 3))
+    with pytest.raises(ValueError, match=r"kernels \('depthwise_quantizer',\) differ from "
+                                         r"QuantConv1D's kernel quantizer arguments"):
+        registry.register_layer(tf.keras.layers.Conv1D, QuantConv1D,
+                                kernels=("depthwise_quantizer",), export=conv1d.export,
+                                replace=True)
+    assert registry.layer_entry_for(tf.keras.layers.Conv1D(2, 3)) is conv1d

@@ -146,7 +146,6 @@ REPLICAS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_two_cpu_replicas_sequential_equals_joint():
     result = subprocess.run([sys.executable, "-c", REPLICAS], cwd=ROOT, capture_output=True,
                             text=True, timeout=600,
@@ -182,7 +181,6 @@ MEMORY = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_peak_memory_grows_with_members_when_joint_and_stays_flat_when_sequential():
     """The TensorFlow allocator's peak of one step of batch 128 over what it held before.
 
@@ -239,7 +237,6 @@ SEED_EXAMPLE_3 = ["--width", "4", "--epochs", "2", "--test-run", "--bit-widths",
                   "--mode", "imperative"]  # eager: two steps cost less than tracing them
 
 
-@pytest.mark.slow  # minutes of training or a traced multi-replica run
 def test_train_py_gives_the_same_run_in_both_modes(tmp_path, argv=SEED_EXAMPLE_3):
     import csv
     import json

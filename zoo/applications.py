@@ -70,7 +70,7 @@ import warnings
 import tensorflow as tf
 
 import quantens
-from quantens import defaults
+from quantens import defaults, keras_graph
 from quantens.checks import check_model_io
 from quantens.convert import SoftmaxRemovedWarning, logits_model
 from quantens.errors import (
@@ -639,7 +639,7 @@ def load_float_model(path: str, input_shape=None, num_classes: int | None = None
             f"{path} holds a {type(model).__name__}, not a model: save the float model "
             "(a functional or Sequential tf.keras.Model) with model.save(path)"
         )
-    if not getattr(model, "_is_graph_network", False):
+    if not keras_graph.is_graph_network(model):
         raise ConfigError(
             f"{path} holds a subclassed model: quantize_model needs a functional or "
             "Sequential model"

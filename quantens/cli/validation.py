@@ -15,6 +15,7 @@ import re
 
 from quantens import defaults
 from quantens.bits import validate_bit_widths
+from quantens.checks import check_per_member
 from quantens.cli.flags import DEFAULTS, bits_value
 from quantens.defaults import KD_TEACHER_MODES
 from quantens.errors import UsageError, one_line
@@ -462,18 +463,10 @@ def _per_member(args: argparse.Namespace, flag: str) -> list | None:
             bits, value = int(pair[0]), float(pair[1])
         except (TypeError, ValueError, IndexError, argparse.ArgumentTypeError):
             raise UsageError(f"{name}: {pair!r} is not BITS:VALUE") from None
-        if bits not in args.bit_widths:
-            raise UsageError(
-                f"{name}: {bits} bits is not a member (--bit-widths "
-                f"{' '.join(map(str, args.bit_widths))})"
-            )
         if bits in checked:
             raise UsageError(f"{name}: {bits} bits is given twice")
-        positive = flag == "kd_temperatures"
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise UsageError(
-                f"{name}: the value for {bits} bits must be a "
-                f"{'positive' if positive else 'non-negative'} number, got {value}"
-            )
         checked[bits] = value
+    # members and values: the library's check (quantens.checks), in the flag's name
+    checked = check_per_member(checked, args.bit_widths, name, None,
+                               positive=flag == "kd_temperatures")
     return [[b, v] for b, v in checked.items()]
