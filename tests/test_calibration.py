@@ -80,6 +80,9 @@ def test_the_least_squares_clip_value_of_uniform_inputs_is_the_hand_computed_one
 def test_percentile_clip_values_caps_and_dead_activations():
     x = np.concatenate([-np.ones(500), np.arange(1, 10001, dtype=float)])  # 1 ... 10000
     assert choose_clip(x, 8, method="percentile", percentile=99.0) == pytest.approx(9900.01)
+    # the documented default: the 99.99th percentile of the positive values (linear
+    # interpolation between order statistics 9999 and 10000 of 1 ... 10000)
+    assert choose_clip(x, 8, method="percentile") == pytest.approx(9999.0001)
     assert choose_clip(x, 8, cap=6.0) == 6.0  # an 8-bit grid wants the whole range, up to the cap
     assert choose_clip(-np.ones(10), 4) is None  # nothing positive: keep what it has
     with pytest.raises(ValueError, match="unknown calibration method 'max'"):

@@ -387,7 +387,7 @@ def test_one_bit_lce_file_is_binary_and_int8_and_no_larger_than_the_8_bit_file(
     assert one["ops"]["LceBconv2d"] == 5 and one["ops"]["DEQUANTIZE"] == 8
     fid = one["fidelity"]
     assert fid["agreement"] >= 0.95 and fid["differing_examples"] <= 1, fid
-    assert fid["max_abs_logit_diff"] < 1e-3, fid
+    assert fid["max_abs_logit_diff"] < 1e-4, fid  # measured 2e-6: as tight as float32
     # the same member with a float32 remainder: the 1-bit file was the larger one
     floats = export.convert(ensemble.member(1), 1, lce_int8="none")[0]
     assert len(floats) > eight["bytes"] and len(floats) > 1.3 * one["bytes"]
