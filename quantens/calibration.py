@@ -198,7 +198,7 @@ def check_calibratable(model: tf.keras.Model, bit_widths) -> None:
         f"model {model.name!r} has no clip value to calibrate for members "
         f"{' '.join(map(str, low))}: its activations have ranges learned in training (no "
         "ClipActivation follows those members), and calibration would only overwrite the BN "
-        "statistics trained with them; calibrate converts of float models "
+        "statistics trained with them; calibrate converted float models "
         "(quantens.quantize_model), or leave calibration out"
     )
 
