@@ -1,8 +1,9 @@
 """The command line: the seed's flags of `train.py`, same names and meanings, and the entry points.
 
-The command-line layer is the only code that parses flags, prints
-`prog: error: ...` and exits: `quantens.cli.train` (train.py), `quantens.cli.export`
-(`python -m quantens.export`), `quantens.cli.report` (`python -m quantens.report`).
+With the zoo's two commands (`zoo.evaluate`, `zoo.pretrained`), the command-line
+layer is the only code that parses flags, prints `prog: error: ...` and exits:
+`quantens.cli.train` (train.py), `quantens.cli.export` (`python -m quantens.export`),
+`quantens.cli.report` (`python -m quantens.report`).
 `pip install` puts them on PATH as `quantens-train`, `quantens-export` and
 `quantens-report` (with `quantens-evaluate`, `zoo.evaluate`); started that way
 they name themselves so in usage and error lines (`program_name`).
