@@ -300,3 +300,20 @@ def test_a_keras_applications_teacher_gets_back_the_rgb_pixels_of_any_preprocess
         np.testing.assert_allclose(
             preprocessed, tf.keras.applications.imagenet_utils.preprocess_input(
                 pixels.copy(), mode="caffe"), atol=1e-3, err_msg=name)
+
+
+def test_publish_refuses_a_run_trained_on_other_inputs_and_writes_nothing(tmp_path):
+    """The registry's tags take standardised images: a run on other inputs is no tag."""
+    from quantens.results import write_json
+    from zoo.evaluate import publish
+
+    run, weights_dir = tmp_path / "run", tmp_path / "weights"
+    run.mkdir()
+    write_json(str(run / "config.json"), {
+        "model": "digits_resnet_e", "bit_widths": [32, 1], "dataset": "digits",
+        "input_shape": [8, 8, 1], "num_classes": 10, "input_preprocessing": "unit"})
+    with pytest.raises(ValueError, match="trained with --input-preprocessing unit; the "
+                                         "registry's tags take standardized inputs"):
+        publish(str(run), "digits_resnet_e", "unit_inputs", command="(a test)",
+                weights_dir=str(weights_dir))
+    assert not weights_dir.exists()
