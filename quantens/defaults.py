@@ -80,6 +80,8 @@ round, det_sign) or pact (`PACTActivation`, a learned clip value per member)."""
 ACTIVATION_METHOD = "round"
 """The default of `--activation-method`."""
 CALIBRATION_METHODS = ("mse", "percentile")
+CALIBRATION = "mse"
+"""`--calibration`'s default: how a converted model's members are calibrated."""
 """How `quantens.calibrate` chooses a member's clip value: least squared error, or a percentile."""
 CLIP_THRESHOLD = 1.3
 """Activation gradients are cancelled where |x| exceeds it (the seed's examples)."""
@@ -150,6 +152,9 @@ DERIVED_KEYS = ("input_shape", "num_classes")
 # -------------------------------------------------------------------- data
 DATASET = "digits"
 AUGMENTATIONS = ("low", "medium", "high")
+AUGMENTATION = "medium"
+BATCH_SIZE = 64
+"""`--batch-size`: per device."""
 
 INPUT_PREPROCESSINGS = ("standardized", "none", "unit", "symmetric", "caffe", "torch")
 """`--input-preprocessing`: what a model is fed in place of the pixels x in [0, 255]:
@@ -166,6 +171,17 @@ OPTIMIZERS = ("radam", "adam", "sgd", "nag")
 
 LR_MODES = ("cosine", "step", "poly", "constant")
 """The modes `quantens.optimizers.make_schedule` accepts (`--lr-mode`)."""
+
+OPTIMIZER = "adam"
+LR = 0.005
+LR_MODE = "cosine"
+LR_FACTOR = 0.1
+MOMENTUM = 0.9
+EPOCHS = 30
+WEIGHT_DECAY = 0.0
+SEED = 0
+"""The defaults of `--optimizer`, `--lr`, `--lr-mode`, `--lr-factor`, `--momentum`,
+`--epochs`, `--wd` and `--seed` (and of `quantens.run.ScheduleSettings`)."""
 
 MODES = ("hybrid", "symbolic", "imperative")
 DTYPES = ("float32", "float16", "bfloat16")

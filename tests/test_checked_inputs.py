@@ -162,7 +162,7 @@ def test_a_kd_warmup_that_covers_every_step_is_refused_and_nothing_is_written(tm
     # 1.6 epochs of warm-up in 2 epochs of one step each: round(1.6) = 2 steps, all of them
     one_line(train_cli.main, [*SMALL, "--epochs", "2", "--kd-mode", "progressive",
                               "--kd-warmup-epochs", "1.6", "--result-path", str(tmp_path / "r")],
-             capsys, 2, "--kd-warmup-epochs 1.6 covers all 2 training steps")
+             capsys, 2, "--kd-warmup-epochs 1.6: the distillation warm-up covers all 2 training steps")
     assert os.listdir(tmp_path) == []
 
 

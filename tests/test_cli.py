@@ -276,7 +276,7 @@ RECIPE_BAD = [
      "--member-loss-weights: the value for 1 bits must be a finite number >= 0"),
     (["--kd-mode", "progressive", "--kd-warmup-epochs", "-1"], "--kd-warmup-epochs"),
     (["--kd-weights", "1:2"], "choose a --kd-mode"),
-    (["--kd-mode", "progressive", "--kd-warmup-epochs", "30"], "leaves no epoch"),
+    (["--kd-mode", "progressive", "--kd-warmup-epochs", "30"], "covers all 30 training epochs"),
     (["--tune-objective", "16"], "--tune-objective must be"),
 ]
 

@@ -111,9 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(error))
 
 
-def config_dict(args: argparse.Namespace) -> dict:
+def config_dict(args: argparse.Namespace | dict) -> dict:
     """Every resolved flag, JSON-serialisable (written to config.json)."""
-    return json.loads(json.dumps(vars(args), default=list))
+    flags = args if isinstance(args, dict) else vars(args)
+    return json.loads(json.dumps(flags, default=list))
 
 
 def legacy_model(config: dict, bit_widths=None):

@@ -161,7 +161,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=None,
                    help="width multiplier of mobilenet_v2 and keras:MobileNet* models, e.g. "
                    "0.35 (default: the model's own, 1.0)")
-    g.add_argument("--calibration", default="mse", choices=(*defaults.CALIBRATION_METHODS, "none"),
+    g.add_argument("--calibration", default=defaults.CALIBRATION, choices=(*defaults.CALIBRATION_METHODS, "none"),
                    help="how a converted model (mobilenet_v2, resnet50, keras:NAME, a saved "
                    "model) fits each member's activation clip values and BN statistics to the "
                    "training split before the first epoch: mse (least squared error), "
@@ -192,7 +192,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    help="for datasets without a validation split (mnist, cifar): hold out "
                    "this seeded fraction of train for validation (default: validate on the "
                    "test split, as the seed did; the report then says so)")
-    g.add_argument("--augmentation", default="medium", choices=defaults.AUGMENTATIONS,
+    g.add_argument("--augmentation", default=defaults.AUGMENTATION, choices=defaults.AUGMENTATIONS,
                    help="strength of training augmentation")
     g.add_argument("--input-preprocessing", default=None, choices=defaults.INPUT_PREPROCESSINGS,
                    help="what the model is fed in place of the pixels x in [0, 255]: "
@@ -205,25 +205,25 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     """The "training" flags: epochs, optimizer, schedule, seed and run modes."""
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=30, help="number of training epochs")
-    g.add_argument("--batch-size", type=int, default=64, help="batch size per device")
-    g.add_argument("--optimizer", default="adam", choices=OPTIMIZERS,
+    g.add_argument("--epochs", type=int, default=defaults.EPOCHS, help="number of training epochs")
+    g.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="batch size per device")
+    g.add_argument("--optimizer", default=defaults.OPTIMIZER, choices=OPTIMIZERS,
                    help="optimizer of the ensemble's weights")
-    g.add_argument("--lr", type=float, default=0.005, help="learning rate")
-    g.add_argument("--lr-mode", default="cosine", choices=LR_MODES,
+    g.add_argument("--lr", type=float, default=defaults.LR, help="learning rate")
+    g.add_argument("--lr-mode", default=defaults.LR_MODE, choices=LR_MODES,
                    help="learning-rate schedule over the epochs (after the warmup)")
     g.add_argument("--lr-steps", type=str, default="30,60,90",
                    help="epochs at which --lr-mode step multiplies the lr by --lr-factor")
-    g.add_argument("--lr-factor", type=float, default=0.1,
+    g.add_argument("--lr-factor", type=float, default=defaults.LR_FACTOR,
                    help="factor of each --lr-steps step, in (0, 1]")
     g.add_argument("--warmup-epochs", type=float, default=0.0,
                    help="epochs of linear warmup from 0 to --lr (may be fractional)")
-    g.add_argument("--momentum", type=float, default=0.9, help="for sgd and nag")
-    g.add_argument("--wd", type=float, default=0.0,
+    g.add_argument("--momentum", type=float, default=defaults.MOMENTUM, help="for sgd and nag")
+    g.add_argument("--wd", type=float, default=defaults.WEIGHT_DECAY,
                    help="weight decay of the full-precision weights (stem, classifier, "
                    "BN, full-precision shortcuts); quantized kernels get none, as in "
                    "BMXNet (wd_mult 0)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=int, default=defaults.SEED,
                    help="random seed (initial weights, data order)")
     g.add_argument("--mode", default="hybrid", choices=defaults.MODES,
                    help="hybrid/symbolic: graph (tf.function); imperative: eager")

@@ -18,6 +18,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from quantens import cli, defaults  # noqa: E402  (sets TF_USE_LEGACY_KERAS first)
+from quantens.cli.description import RunDescription, RuntimeSettings, describe  # noqa: E402
 from quantens.errors import (  # noqa: E402
     ConfigError,
     DataError,
@@ -65,29 +66,22 @@ def _summarise_members(model, bit_widths) -> None:
             lq.models.summary(model)
 
 
-def _setup(args):
+def _setup(runtime: RuntimeSettings):
     """Devices, seeds and dtype; before TensorFlow runs its first operation."""
     import tensorflow as tf
 
     from quantens import distribute
 
-    strategy = distribute.strategy_from_flags(args.gpus, args.cpu_replicas)
-    if args.deterministic:
+    strategy = distribute.strategy_from_flags(runtime.gpus, runtime.cpu_replicas)
+    if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
-    tf.keras.utils.set_random_seed(args.seed)
-    if args.dtype != "float32":
-        tf.keras.mixed_precision.set_global_policy(f"mixed_{args.dtype}")
+    tf.keras.utils.set_random_seed(runtime.seed)
+    if runtime.dtype != "float32":
+        tf.keras.mixed_precision.set_global_policy(f"mixed_{runtime.dtype}")
     return strategy
 
 
-def _steps(dataset, fallback: int) -> int:
-    import tensorflow as tf
-
-    n = int(dataset.cardinality())
-    return n if n > 0 and n != tf.data.INFINITE_CARDINALITY else fallback
-
-
-def _teacher_flags(args) -> dict:
+def _teacher_flags(d: RunDescription) -> dict:
     """Flags of the ensemble teacher: its run's config.json beside the weights, if any.
 
     A first stage trained with --fp-weights is rebuilt with full-precision
@@ -95,105 +89,97 @@ def _teacher_flags(args) -> dict:
     """
     import json
 
-    config = ResultDir(os.path.dirname(os.path.abspath(args.teacher_params))).config
-    flags = dict(vars(args))
+    config = ResultDir(os.path.dirname(os.path.abspath(d.teacher.params))).config
+    flags = dict(d.flags)
     if os.path.isfile(config):
         with open(config, encoding="utf-8") as f:
             flags.update({k: v for k, v in json.load(f).items() if k in cli.ARCHITECTURE_FLAGS})
     return flags
 
 
-def _build_distillation(args, spec, steps_per_epoch):
-    """The Distillation of the KD flags (None when there is nothing to distil)."""
-    from quantens.distillation import Distillation
+def _kd_warmup_steps(d: RunDescription, steps_per_epoch: int) -> int:
+    """The library's warm-up check (`quantens.run.kd_warmup_steps`) in the flag's words."""
+    from quantens import run as recipe
 
-    kd = _kd_settings(args, steps_per_epoch)
-    if args.ensemble_teacher:
-        return Distillation(args.bit_widths, args.kd_mode, _ensemble_teacher(args, spec),
-                            "ensemble", **kd)
-    if getattr(args, "float_teacher", False):
+    try:
+        return recipe.kd_warmup_steps(d.distillation, d.schedule.epochs, steps_per_epoch)
+    except ConfigError as error:
+        raise UsageError(
+            f"--kd-warmup-epochs {d.distillation.warmup_epochs:g}: {error}"
+        ) from error
+
+
+def _build_distillation(d: RunDescription, spec, steps_per_epoch: int):
+    """The Distillation of the KD flags (None when there is nothing to distil)."""
+    from quantens import run as recipe
+
+    _kd_warmup_steps(d, steps_per_epoch)  # before a teacher is built
+    if d.teacher.ensemble:
+        teacher, mode = _ensemble_teacher(d, spec), defaults.ENSEMBLE_TEACHER
+    elif d.teacher.float_teacher:
         from zoo.applications import float_teacher
 
-        teacher = float_teacher(args.model, spec.input_shape, spec.num_classes)
-        return Distillation(args.bit_widths, args.kd_mode, teacher, "pretrained_external", **kd)
-    if args.kd_teacher_mode == "none":
-        if args.kd_mode == "none":
+        teacher = float_teacher(d.model.name, spec.input_shape, spec.num_classes)
+        mode = "pretrained_external"
+    elif d.teacher.mode == "none":
+        if d.distillation.mode == "none":
             return None
-        return Distillation(args.bit_widths, args.kd_mode, None, "none", **kd)
-    return _external_teacher_distillation(args, spec, steps_per_epoch, kd)
+        teacher, mode = None, "none"
+    else:
+        return _external_teacher_distillation(d, spec, steps_per_epoch)
+    return recipe.distillation(teacher, d.ensemble.bit_widths, d.distillation,
+                               epochs=d.schedule.epochs, steps_per_epoch=steps_per_epoch,
+                               teacher_mode=mode)
 
 
-def _kd_settings(args, steps_per_epoch: int) -> dict:
-    """The Distillation keywords of the KD flags (temperatures, weights, warm-up steps)."""
-    warmup_steps = round(args.kd_warmup_epochs * steps_per_epoch)
-    if warmup_steps and warmup_steps >= args.epochs * steps_per_epoch:
-        raise UsageError(
-            f"--kd-warmup-epochs {args.kd_warmup_epochs:g} covers all {warmup_steps} training "
-            f"steps ({steps_per_epoch} per epoch): no step would distil; choose fewer warm-up "
-            "epochs"
-        )
-    return dict(
-        temperature=args.kd_temperature, weight=args.kd_weight,
-        attention_weight=args.kd_attention_weight,
-        warmup_steps=warmup_steps,
-        student_weights=dict(args.kd_weights or []),
-        student_temperatures=dict(args.kd_temperatures or []),
-    )
-
-
-def _ensemble_teacher(args, spec):
+def _ensemble_teacher(d: RunDescription, spec):
     """--ensemble-teacher: the first stage's ensemble, rebuilt from its flags, its weights
     loaded from --teacher-params."""
     import zoo
     from quantens import results
 
-    flags = _teacher_flags(args)
-    if list(flags["bit_widths"]) != list(args.bit_widths):
+    flags = _teacher_flags(d)
+    if list(flags["bit_widths"]) != list(d.ensemble.bit_widths):
         raise UsageError(
-            f"--teacher-params {args.teacher_params}: the teacher ensemble has bit-widths "
-            f"{flags['bit_widths']}, this run {list(args.bit_widths)}; they must match"
+            f"--teacher-params {d.teacher.params}: the teacher ensemble has bit-widths "
+            f"{flags['bit_widths']}, this run {list(d.ensemble.bit_widths)}; they must match"
         )
     teacher = zoo.create_model_from_flags(flags, spec.input_shape, spec.num_classes)
     try:
-        results.load_weights(teacher, args.teacher_params)
+        results.load_weights(teacher, d.teacher.params)
     except Exception as error:
         raise WeightsError(
-            f"--teacher-params {args.teacher_params}: cannot load it as a {args.model} "
+            f"--teacher-params {d.teacher.params}: cannot load it as a {d.model.name} "
             f"ensemble ({one_line(error)})"
         ) from error
     return teacher
 
 
-def _external_teacher_distillation(args, spec, steps_per_epoch: int, kd: dict):
+def _external_teacher_distillation(d: RunDescription, spec, steps_per_epoch: int):
     """--teacher with --kd-teacher-mode pretrained_external (frozen) or untrained_external
     (trained alongside with the --teacher-* optimizer and schedule)."""
     import zoo
-    from quantens import data, optimizers
-    from quantens.distillation import Distillation
+    from quantens import data
+    from quantens import run as recipe
 
-    weights = args.teacher_params
-    if weights is None and args.kd_teacher_mode == "pretrained_external":
+    weights = d.teacher.params
+    if weights is None and d.teacher.mode == "pretrained_external":
         weights = "pretrained"
     # what a keras.applications teacher undoes to get back to the pixels
-    mean, std, bgr = data.preprocessing_mean_std(args.input_preprocessing, spec)
+    mean, std, bgr = data.preprocessing_mean_std(d.data.input_preprocessing, spec)
     try:
         teacher = zoo.create_teacher(
-            args.teacher, spec.input_shape, spec.num_classes, weights, mean, std, bgr=bgr
+            d.teacher.name, spec.input_shape, spec.num_classes, weights, mean, std, bgr=bgr
         )
     except TeacherError as error:
-        raise TeacherError(f"--teacher {args.teacher}: {error}") from error
-    teacher_optimizer = None
-    if args.kd_teacher_mode == "untrained_external":
-        schedule = optimizers.make_schedule(
-            args.teacher_lr_mode, args.teacher_lr, args.epochs, steps_per_epoch,
-            lr_steps=args.lr_steps, lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs,
-        )
-        teacher_optimizer = optimizers.make_optimizer(
-            args.teacher_optimizer, schedule, momentum=args.teacher_momentum
-        )
-    return Distillation(
-        args.bit_widths, args.kd_mode, teacher, args.kd_teacher_mode,
-        teacher_optimizer=teacher_optimizer, teacher_weight_decay=args.teacher_wd, **kd,
+        raise TeacherError(f"--teacher {d.teacher.name}: {error}") from error
+    trained = d.teacher.mode == "untrained_external"
+    return recipe.distillation(
+        teacher, d.ensemble.bit_widths, d.distillation, epochs=d.schedule.epochs,
+        steps_per_epoch=steps_per_epoch, teacher_mode=d.teacher.mode,
+        teacher_optimizer=recipe.make_optimizer(d.teacher.schedule, steps_per_epoch)
+        if trained else None,
+        teacher_weight_decay=d.teacher.weight_decay,
     )
 
 
@@ -203,30 +189,32 @@ def _is_converted(model: str) -> bool:
     return is_converted(model)
 
 
-def _calibrate(ensemble, args, plan, batch_size: int) -> None:
+def _flag_data_error(error: DataError) -> DataError:
+    """The library's "dataset X: ..." in the flag's words ("--dataset X: ...")."""
+    message = str(error)
+    return DataError(f"--{message}") if message.startswith("dataset ") else error
+
+
+def _calibrate(ensemble, d: RunDescription, plan, batch_size: int) -> None:
     """A converted model's members fitted to the training split before the first epoch
-    (`quantens.calibrate`: clip values and BN statistics of every member below 32 bits)."""
-    import quantens
-    from quantens import data
+    (`quantens.run.calibrate_members`: clip values and BN statistics of every member
+    below 32 bits)."""
+    from quantens import run as recipe
     from quantens.calibration import CALIBRATION_EXAMPLES
 
-    low = [b for b in args.bit_widths if b != 32]
+    low = [b for b in d.ensemble.bit_widths if b != defaults.FULL_PRECISION]
     if not low:
         return
-    try:
-        images = data.load(args.dataset, plan.train, batch_size, training=False,
-                           data_dir=args.data_dir, num_workers=args.num_workers,
-                           take_batches=1 if args.test_run else None,
-                           preprocessing=args.input_preprocessing)
-    except Exception as error:  # TFDS raises many kinds; all mean "no data here"
-        raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
     print(f"calibrating members {' '.join(map(str, low))} on up to {CALIBRATION_EXAMPLES} "
-          f"training images ({args.calibration})", flush=True)
-    quantens.calibrate(ensemble, images, low, method=args.calibration,
-                       verbose=1 if sys.stdout.isatty() else 0)
+          f"training images ({d.ensemble.calibration})", flush=True)
+    try:
+        recipe.calibrate_members(ensemble, d.data, plan, method=d.ensemble.calibration,
+                                 batch_size=batch_size, verbose=1 if sys.stdout.isatty() else 0)
+    except DataError as error:
+        raise _flag_data_error(error) from error
 
 
-def _check_float_inputs(args, spec, plan, explicit: bool) -> None:
+def _check_float_inputs(d: RunDescription, spec, plan) -> None:
     """--model PATH: the saved float model's validation accuracy under the stated
     --input-preprocessing and every other one (`quantens.data.check_preprocessing`), printed.
 
@@ -246,21 +234,23 @@ def _check_float_inputs(args, spec, plan, explicit: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SoftmaxRemovedWarning)  # _create_model says so
         try:
-            model = load_float_model(args.model, spec.input_shape, spec.num_classes)
+            model = load_float_model(d.model.name, spec.input_shape, spec.num_classes)
         except (TypeError, ValueError):
             return  # _create_model reports it, in its words
-    examples = args.batch_size if args.test_run else data.COMPARE_MAX_EXAMPLES
+    examples = d.data.batch_size if d.data.take_batches else data.COMPARE_MAX_EXAMPLES
     try:
         check = data.check_preprocessing(
-            model, args.dataset, plan.validation, args.input_preprocessing,
-            data_dir=args.data_dir, batch_size=args.batch_size, max_examples=examples,
+            model, d.data.dataset, plan.validation, d.data.input_preprocessing,
+            data_dir=d.data.data_dir, batch_size=d.data.batch_size, max_examples=examples,
         )
     except DataError:
         raise
     except Exception as error:  # TFDS raises many kinds; all mean "no data here"
-        raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
+        raise DataError(
+            f"--dataset {d.data.dataset}: cannot load it ({one_line(error)})"
+        ) from error
     finally:
-        tf.keras.utils.set_random_seed(args.seed)  # as _setup left it
+        tf.keras.utils.set_random_seed(d.runtime.seed)  # as _setup left it
     others = ", ".join(f"{name} {accuracy:.4f}" for name, accuracy in check.accuracies.items()
                        if name != check.stated)
     print(f"float model: validation accuracy {check.accuracy:.4f} with --input-preprocessing "
@@ -268,10 +258,10 @@ def _check_float_inputs(args, spec, plan, explicit: bool) -> None:
     better = check.better
     if better is None:
         return
-    problem = (f"--model {args.model}: the float model scores {100 * check.accuracy:.1f} % on "
-               f"validation with --input-preprocessing {check.stated} but "
+    problem = (f"--model {d.model.name}: the float model scores {100 * check.accuracy:.1f} % "
+               f"on validation with --input-preprocessing {check.stated} but "
                f"{100 * check.accuracies[better]:.1f} % with {better}")
-    if not explicit:
+    if not d.runtime.explicit_preprocessing:
         raise ConfigError(f"{problem}: it was trained on other inputs; pass "
                           f"--input-preprocessing {better}")
     print(f"warning: {problem}: it was most likely trained on other inputs, and its members "
@@ -279,28 +269,29 @@ def _check_float_inputs(args, spec, plan, explicit: bool) -> None:
           file=sys.stderr, flush=True)
 
 
-def _create_model(args, spec):
+def _create_model(d: RunDescription, spec):
     """The model of the flags; the zoo's notes (a saved model's softmax removed) printed."""
     import warnings
 
     import zoo
     from zoo.applications import SoftmaxRemovedWarning
 
+    name = d.model.name
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SoftmaxRemovedWarning)
         try:
-            model = zoo.create_model_from_flags(vars(args), spec.input_shape, spec.num_classes)
+            model = zoo.create_model_from_flags(d.flags, spec.input_shape, spec.num_classes)
         except (TypeError, ValueError) as error:
             message = one_line(error)
-            if message.startswith(f"{args.model}: "):  # the zoo names the model itself
-                message = message[len(args.model) + 2:]
-            raise ConfigError(f"--model {args.model}: {message}") from error
+            if message.startswith(f"{name}: "):  # the zoo names the model itself
+                message = message[len(name) + 2:]
+            raise ConfigError(f"--model {name}: {message}") from error
     for warning in caught:
         if issubclass(warning.category, SoftmaxRemovedWarning):
             message = str(warning.message)
-            if message.startswith(f"{args.model}: "):
-                message = message[len(args.model) + 2:]
-            print(f"note: --model {args.model}: {message}")
+            if message.startswith(f"{name}: "):
+                message = message[len(name) + 2:]
+            print(f"note: --model {name}: {message}")
         else:  # everything else as Python would have shown it
             warnings.showwarning(warning.message, warning.category, warning.filename,
                                  warning.lineno)
@@ -310,10 +301,12 @@ def _create_model(args, spec):
 def run(args: argparse.Namespace) -> dict:
     """Trains as the validated flags `args` say; returns what metrics.json holds.
 
-    Raises a `quantens.errors.QuantensError` (one line, naming the flag) for
-    input that cannot work; `main` turns it into `train.py: error: ...`. The
-    run owns its result directory (`quantens.locking`) from its first write to
-    its end: the chief the directory, another worker its own subdirectory.
+    The flags become one typed `RunDescription` (`quantens.cli.description`)
+    that every step takes. Raises a `quantens.errors.QuantensError` (one
+    line, naming the flag) for input that cannot work; `main` turns it into
+    `train.py: error: ...`. The run owns its result directory
+    (`quantens.locking`) from its first write to its end: the chief the
+    directory, another worker its own subdirectory.
     """
     import zoo
     from quantens import data
@@ -345,25 +338,15 @@ def run(args: argparse.Namespace) -> dict:
     except ConfigError as error:
         message = str(error).removeprefix(f"{args.model} ")
         raise ConfigError(f"--model {args.model} {message}") from error
-    if args.dry_run:
-        return _run(args, None, spec, plan, explicit)
+    d = describe(args, explicit_preprocessing=explicit)
+    if d.runtime.dry_run:
+        return _run(d, None, spec, plan)
     cluster = read_tf_config()
-    run_dir = ResultDir(args.result_path)
+    run_dir = ResultDir(d.output.result_path)
     chief = cluster is None or not cluster.multi_worker or cluster.is_chief
     out = run_dir if chief else run_dir.worker(cluster.task_index)
     with ResultDirLock(out.root, "train.py"):
-        return _run(args, out, spec, plan, explicit)
-
-
-@dataclasses.dataclass
-class _Data:
-    """The datasets of a run: train (augmented, keyed by `epoch_counter`), validation, test."""
-
-    train: object
-    validation: object
-    test: object
-    epoch_counter: object
-    steps_per_epoch: int
+        return _run(d, out, spec, plan)
 
 
 @dataclasses.dataclass
@@ -375,147 +358,113 @@ class _Callbacks:
     best: object
 
 
-def _run(args: argparse.Namespace, out: ResultDir | None, spec, plan,
-         explicit_preprocessing: bool = True) -> dict:
+def _run(d: RunDescription, out: ResultDir | None, spec, plan) -> dict:
     """One run: (a saved model's inputs checked ->) build data -> build ensemble -> callbacks
     -> fit -> final metrics -> export -> report. `out` is None for --dry-run (which
     summarises the members and stops)."""
-    strategy = _setup(args)
-    if not args.dry_run and defaults.is_model_file(args.model):
-        _check_float_inputs(args, spec, plan, explicit_preprocessing)
-    model = _build_model(args, spec, strategy)
-    _check_calibration(args, model)
-    if args.dry_run:
-        _summarise_members(model, args.bit_widths)
+    strategy = _setup(d.runtime)
+    if not d.runtime.dry_run and d.model.is_file:
+        _check_float_inputs(d, spec, plan)
+    model = _build_model(d, spec, strategy)
+    _check_calibration(d, model)
+    if d.runtime.dry_run:
+        _summarise_members(model, d.ensemble.bit_widths)
         return {}
-    global_batch = args.batch_size * strategy.num_replicas_in_sync
+    global_batch = d.data.batch_size * strategy.num_replicas_in_sync
     started = time.time()
-    datasets = _build_data(args, plan, global_batch)
-    ensemble = _build_ensemble(args, spec, plan, model, strategy, datasets.steps_per_epoch,
+    datasets = _build_data(d, plan, global_batch)
+    ensemble = _build_ensemble(d, spec, plan, model, strategy, datasets.steps_per_epoch,
                                global_batch)
     # The chief writes the result directory; other workers a private one (`run`).
     from quantens import distribute
 
     chief = distribute.is_chief(strategy)
-    run_dir = ResultDir(args.result_path)
-    config, logger = _prepare_result_dir(args, out, run_dir, model)
-    callbacks = _callbacks(args, out, run_dir, model, datasets.epoch_counter, logger,
+    run_dir = ResultDir(d.output.result_path)
+    config, logger = _prepare_result_dir(d, out, run_dir, model, spec)
+    callbacks = _callbacks(d, out, run_dir, model, datasets.epoch_counter, logger,
                            global_batch, chief)
-    _fit(args, ensemble, model, datasets, callbacks.callbacks, out)
-    metrics = _final_metrics(args, ensemble, model, plan, datasets, callbacks.best, out,
+    _fit(d, ensemble, model, datasets, callbacks.callbacks, out)
+    metrics = _final_metrics(d, ensemble, model, plan, datasets, callbacks.best, out,
                              train_seconds=round(time.time() - started, 1))
-    exported = _export(args, ensemble, plan, datasets.test, run_dir) if args.export and chief \
-        else None
-    _report(args, metrics, config, callbacks.history, exported, model, plan, run_dir, logger,
+    exported = _export(d, ensemble, plan, datasets.test, run_dir) \
+        if d.export.export and chief else None
+    _report(d, metrics, config, callbacks.history, exported, model, plan, run_dir, logger,
             chief)
     return metrics
 
 
-def _build_model(args: argparse.Namespace, spec, strategy):
+def _build_model(d: RunDescription, spec, strategy):
     """The model of the flags under `strategy`, with the --resume weights loaded (not for
-    --dry-run); records the dataset's input shape and classes in `args` (config.json)."""
+    --dry-run)."""
     import tensorflow_datasets as tfds
 
     from quantens import results
 
     if not sys.stdout.isatty():
         tfds.disable_progress_bar()
-    args.input_shape, args.num_classes = list(spec.input_shape), spec.num_classes
     with strategy.scope():
-        model = _create_model(args, spec)
-    if args.dry_run or not args.resume:
+        model = _create_model(d, spec)
+    if d.runtime.dry_run or not d.model.resume:
         return model
     try:
-        results.load_weights(model, args.resume)
+        results.load_weights(model, d.model.resume)
     except Exception as error:  # h5py's OSError, Keras' ValueError on a mismatch
         raise WeightsError(
-            f"--resume {args.resume}: cannot load these weights into {args.model} "
+            f"--resume {d.model.resume}: cannot load these weights into {d.model.name} "
             f"({one_line(error)})"
         ) from error
     return model
 
 
-def _build_data(args: argparse.Namespace, plan, global_batch: int) -> _Data:
-    """Build data: the train, validation and test datasets of `plan`.
+def _build_data(d: RunDescription, plan, global_batch: int):
+    """Build data: the train, validation and test datasets of `plan`
+    (`quantens.run.load_datasets`).
 
     Validation chooses (best checkpoint, tuner); test is reported and chooses
     nothing. The data order of an epoch is a function of (seed, epoch).
     """
-    from quantens import data
+    from quantens import run as recipe
 
-    take = 1 if args.test_run else None
-    epoch_counter = data.EpochCounter()  # the data order of an epoch = f(seed, epoch)
     try:
-        train_ds = data.load(
-            args.dataset, plan.train, global_batch, training=True,
-            data_dir=args.data_dir, num_workers=args.num_workers, shuffle_seed=args.seed,
-            take_batches=take, augmentation=args.augmentation, epoch=epoch_counter.variable,
-            preprocessing=args.input_preprocessing,
-        )
-        val_ds = data.load(
-            args.dataset, plan.validation, global_batch, training=False,
-            data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
-            preprocessing=args.input_preprocessing,
-        )
-        test_ds = val_ds if plan.validation_is_test else data.load(
-            args.dataset, plan.test, global_batch, training=False,
-            data_dir=args.data_dir, num_workers=args.num_workers, take_batches=take,
-            preprocessing=args.input_preprocessing,
-        )
-    except DataError:
-        raise
-    except Exception as error:  # TFDS raises many kinds; all mean "no data here"
-        raise DataError(f"--dataset {args.dataset}: cannot load it ({one_line(error)})") from error
-    steps_per_epoch = epoch_counter.steps_per_epoch = _steps(train_ds, fallback=1)
-    return _Data(train_ds, val_ds, test_ds, epoch_counter, steps_per_epoch)
+        return recipe.load_datasets(d.data, global_batch, plan)
+    except DataError as error:
+        raise _flag_data_error(error) from error
 
 
-def _build_ensemble(args: argparse.Namespace, spec, plan, model, strategy,
+def _build_ensemble(d: RunDescription, spec, plan, model, strategy,
                     steps_per_epoch: int, global_batch: int):
     """Build ensemble: the compiled `QuantEnsemble` of `model` with its optimizer, schedule
-    and distillation; a converted model's members calibrated before the first epoch."""
-    import quantens
-    from quantens import optimizers
+    and distillation (`quantens.run.build_ensemble`); a converted model's members
+    calibrated before the first epoch."""
+    from quantens import run as recipe
 
     with strategy.scope():
-        distillation = _build_distillation(args, spec, steps_per_epoch)
-        schedule = optimizers.make_schedule(
-            args.lr_mode, args.lr, args.epochs, steps_per_epoch, lr_steps=args.lr_steps,
-            lr_factor=args.lr_factor, warmup_epochs=args.warmup_epochs,
-        )
-        optimizer = optimizers.make_optimizer(args.optimizer, schedule, momentum=args.momentum)
-        ensemble = quantens.QuantEnsemble(
-            model, args.bit_widths, args.target_bits, weight_decay=args.wd,
-            member_loss_weights=dict(args.member_loss_weights or []),
-            member_backward=args.member_backward,
-        )
-        if distillation is not None:
-            ensemble.set_distillation(distillation)
-        ensemble.compile(
-            optimizer=optimizer, run_eagerly=args.mode == "imperative", jit_compile=args.jit
-        )
-    if args.calibration != "none" and not args.resume and _is_converted(args.model):
-        _calibrate(ensemble, args, plan, global_batch)
+        distillation = _build_distillation(d, spec, steps_per_epoch)
+        ensemble = recipe.build_ensemble(model, d.ensemble, d.schedule, steps_per_epoch,
+                                         distillation=distillation)
+    if d.ensemble.calibration != "none" and not d.model.resume and _is_converted(d.model.name):
+        _calibrate(ensemble, d, plan, global_batch)
     return ensemble
 
 
-def _check_calibration(args: argparse.Namespace, model) -> None:
+def _check_calibration(d: RunDescription, model) -> None:
     """--calibration given for a model with no clip value to calibrate: the library's
     answer (`quantens.calibration.check_calibratable`), before anything is trained."""
     from quantens.calibration import check_calibratable
 
-    if args.calibration == cli.DEFAULTS["calibration"]:
+    method = d.ensemble.calibration
+    if method == defaults.CALIBRATION:
         return  # the default: a model with nothing to calibrate is not calibrated
     try:
-        check_calibratable(model, args.bit_widths)
+        check_calibratable(model, d.ensemble.bit_widths)
     except ConfigError as error:
-        raise ConfigError(f"--calibration {args.calibration}: {error}") from error
+        raise ConfigError(f"--calibration {method}: {error}") from error
 
 
-def _prepare_result_dir(args: argparse.Namespace, out: ResultDir, run_dir: ResultDir, model):
+def _prepare_result_dir(d: RunDescription, out: ResultDir, run_dir: ResultDir, model, spec):
     """The result directory made ready: stale temporaries removed, what a resumed run
-    starts from checked before anything is rewritten, config.json and model.json
-    written. Returns (config, logger)."""
+    starts from checked before anything is rewritten, config.json (every flag, the
+    dataset's input shape and classes) and model.json written. Returns (config, logger)."""
     from quantens import results
 
     os.makedirs(out.root, exist_ok=True)
@@ -523,15 +472,16 @@ def _prepare_result_dir(args: argparse.Namespace, out: ResultDir, run_dir: Resul
     # what a resumed run starts from, checked before anything of the directory is rewritten
     results.read_history(out.history)
     results.check_backup(run_dir.backup)
-    config = cli.config_dict(args)
+    config = cli.config_dict({**d.flags, "input_shape": list(spec.input_shape),
+                              "num_classes": spec.num_classes})
     results.write_json(out.config, config)
     results.write_model(model, out.model)
-    logger = results.file_logger(args.log or out.log)
+    logger = results.file_logger(d.output.log or out.log)
     logger.info("train.py %s", " ".join(sys.argv[1:]))
     return config, logger
 
 
-def _callbacks(args: argparse.Namespace, out: ResultDir, run_dir: ResultDir, model,
+def _callbacks(d: RunDescription, out: ResultDir, run_dir: ResultDir, model,
                epoch_counter, logger, global_batch: int, chief: bool) -> _Callbacks:
     """Callbacks: backup, epoch counter, divergence guard, history, log, best checkpoint,
     the backup's end of epoch (and TensorBoard on the chief).
@@ -546,7 +496,7 @@ def _callbacks(args: argparse.Namespace, out: ResultDir, run_dir: ResultDir, mod
 
     history = results.HistoryCSV(out.history)
     best = results.BestCheckpoint(
-        out.best_weights, monitor=f"val_accuracy_{args.target_bits}",
+        out.best_weights, monitor=f"val_accuracy_{d.ensemble.target_bits}",
         save=lambda p: results.save_weights(model, p), history_path=out.history,
     )
     # one backup folder for all workers: Keras keeps the chief's
@@ -556,29 +506,29 @@ def _callbacks(args: argparse.Namespace, out: ResultDir, run_dir: ResultDir, mod
         epoch_counter,  # after the backup: it reads the restored step count
         results.DivergenceGuard(),
         history,
-        results.LogFile(logger, args.log_interval, global_batch),
+        results.LogFile(logger, d.output.log_interval, global_batch),
         best,
         backup.after_epoch(),
     ]
-    if chief and not args.no_tensorboard:  # per-member metrics and the learning rate
+    if chief and d.output.tensorboard:  # per-member metrics and the learning rate
         callbacks.insert(-2, tf.keras.callbacks.TensorBoard(
-            args.tensorboard_dir or run_dir.path(ResultDir.TENSORBOARD)))
+            d.output.tensorboard_dir or run_dir.path(ResultDir.TENSORBOARD)))
     return _Callbacks(callbacks, history, best)
 
 
-def _fit(args: argparse.Namespace, ensemble, model, datasets: _Data, callbacks: list,
+def _fit(d: RunDescription, ensemble, model, datasets, callbacks: list,
          out: ResultDir) -> None:
     """Fit: trains for --epochs (validating each epoch), then saves the final weights."""
     from quantens import results
 
     ensemble.fit(
-        datasets.train, epochs=args.epochs, validation_data=datasets.validation,
+        datasets.train, epochs=d.schedule.epochs, validation_data=datasets.validation,
         callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2,
     )
     results.save_weights(model, out.weights)
 
 
-def _final_metrics(args: argparse.Namespace, ensemble, model, plan, datasets: _Data, best,
+def _final_metrics(d: RunDescription, ensemble, model, plan, datasets, best,
                    out: ResultDir, train_seconds: float) -> dict:
     """Final metrics: validation and test accuracy of the final weights, test accuracy of
     the checkpoint validation chose; written to metrics.json and returned."""
@@ -599,8 +549,8 @@ def _final_metrics(args: argparse.Namespace, ensemble, model, plan, datasets: _D
         best_test, _ = _test_accuracy(ensemble, datasets.test)
         ensemble.set_weights(final_weights)
     metrics = {
-        "bit_widths": list(args.bit_widths),
-        "target_bits": args.target_bits,
+        "bit_widths": list(d.ensemble.bit_widths),
+        "target_bits": d.ensemble.target_bits,
         "val_accuracy": val_accuracy,
         "teacher_val_accuracy": teacher,
         "test_accuracy": test_accuracy,
@@ -616,30 +566,30 @@ def _final_metrics(args: argparse.Namespace, ensemble, model, plan, datasets: _D
     return metrics
 
 
-def _export(args: argparse.Namespace, ensemble, plan, test_ds, run_dir: ResultDir):
+def _export(d: RunDescription, ensemble, plan, test_ds, run_dir: ResultDir):
     """Export (--export, the chief): every member to <result-path>/export, checked on the
     test split; prints the summary table and returns what `export_ensemble` returns."""
     from quantens import data, export
 
     _, calibration = export.export_datasets(
-        args.dataset, args.bit_widths, batch_size=args.batch_size,
-        data_dir=args.data_dir, evaluate=False, preprocessing=args.input_preprocessing,
+        d.data.dataset, d.ensemble.bit_widths, batch_size=d.export.batch_size,
+        data_dir=d.data.data_dir, evaluate=False, preprocessing=d.data.input_preprocessing,
     )
-    spec = data.resolve(args.dataset, args.data_dir)
+    spec = data.resolve(d.data.dataset, d.data.data_dir)
     exported = export.export_ensemble(
         ensemble, run_dir.export, val_data=test_ds, calibration_data=calibration,
-        batch_size=args.batch_size,
-        max_val_examples=args.batch_size if args.test_run else None, remove_stale=True,
-        extra={"model": args.model, "dataset": args.dataset, "split": str(plan.test),
+        batch_size=d.export.batch_size, max_val_examples=d.export.max_val_examples,
+        remove_stale=True,
+        extra={"model": d.model.name, "dataset": d.data.dataset, "split": str(plan.test),
                "weights": ResultDir.WEIGHTS,
                "input_preprocessing": export.input_preprocessing_field(
-                   args.input_preprocessing, spec)},
+                   d.data.input_preprocessing, spec)},
     )
     print(export.summary_table(exported))
     return exported
 
 
-def _report(args: argparse.Namespace, metrics: dict, config: dict, history, exported, model,
+def _report(d: RunDescription, metrics: dict, config: dict, history, exported, model,
             plan, run_dir: ResultDir, logger, chief: bool) -> None:
     """Report: the chief writes the report; the table of test accuracy per member goes to
     the log (every worker) and to stdout (the chief)."""
@@ -650,7 +600,7 @@ def _report(args: argparse.Namespace, metrics: dict, config: dict, history, expo
             run_dir.root, metrics, config, report.parse_history(history.rows), exported
         )
         report.write_report(result, model=model)
-    table = accuracy_table(metrics["test_accuracy"], args.bit_widths,
+    table = accuracy_table(metrics["test_accuracy"], d.ensemble.bit_widths,
                            metrics["teacher_test_accuracy"], metrics["best_test_accuracy"],
                            metrics["best_epoch"])
     note = (f"test split: {plan.test}; checkpoints chosen on: {plan.validation}"
@@ -660,7 +610,7 @@ def _report(args: argparse.Namespace, metrics: dict, config: dict, history, expo
     if chief:
         print(table)
         print(note)
-        print(f"results in {args.result_path} ({metrics['train_seconds']:.0f} s)")
+        print(f"results in {d.output.result_path} ({metrics['train_seconds']:.0f} s)")
 
 
 def two_stage(args: argparse.Namespace) -> dict:

@@ -18,8 +18,9 @@ from quantens.bits import validate_bit_widths
 from quantens.checks import check_per_member
 from quantens.cli.flags import DEFAULTS, bits_value
 from quantens.defaults import KD_TEACHER_MODES
-from quantens.errors import UsageError, one_line
+from quantens.errors import ConfigError, UsageError, one_line
 from quantens.layout import ResultDir
+from quantens.run import DistillationSettings, kd_warmup_steps
 
 __all__ = [
     "FLOAT_FLAGS",
@@ -354,11 +355,11 @@ def _validate_kd_values(args: argparse.Namespace) -> None:
         raise UsageError("--kd-weight and --kd-attention-weight must not be negative")
     if args.kd_warmup_epochs < 0:
         raise UsageError(f"--kd-warmup-epochs must not be negative, got {args.kd_warmup_epochs}")
-    if args.kd_warmup_epochs and args.kd_warmup_epochs >= args.epochs:
-        raise UsageError(
-            f"--kd-warmup-epochs {args.kd_warmup_epochs:g} leaves no epoch of distillation "
-            f"in --epochs {args.epochs}: choose fewer warm-up epochs"
-        )
+    try:  # the library's check; the steps per epoch are known once the data is loaded
+        kd_warmup_steps(DistillationSettings(warmup_epochs=args.kd_warmup_epochs), args.epochs,
+                        steps_per_epoch=None)
+    except ConfigError as error:
+        raise UsageError(f"--kd-warmup-epochs {args.kd_warmup_epochs:g}: {error}") from error
     for flag in PER_MEMBER_FLAGS:
         setattr(args, flag, _per_member(args, flag))
 
