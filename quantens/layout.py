@@ -55,6 +55,7 @@ class ResultDir:
         "accuracy": "accuracy_per_bits.png",
         "size": "accuracy_vs_size.png",
         "curves": "training_curves.png",
+        "frontier": "accuracy_vs_bytes.png",
     }
     EXPORT = "export"
     EXPORT_REPORT = os.path.join("export", "export.json")

@@ -48,9 +48,11 @@ def run_copy(run_dir, tmp_path):
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
-    """The accuracy table of report.md: first cell -> cells."""
+    """The accuracy table of report.md (its first table): first cell -> cells."""
     rows = {}
     for line in markdown.splitlines():
+        if rows and not line.startswith("|"):
+            break  # the end of the first table
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[0] and not set(cells[0]) <= set("-:"):
             rows[cells[0]] = cells

@@ -62,11 +62,13 @@ __all__ = [
     "SIZE_FROM_EXPORT",
     "ResultData",
     "estimate_member_bytes",
+    "frontier_points",
     "load_result",
     "member_sizes",
     "parse_history",
     "plot_accuracy",
     "plot_accuracy_vs_size",
+    "plot_frontier",
     "plot_training_curves",
     "render_markdown",
     "write_report",
@@ -455,6 +457,98 @@ def plot_accuracy_vs_size(
     _save(figure, path)
 
 
+def frontier_points(export: Mapping | None) -> list[dict]:
+    """Every exported file of export.json (uniform members and budget members) as a point
+    of the accuracy-vs-bytes frontier (`quantens.frontier`), marked, smallest first.
+
+    The accuracy is that of the TFLite file on export.json's split
+    (`fidelity.tflite_accuracy`), the one users deploy; `latency_ms` is kept
+    where export.json has it.
+
+    ```python
+    from quantens.report import frontier_points
+
+    export = {"members": {
+        "4": {"bytes": 900, "format": "int8", "fidelity": {"tflite_accuracy": 0.98}},
+        "2": {"bytes": 900, "format": "int8", "fidelity": {"tflite_accuracy": 0.92}}}}
+    two, four = frontier_points(export)  # the same bytes: the more accurate first
+    assert four["on_frontier"] and two["dominated_by"] == "4"
+    ```
+    """
+    from quantens.frontier import frontier
+
+    members = export.get("members") if isinstance(export, Mapping) else None
+    if not isinstance(members, Mapping):
+        return []
+    points = []
+    for name, entry in members.items():
+        if not isinstance(entry, Mapping) or not _is_number(entry.get("bytes")):
+            continue
+        accuracy = (entry.get("fidelity") or {}).get("tflite_accuracy")
+        try:
+            bits = int(name)
+        except (TypeError, ValueError):
+            bits = entry.get("bits")
+        points.append({
+            "name": str(name), "bits": bits, "bytes": int(entry["bytes"]),
+            "accuracy": float(accuracy) if _is_number(accuracy) else None,
+            "latency_ms": entry.get("latency_ms"), "format": entry.get("format"),
+            "file": entry.get("file"), "weights_storage": entry.get("weights_storage"),
+            "policy": entry.get("policy"),
+        })
+    marked = frontier(points)
+    return sorted(marked, key=lambda p: (p["bytes"], -(p["accuracy"] or 0)))
+
+
+def plot_frontier(points: Sequence[Mapping[str, Any]], path: str) -> None:
+    """The exported files' accuracy against bytes: the frontier as a line, a dominated
+    member as a hollow marker with its name."""
+    figure = _figure()
+    ax = figure.add_subplot()
+    judged = [p for p in points if p.get("accuracy") is not None]
+    on = [p for p in judged if p["on_frontier"]]
+    off = [p for p in judged if not p["on_frontier"]]
+    if on:
+        ax.plot([p["bytes"] / 1024 for p in on], [p["accuracy"] for p in on], "o-",
+                color="tab:blue", label="frontier")
+    if off:
+        ax.plot([p["bytes"] / 1024 for p in off], [p["accuracy"] for p in off], "o",
+                markerfacecolor="none", color="tab:red", label="dominated")
+    for p in judged:
+        ax.annotate(str(p["name"]) + (" bit" if str(p["name"]).isdigit() else ""),
+                    (p["bytes"] / 1024, p["accuracy"]), xytext=(4, 4),
+                    textcoords="offset points", fontsize=8)
+    if judged and min(p["bytes"] for p in judged) > 0:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="both", labelsize=8)
+    ax.set_xlabel("exported file (KiB)")
+    ax.set_ylabel("accuracy of the TFLite file")
+    ax.legend(loc="lower right")
+    ax.set_title("Accuracy vs bytes of the exported files", fontsize=10)
+    _save(figure, path)
+
+
+def _frontier_lines(points: Sequence[Mapping[str, Any]], split: str | None) -> list[str]:
+    lines = ["", "## Accuracy against bytes: the frontier", "",
+             f"Each exported file's accuracy on `{split or 'the export split'}` (the TFLite "
+             "file, as deployed) against its bytes. A member that another one beats at no "
+             "more bytes is dominated: the last column says by which, and why.", "",
+             "| member | format | bytes | KiB | TFLite accuracy | latency (ms) | frontier |",
+             "|:-------|:-------|------:|----:|----------------:|-------------:|:---------|"]
+    for p in points:
+        accuracy = f"{p['accuracy']:.4f}" if p.get("accuracy") is not None else "?"
+        latency = f"{p['latency_ms']:.3f}" if _is_number(p.get("latency_ms")) else "-"
+        status = "on the frontier" if p["on_frontier"] else f"dominated: {p['reason']}"
+        lines.append(f"| {p['name']} | {p.get('format') or '?'} | {p['bytes']} | "
+                     f"{p['bytes'] / 1024:.1f} | {accuracy} | {latency} | {status} |")
+    return lines
+
+
 def plot_training_curves(
     history: Sequence[Mapping[str, float]], bit_widths: Sequence[int], path: str
 ) -> None:
@@ -580,10 +674,15 @@ def render_markdown(
         )
     if teacher is not None:
         lines.append(f"| teacher | {accuracy_cells(t for _, _, t in columns)} | | | |")
-    lines += ["", f"Sizes: {size_note}.", "", "## Plots", ""]
+    lines += ["", f"Sizes: {size_note}."]
+    points = frontier_points(result.export)
+    if points:
+        lines += _frontier_lines(points, (result.export or {}).get("split"))
+    lines += ["", "## Plots", ""]
     captions = {
         "accuracy": "Validation accuracy per bit-width",
         "size": "Accuracy vs model size",
+        "frontier": "Accuracy vs bytes of the exported files (the frontier)",
         "curves": "Training curves per member",
     }
     for key, caption in captions.items():
@@ -631,6 +730,10 @@ def write_report(result: ResultData | str, model=None) -> str:
     if sizes is not None:
         plot_accuracy_vs_size(metrics, sizes, source, os.path.join(result_dir, PLOT_FILES["size"]))
         plots["size"] = PLOT_FILES["size"]
+    points = frontier_points(result.export)
+    if any(p.get("accuracy") is not None for p in points):
+        plot_frontier(points, os.path.join(result_dir, PLOT_FILES["frontier"]))
+        plots["frontier"] = PLOT_FILES["frontier"]
     if result.history:
         plot_training_curves(
             result.history, bit_widths, os.path.join(result_dir, PLOT_FILES["curves"])
