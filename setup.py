@@ -57,7 +57,11 @@ setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+        # LiteRT: member files are evaluated with its interpreter where it is installed
+        # (tf.lite.Interpreter otherwise; quantens.export.runtime)
+        "litert": ["ai-edge-litert>=2.3,<3"],
+        # the tests run member files on LiteRT and, by switch, on tf.lite
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "ai-edge-litert>=2.3,<3"],
         # benchmarks only: TF Model Optimization's int8 model beside the members
         "bench": ["tensorflow-model-optimization>=0.8"],
         # the documentation site (`make docs`): mkdocs, the Material theme, API pages

@@ -3,9 +3,10 @@
 
 For each model, every member is converted as `python -m quantens.export` does
 (`quantens.export.convert_member`), then run one example at a time (batch 1)
-with 1 and 2 threads: TensorFlow's TFLite interpreter (XNNPACK) for float32 and
-int8 files, Larq Compute Engine's interpreter (XNNPACK for its float ops) for
-the 1-bit file. Latency is the median of `--repeats` calls after warm-up, timed
+with 1 and 2 threads: LiteRT's interpreter (`ai_edge_litert`, where installed;
+TensorFlow's `tf.lite.Interpreter` otherwise or with `--runtime tensorflow`;
+XNNPACK) for float32 and int8 files, Larq Compute Engine's interpreter (XNNPACK
+for its float ops) for the 1-bit file; each row's `runtime` names the one used. Latency is the median of `--repeats` calls after warm-up, timed
 in rounds that rotate over all members so that load from other processes hits
 them alike; ratios are against the float32 (32-bit) member.
 
@@ -15,6 +16,7 @@ python benchmarks/bench_export.py --resnet18           # + resnet18_e1 at 224x22
 python benchmarks/bench_export.py --result-dir DIR     # a trained result directory
 python benchmarks/bench_export.py --weight-quantization narrow --bit-widths 32 8 4 3 2 1 \
     --threads 1 --no-xnnpack                           # packed INT4 vs int8, XNNPACK on/off
+python benchmarks/bench_export.py --runtime litert tensorflow  # LiteRT and tf.lite side by side
 ```
 
 Members whose filters are packed as INT4 are timed next to their int8 twin
@@ -45,6 +47,7 @@ import numpy as np  # noqa: E402
 
 import quantens  # noqa: E402  (tf-keras before TensorFlow)
 from quantens import export  # noqa: E402
+from quantens.export.runtime import choose_runtime  # noqa: E402
 
 BITS = (32, 8, 4, 2, 1)
 
@@ -81,7 +84,7 @@ def _timed_call(runner, example) -> float:
 
 def bench_model(name: str, ensemble, x: np.ndarray, repeats: int, threads=(1, 2),
                 lce_indirect_bgemm: bool = True, rounds: int = 5,
-                xnnpack=(True,)) -> dict:
+                xnnpack=(True,), runtimes=(None,)) -> dict:
     """Converts every member, then times them all in `rounds` rotating rounds.
 
     An int8 member whose filters were packed as INT4 is timed twice: the
@@ -90,7 +93,11 @@ def bench_model(name: str, ensemble, x: np.ndarray, repeats: int, threads=(1, 2)
     delegate) and/or False (TFLite's builtin kernels only). Each round times
     `repeats / rounds` calls of every (member, variant, threads, xnnpack) in
     turn, so load from other processes hits all alike; latency is the median
-    over all calls.
+    over all calls. `runtimes` lists the `runtime` arguments of
+    `quantens.export.TFLiteRunner` (None: its choice, LiteRT where installed);
+    with more than one, each file is timed on each (row `runtime`; an LCE file
+    runs on LCE's interpreter once), and `same_outputs` says, per setting,
+    whether its logits on `x` equal those of the first runtime's row exactly.
     """
     rows, runners = [], {}
     example = x[:1]
@@ -106,18 +113,24 @@ def bench_model(name: str, ensemble, x: np.ndarray, repeats: int, threads=(1, 2)
             variants = {"packed": flatbuffer,
                         "int8": export.convert(member, b, x, pack_int4=False)[0]}
         for variant, data in variants.items():
-            rows.append({
-                "bits": b, "format": fmt, "variant": variant, "bytes": len(data),
-                "int4_tensors": storage.get("int4_tensors", 0) if variant != "int8" else 0,
-                "convert_seconds": round(convert_s, 2),
-            })
-            for t in threads:
-                for delegate in xnnpack:
-                    runner = export.TFLiteRunner(data, num_threads=t, use_xnnpack=delegate,
-                                                 lce_indirect_bgemm=lce_indirect_bgemm)
-                    for _ in range(3):  # warm-up
-                        runner.run_one(example)
-                    runners[b, variant, t, delegate] = runner
+            chosen = {}  # runtime name -> the `runtime` argument that picks it
+            for asked in runtimes:
+                chosen.setdefault(choose_runtime(data, asked), asked)
+            for runtime_name, asked in chosen.items():
+                rows.append({
+                    "bits": b, "format": fmt, "variant": variant, "bytes": len(data),
+                    "int4_tensors": storage.get("int4_tensors", 0) if variant != "int8" else 0,
+                    "convert_seconds": round(convert_s, 2),
+                })
+                for t in threads:
+                    for delegate in xnnpack:
+                        runner = export.TFLiteRunner(data, num_threads=t, use_xnnpack=delegate,
+                                                     lce_indirect_bgemm=lce_indirect_bgemm,
+                                                     runtime=asked)
+                        rows[-1]["runtime"] = runner.runtime_info
+                        for _ in range(3):  # warm-up
+                            runner.run_one(example)
+                        runners[b, variant, runtime_name, t, delegate] = runner
     times: dict[tuple, list[float]] = {key: [] for key in runners}
     keys = list(runners)
     per_round = max(1, repeats // rounds)
@@ -131,10 +144,21 @@ def bench_model(name: str, ensemble, x: np.ndarray, repeats: int, threads=(1, 2)
 
     for row in rows:
         row["latency_ms"] = {label(t, d): round(
-            1e3 * statistics.median(times[row["bits"], row["variant"], t, d]), 4)
+            1e3 * statistics.median(
+                times[row["bits"], row["variant"], row["runtime"]["name"], t, d]), 4)
             for t, d in settings}
-    base = next(r for r in rows if r["bits"] == max(ensemble.bit_widths))
+    first: dict[tuple, str] = {}  # (bits, variant) -> the runtime of its first row
     for row in rows:
+        key = row["bits"], row["variant"]
+        first.setdefault(key, row["runtime"]["name"])
+        if row["runtime"]["name"] != first[key]:
+            row["same_outputs"] = {label(t, d): bool(np.array_equal(
+                runners[(*key, row["runtime"]["name"], t, d)](x),
+                runners[(*key, first[key], t, d)](x))) for t, d in settings}
+    for row in rows:  # against the float32 member on the same runtime (else the first)
+        base = next((r for r in rows if r["bits"] == max(ensemble.bit_widths)
+                     and r["runtime"] == row["runtime"]),
+                    next(r for r in rows if r["bits"] == max(ensemble.bit_widths)))
         row["size_ratio"] = round(row["bytes"] / base["bytes"], 4)
         row["latency_ratio"] = {k: round(v / base["latency_ms"][k], 3)
                                 for k, v in row["latency_ms"].items()}
@@ -144,14 +168,20 @@ def bench_model(name: str, ensemble, x: np.ndarray, repeats: int, threads=(1, 2)
 
 def table(result: dict) -> str:
     settings = list(result["members"][0]["latency_ms"])
-    head = "bits  format  variant         bytes  size/fp32  " + "  ".join(
-        f"{t} thr ms  /fp32" for t in settings)
+    head = (f"bits  format  variant  {'runtime':<26} {'bytes':>11}  size/fp32  "
+            + "  ".join(f"{t} thr ms  /fp32" for t in settings))
+    if any("same_outputs" in r for r in result["members"]):
+        head += "  outputs as the first runtime's"
     lines = [f"{result['model']} {tuple(result['input_shape'])}", head, "-" * len(head)]
     for r in result["members"]:
         cells = "  ".join(
             f"{r['latency_ms'][t]:>8.3f}  {r['latency_ratio'][t]:>5.2f}" for t in settings)
-        lines.append(f"{r['bits']:>4}  {r['format']:<7} {r['variant']:<7}  {r['bytes']:>11}  "
-                     f"{r['size_ratio']:>9.3f}  {cells}")
+        if "same_outputs" in r:
+            cells += "  " + " ".join("same" if r["same_outputs"][t] else "DIFFERENT"
+                                     for t in settings)
+        runtime = f"{r['runtime']['name']} {r['runtime']['version']}"
+        lines.append(f"{r['bits']:>4}  {r['format']:<7} {r['variant']:<7}  {runtime:<26} "
+                     f"{r['bytes']:>11}  {r['size_ratio']:>9.3f}  {cells}")
     return "\n".join(lines)
 
 
@@ -175,6 +205,11 @@ def main(argv=None) -> int:
                         help="weight grid of the digits ensemble built here (not with "
                         "--result-dir)")
     parser.add_argument("--bit-widths", type=int, nargs="+", default=list(BITS))
+    parser.add_argument("--runtime", nargs="+", default=["auto"],
+                        choices=("auto", "litert", "tensorflow"),
+                        help="interpreter(s) of the float32 and int8 files: auto (LiteRT "
+                        "where installed, else tf.lite), litert, tensorflow; several are "
+                        "timed side by side (LCE files always run on LCE)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results",
                                                       "bench_export.json"),
                         help="JSON output path (results/ is not committed)")
@@ -188,14 +223,14 @@ def main(argv=None) -> int:
     xnnpack = (True, False) if args.no_xnnpack else (True,)
     results.append(bench_model("digits_resnet_e", ensemble, x, args.repeats,
                                tuple(args.threads), lce_indirect_bgemm=indirect,
-                               xnnpack=xnnpack))
+                               xnnpack=xnnpack, runtimes=tuple(args.runtime)))
     print(table(results[-1]) + "\n")
     if args.resnet18:
         start = time.perf_counter()
         ensemble, x = _resnet18(args.weight_quantization, tuple(args.bit_widths))
         results.append(bench_model("resnet18_e1", ensemble, x, max(5, args.repeats // 10),
                                    tuple(args.threads), lce_indirect_bgemm=indirect,
-                                   xnnpack=xnnpack))
+                                   xnnpack=xnnpack, runtimes=tuple(args.runtime)))
         results[-1]["total_seconds"] = round(time.perf_counter() - start, 1)
         print(table(results[-1]))
         print(f"(resnet18_e1: {results[-1]['total_seconds']:.0f} s for conversion and "

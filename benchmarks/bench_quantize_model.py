@@ -10,7 +10,9 @@ alone for `--epochs`, then, with quantens' defaults:
   `quantens.calibrate` on the training split, no training;
 - (b) fine-tuned: (a) trained `--finetune-epochs` with the float model as
   teacher (`Distillation(mode="simple")`), then exported (TFLite accuracy,
-  bytes, agreement with the Keras member, 1-thread batch-1 latency);
+  bytes, agreement with the Keras member, 1-thread batch-1 latency, and the
+  runtime that measured them: LiteRT where installed, else tf.lite; LCE for
+  the 1-bit file);
 - (c) from scratch: `quantize_model` of the same untrained model, calibrated,
   trained `--epochs` (no teacher: there are no trained float weights).
 
@@ -114,26 +116,16 @@ def converted(float_model, x_train):
     return ensemble, round(time.perf_counter() - start, 1)
 
 
-def tflite_accuracy(flatbuffer: bytes, x, y) -> float:
-    import tensorflow as tf
+def tflite_accuracy(flatbuffer: bytes, x, y) -> tuple[float, dict]:
+    """(accuracy, runtime) of a TFLite file, 1 thread (LiteRT where installed, as export)."""
+    from quantens.export import TFLiteRunner
 
-    interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=1)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero = inp["quantization"]
-    correct = 0
-    for image, label in zip(x, y, strict=True):
-        value = image[None]
-        if inp["dtype"] != np.float32:
-            value = np.clip(np.round(value / scale + zero), -128, 127).astype(inp["dtype"])
-        interpreter.set_tensor(inp["index"], value)
-        interpreter.invoke()
-        correct += int(np.argmax(interpreter.get_tensor(out["index"])) == label)
-    return correct / len(y)
+    runner = TFLiteRunner(flatbuffer, num_threads=1)
+    return float(np.mean(runner(x).argmax(-1) == y)), runner.runtime_info
 
 
 def latency_ms(flatbuffer: bytes, example, repeats: int) -> float:
-    """Median ms of a 1-thread batch-1 call (TFLite with XNNPACK, as bench_export)."""
+    """Median ms of a 1-thread batch-1 call (XNNPACK, the runtime of bench_export)."""
     import statistics
 
     from quantens.export import TFLiteRunner
@@ -165,10 +157,11 @@ def tfmot_int8(float_model, x_train, y_train, x_test, y_test, args, seed: int) -
     flatbuffer = converter.convert()
     reference = labels(float_model, x_test)
     keras_labels = labels(qat, x_test)
+    accuracy, runtime = tflite_accuracy(flatbuffer, x_test, y_test)
     return {"train_seconds": seconds,
             "keras_accuracy": float(np.mean(keras_labels == y_test)),
             "agreement": float(np.mean(keras_labels == reference)),
-            "tflite_accuracy": tflite_accuracy(flatbuffer, x_test, y_test),
+            "tflite_accuracy": accuracy, "runtime": runtime,
             "bytes": len(flatbuffer),
             "latency_ms_1_thread": latency_ms(flatbuffer, x_test[:1], args.repeats)}
 
@@ -210,6 +203,8 @@ def run_seed(args, seed: int, data) -> dict:
                          threads=(1,))
     latency = {row["bits"]: row["latency_ms"]["1"] for row in timing["members"]
                if row["variant"] != "int8"}  # the unpacked twin of a packed file
+    timed_on = {row["bits"]: row["runtime"] for row in timing["members"]
+                if row["variant"] != "int8"}
     for b in BITS:
         entry = report["members"][str(b)]
         result["finetuned"][str(b)].update({
@@ -217,6 +212,10 @@ def run_seed(args, seed: int, data) -> dict:
             "tflite_agreement_with_member": entry["fidelity"]["agreement"],
             "format": entry["format"], "bytes": entry["bytes"],
             "latency_ms_1_thread": latency.get(b),
+            # the runtimes that measured accuracy and latency (name, version)
+            "tflite_accuracy_runtime": {"name": entry["fidelity"]["interpreter"],
+                                        "version": entry["fidelity"].get("interpreter_version")},
+            "latency_runtime": timed_on.get(b),
         })
 
     scratch = float_mobilenet_v2(args.size, args.alpha, args.bn_momentum, seed)

@@ -92,6 +92,11 @@ def main(argv=None) -> int:
                 "format": members[0]["format"], "bytes": members[0]["bytes"],
                 "int4_tensors": (members[0].get("weights_storage") or {}).get("int4_tensors", 0),
                 "latency_ms": row["latency_ms"],
+                # the runtimes that measured them (quantens.export.runtime)
+                "tflite_accuracy_runtime": sorted({
+                    f"{m['fidelity']['interpreter']} {m['fidelity'].get('interpreter_version')}"
+                    for m in members}),
+                "latency_runtime": row["runtime"],
             }
             r = rows[b]
             lines.append(

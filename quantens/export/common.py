@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["in_memory", "iter_batches", "quiet_converter_warnings", "tensorflow"]
+__all__ = ["in_memory", "iter_batches", "quiet_converter_warnings", "quiet_interpreter_deprecation",
+           "tensorflow"]
 
 
 def tensorflow():
@@ -31,6 +32,37 @@ def quiet_converter_warnings():
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        yield
+
+
+# the UserWarning `tf.lite.Interpreter.__init__` gives on every interpreter it
+# creates (TensorFlow >= 2.18): four lines that begin with this, indented
+_INTERPRETER_DEPRECATION = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
+
+
+@contextlib.contextmanager
+def quiet_interpreter_deprecation():
+    """Silences `tf.lite.Interpreter`'s "deprecated, use LiteRT" warning, and only it.
+
+    TensorFlow gives it with `warnings.warn` each time an interpreter is
+    created; quantens creates one only where LiteRT (`ai_edge_litert`) is not
+    installed (`quantens.export.runtime.create_interpreter`), so the advice
+    is known. Other warnings pass as before.
+
+    ```python
+    import warnings
+    from quantens.export.common import quiet_interpreter_deprecation
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_interpreter_deprecation():
+            warnings.warn("    Warning: tf.lite.Interpreter is deprecated and is scheduled")
+            warnings.warn("something else")
+    assert [str(w.message) for w in caught] == ["something else"]
+    ```
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_INTERPRETER_DEPRECATION, category=UserWarning)
         yield
 
 

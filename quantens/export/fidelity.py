@@ -14,7 +14,8 @@ DIFFERING_LOGIT_DIFF = 1e-4  # an example "differs" beyond this |logit differenc
 
 
 def fidelity(member, flatbuffer: bytes, val_data, batch_size: int = 256,
-             max_examples: int | None = None, predict=None) -> dict:
+             max_examples: int | None = None, predict=None,
+             runtime: str | None = None) -> dict:
     """How a member's flatbuffer agrees with the Keras member on `val_data`.
 
     The Keras member runs as Keras runs it (`predict`, a traced graph), or
@@ -26,7 +27,10 @@ def fidelity(member, flatbuffer: bytes, val_data, batch_size: int = 256,
     both where labels are given and, for files that round their input to int8,
     `keras_input_rounding_agreement`: how often the Keras member keeps its
     prediction when only its input is rounded that way (a ceiling for what any
-    such file can reach).
+    such file can reach), and `interpreter` and `interpreter_version`: the
+    runtime that ran the file (`"litert"` where ai-edge-litert is installed,
+    else `"tensorflow"`; `"larq_compute_engine"` for LCE files; see
+    `quantens.export.runtime.choose_runtime`, whose `runtime` this takes).
 
     ```python
     import numpy as np
@@ -38,13 +42,14 @@ def fidelity(member, flatbuffer: bytes, val_data, batch_size: int = 256,
     x = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype("float32")
     report = fidelity(ensemble.member(32), convert_member(ensemble, 32), x)
     assert report["agreement"] == 1.0
+    assert report["interpreter"] in ("litert", "tensorflow")
     ```
     """
     if predict is None:
         def predict(x):
             return member.predict(x, batch_size=len(x), verbose=0)
 
-    runner = TFLiteRunner(flatbuffer)
+    runner = TFLiteRunner(flatbuffer, runtime=runtime)
     rounding = runner.input_quantization
     keras, tflite, rounded, labels = [], [], [], []
     seen = 0
@@ -78,7 +83,9 @@ def fidelity(member, flatbuffer: bytes, val_data, batch_size: int = 256,
         "keras_accuracy": None,
         "tflite_accuracy": None,
         "keras_input_rounding_agreement": None,
-        "interpreter": runner.interpreter_name,
+        # the runtime that ran the file (quantens.export.runtime.choose_runtime)
+        "interpreter": runner.runtime_info["name"],
+        "interpreter_version": runner.runtime_info["version"],
     }
     if rounded:
         report["keras_input_rounding_agreement"] = float(
