@@ -22,7 +22,7 @@ from quantens.export.flatbuffer import input_quantization, op_counts
 
 __all__ = [
     "LCE_RUNTIME", "LITERT", "RUNTIMES", "RUNTIME_ENV", "TENSORFLOW", "TFLiteRunner",
-    "choose_runtime", "create_interpreter", "is_lce_file", "runtime_info",
+    "choose_runtime", "create_interpreter", "is_lce_file", "measure_latency", "runtime_info",
 ]
 
 LITERT = "litert"  # ai_edge_litert.interpreter.Interpreter
@@ -224,3 +224,46 @@ class TFLiteRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         return np.concatenate([self.run_one(x[i:i + 1]) for i in range(len(x))])
+
+
+def measure_latency(flatbuffer: bytes, example: np.ndarray | None = None, *, runs: int = 200,
+                    warmup: int = 10, num_threads: int = 1, use_xnnpack: bool = True,
+                    runtime: str | None = None) -> dict:
+    """The median time of one batch-1 inference of a member file, in milliseconds.
+
+    Runs `warmup` calls, then `runs` timed calls of `TFLiteRunner.run_one` on
+    `example` (shape (1, H, W, C); zeros of the file's input shape by
+    default), `num_threads` threads, XNNPACK on by default: what export.json
+    records as `latency_ms`. Returns `{"ms", "runs", "threads", "xnnpack",
+    "runtime"}`. A measurement of this machine at this moment: compare files
+    side by side, not with numbers from elsewhere.
+
+    ```python
+    import quantens
+    from quantens.export import convert_member
+    from quantens.export.runtime import measure_latency
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=8), (32, 1))
+    latency = measure_latency(convert_member(ensemble, 1), runs=20)
+    assert latency["ms"] > 0 and latency["runtime"]["name"] == "larq_compute_engine"
+    ```
+    """
+    import statistics
+    import time
+
+    runner = TFLiteRunner(flatbuffer, num_threads=num_threads, use_xnnpack=use_xnnpack,
+                          runtime=runtime)
+    if example is None:
+        shape = runner._lce.input_shapes[0] if runner.is_lce else runner._in["shape"]
+        example = np.zeros((1, *[int(d) for d in shape[1:]]), np.float32)
+    example = np.asarray(example, np.float32)[:1]
+    for _ in range(max(0, int(warmup))):
+        runner.run_one(example)
+    times = []
+    for _ in range(max(1, int(runs))):
+        start = time.perf_counter()
+        runner.run_one(example)
+        times.append(time.perf_counter() - start)
+    return {"ms": round(1e3 * statistics.median(times), 4), "runs": len(times),
+            "threads": num_threads, "xnnpack": use_xnnpack, "runtime": runner.runtime_info}
