@@ -34,7 +34,7 @@ import tensorflow as tf
 from larq.layers_base import BaseLayer
 from larq.quantized_variable import QuantizedVariable
 
-from quantens.bits import active_bits, validate_bit_widths
+from quantens.bits import active_bits, layer_scope, validate_bit_widths
 from quantens.defaults import BIT_WIDTHS, CLIP_THRESHOLD
 from quantens.quantizers import (
     ACTIVATION_QUANTIZER_METHODS,
@@ -150,6 +150,10 @@ class _SwitchableKernelLayer:
         return super(BaseLayer, self)._add_variable_with_custom_getter(
             name, getter=getter, **kwargs
         )
+
+    def call(self, inputs):
+        with layer_scope(self):  # in a quantens.bits(policy) scope: this layer's own bits
+            return super().call(inputs)
 
     def fixed_weights(self, bits: int) -> list:
         """The weights of `fixed_layer(bits)`: this layer's, without its quantizers' own
@@ -333,8 +337,11 @@ class QuantActivation(tf.keras.layers.Layer):
             max_value=max_value, bits=bits,
         )
 
+    bits_follow = "outputs"  # in a mix: the bits of the layers it feeds (quantens.bits.mix_bits)
+
     def call(self, inputs):
-        return self.quantizer(inputs)
+        with layer_scope(self):
+            return self.quantizer(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -421,8 +428,11 @@ class SwitchableBatchNormalization(tf.keras.layers.Layer):
             )
         return self.branches["shared" if self.shared else str(bits)]
 
+    bits_follow = "inputs"  # in a mix: the bits of the layers feeding it (quantens.bits.mix_bits)
+
     def call(self, inputs, training=None):
-        return self.branch()(inputs, training=training)
+        with layer_scope(self):
+            return self.branch()(inputs, training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
