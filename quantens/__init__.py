@@ -48,24 +48,24 @@ _check_keras_version()
 
 # bits.py is plain Python; the rest loads TensorFlow, so it is imported on first
 # use: `python train.py --help` and flag errors answer without loading TensorFlow.
-from quantens.bits import active_bits, bits, validate_bit_widths  # noqa: E402
+from quantens.bits import active_bits, bits, validate_bit_widths  # noqa: E402,F401 (_EAGER)
+
+_EAGER = ("active_bits", "bits", "validate_bit_widths")
+"""Public names of the top level defined before TensorFlow loads."""
+
+_FORWARDED = "quantens.layers"
+"""Every name of this module's `__all__` is a top-level name, imported on first use: the
+switchable layers, the layer kinds among them (each `SwitchableKernelLayer` it defines),
+so a new kind needs no line here."""
 
 _LAZY = {
     # the ensemble and its training
     "QuantEnsemble": "quantens.ensemble",
     "load_ensemble": "quantens.ensemble",
     "Distillation": "quantens.distillation",
-    # switchable layers and the table of supported layer kinds
-    "QuantActivation": "quantens.layers",
-    "QuantConv1D": "quantens.layers",
-    "QuantConv2D": "quantens.layers",
-    "QuantDense": "quantens.layers",
-    "QuantDepthwiseConv2D": "quantens.layers",
-    "QuantSeparableConv2D": "quantens.layers",
-    "SwitchableBatchNormalization": "quantens.layers",
-    "SwitchableLayer": "quantens.layers",
-    "SwitchableQuantizedVariable": "quantens.layers",
+    # the table of supported layer kinds (the switchable layers: `_FORWARDED`)
     "register_layer": "quantens.registry",
+    "unregister_layer": "quantens.registry",
     "LayerEntry": "quantens.registry",
     "LayerBuild": "quantens.registry",
     "ExportHook": "quantens.registry",
@@ -116,88 +116,36 @@ _LAZY = {
 """Public names of the top level -> the module that defines them, imported on first use."""
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+def _submodules() -> set[str]:
+    """The names of quantens' submodules (from the file system: nothing imported)."""
+    import pkgutil
 
+    return {info.name for info in pkgutil.iter_modules(__path__)}
+
+
+def __getattr__(name: str):
+    """The lazy names: `_LAZY`'s, `_FORWARDED`'s `__all__`, and `__all__` itself.
+
+    A name neither holds, unless private or a submodule's (`from quantens
+    import cli` asks here first), imports `_FORWARDED` (TensorFlow) to look.
+    """
+    import importlib
+
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'quantens' has no attribute {name!r}")
+    elif name == "__all__":  # computed: `_FORWARDED`'s names are known once it is imported
+        value = sorted({*_EAGER, *_LAZY, *importlib.import_module(_FORWARDED).__all__})
+    elif name.startswith("_") or name in _submodules() or \
+            name not in importlib.import_module(_FORWARDED).__all__:
+        raise AttributeError(f"module 'quantens' has no attribute {name!r}")
+    else:
+        value = getattr(importlib.import_module(_FORWARDED), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *__getattr__("__all__")})
 
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "ActivationQuantizer",
-    "BackupLast",
-    "BestCheckpoint",
-    "ClipActivation",
-    "ClusterConfig",
-    "ConfigError",
-    "DataError",
-    "DatasetSpec",
-    "DeviceError",
-    "Digits",
-    "Distillation",
-    "DivergedError",
-    "DivergenceGuard",
-    "DownloadError",
-    "EpochCounter",
-    "ExportError",
-    "ExportHook",
-    "FolderInfo",
-    "FullPrecisionActivation",
-    "HistoryCSV",
-    "LayerBuild",
-    "LayerEntry",
-    "LockedError",
-    "LogFile",
-    "MXNetSchedule",
-    "NarrowRangeWeights",
-    "PACTActivation",
-    "PreprocessingCheck",
-    "PretrainedError",
-    "QuantActivation",
-    "QuantConv1D",
-    "QuantConv2D",
-    "QuantDense",
-    "QuantDepthwiseConv2D",
-    "QuantEnsemble",
-    "QuantSeparableConv2D",
-    "QuantensError",
-    "RAdam",
-    "RangeRoundActivation",
-    "ReportError",
-    "ResultData",
-    "ResultDir",
-    "ResultDirError",
-    "ResultDirLock",
-    "RoundActivation",
-    "SearchFailed",
-    "SoftmaxRemovedWarning",
-    "Split",
-    "SplitPlan",
-    "SwitchableBatchNormalization",
-    "SwitchableLayer",
-    "SwitchableQuantizedVariable",
-    "SwitchableQuantizer",
-    "SymmetricRoundActivation",
-    "TeacherError",
-    "TuningError",
-    "UsageError",
-    "WeightQuantizer",
-    "WeightsError",
-    "active_bits",
-    "bits",
-    "calibrate",
-    "load_ensemble",
-    "logits_model",
-    "quantize_model",
-    "register_layer",
-    "validate_bit_widths",
-]

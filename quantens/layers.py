@@ -3,7 +3,10 @@
 `QuantConv2D`, `QuantConv1D`, `QuantDepthwiseConv2D`, `QuantSeparableConv2D` and
 `QuantDense` subclass larq's layers of the same name and hold ONE kernel variable (one of each
 kind for the separable convolution); the kernel and the inputs are quantized to the
-active bit-width (`quantens.bits`) each time the layer is called.
+active bit-width (`quantens.bits`) each time the layer is called. Each is a
+`SwitchableKernelLayer`: a new layer kind is such a class here plus its one
+`quantens.registry.register_layer` call; this module's `__all__` (and so the
+top level's, `quantens.<Name>`) lists every `SwitchableKernelLayer` it defines.
 `SwitchableBatchNormalization` keeps statistics and affine parameters per
 bit-width (as in Any-Precision DNNs and slimmable networks), or one shared set.
 
@@ -31,11 +34,10 @@ from typing import Protocol, runtime_checkable
 
 import larq as lq
 import tensorflow as tf
-from larq.layers_base import BaseLayer
-from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import active_bits, layer_scope, validate_bit_widths
 from quantens.defaults import BIT_WIDTHS, CLIP_THRESHOLD
+from quantens.larq_hooks import KernelWrapping, QuantizedVariable
 from quantens.quantizers import (
     ACTIVATION_QUANTIZER_METHODS,
     WEIGHT_METHODS,
@@ -44,11 +46,11 @@ from quantens.quantizers import (
     WeightQuantizer,
 )
 
-__all__ = [
-    "QuantActivation", "QuantConv1D", "QuantConv2D", "QuantDense", "QuantDepthwiseConv2D",
-    "QuantSeparableConv2D", "SwitchableBatchNormalization", "SwitchableLayer",
+_NOT_KINDS = [
+    "QuantActivation", "SwitchableBatchNormalization", "SwitchableKernelLayer", "SwitchableLayer",
     "SwitchableQuantizedVariable",
 ]
+"""The public names that are not layer kinds; `__all__` (at the end) adds the kinds."""
 
 
 @runtime_checkable
@@ -112,12 +114,36 @@ def _as_quantizer(identifier, switchable_cls, methods):
     return identifier
 
 
-class _SwitchableKernelLayer:
-    """Mixin for larq layers whose kernel quantizers follow the active bits.
+class SwitchableKernelLayer(KernelWrapping):
+    """Mixin for larq layers whose kernel quantizers follow the active bits: a layer kind.
 
-    `_QUANTIZER_KEYS` names the layer's kernel quantizer arguments (each
-    defaulting to `"dorefa"`); `input_quantizer` defaults to `"round"`;
+    Put it before the larq layer in the bases. `_QUANTIZER_KEYS` names the
+    layer's kernel quantizer arguments (each defaulting to `"dorefa"`; the
+    registry reads them too); `input_quantizer` defaults to `"round"`;
     `fixed_class` is the larq layer class of its members (`fixed_layer`).
+    Each kernel a switchable quantizer guards is ONE
+    `SwitchableQuantizedVariable` for every member
+    (`quantens.larq_hooks.KernelWrapping`). A class of this module is listed
+    in its `__all__` and is `quantens.<Name>`; register it with
+    `quantens.registry.register_layer` to convert and export it.
+
+    ```python
+    import larq as lq
+    import numpy as np
+    import quantens
+    from quantens.layers import SwitchableKernelLayer, SwitchableQuantizedVariable
+
+    class QuantConv3D(SwitchableKernelLayer, lq.layers.QuantConv3D):
+        fixed_class = lq.layers.QuantConv3D
+
+    conv = QuantConv3D(2, 1, input_quantizer=None)
+    x = np.random.rand(1, 2, 2, 2, 3).astype("float32")
+    with quantens.bits(1):
+        y1 = conv(x)
+    assert isinstance(conv.kernel, SwitchableQuantizedVariable)
+    assert len(conv.trainable_weights) == 2  # one kernel, one bias: every member's
+    assert not np.allclose(y1, conv(x))  # 32 bits outside any scope
+    ```
     """
 
     _QUANTIZER_KEYS: tuple[str, ...] = ("kernel_quantizer",)
@@ -136,20 +162,11 @@ class _SwitchableKernelLayer:
             **kwargs,
         )
 
-    def _add_variable_with_custom_getter(self, name: str, **kwargs):
-        quantizer = self._get_quantizer(name)
-        if not isinstance(quantizer, SwitchableQuantizer):
-            return super()._add_variable_with_custom_getter(name, **kwargs)
-        old_getter = kwargs.pop("getter")
-
-        def getter(*args, **kwargs):
-            variable = old_getter(*args, **kwargs)
-            return SwitchableQuantizedVariable.from_variable(variable, quantizer)
-
-        # Skip larq's BaseLayer, which would wrap the variable a second time.
-        return super(BaseLayer, self)._add_variable_with_custom_getter(
-            name, getter=getter, **kwargs
-        )
+    def quantized_variable_class(self, quantizer) -> type:
+        """`SwitchableQuantizedVariable` for a switchable quantizer; larq's own class otherwise."""
+        if isinstance(quantizer, SwitchableQuantizer):
+            return SwitchableQuantizedVariable
+        return super().quantized_variable_class(quantizer)
 
     def call(self, inputs):
         with layer_scope(self):  # in a quantens.bits(policy) scope: this layer's own bits
@@ -175,7 +192,7 @@ class _SwitchableKernelLayer:
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class QuantConv2D(_SwitchableKernelLayer, lq.layers.QuantConv2D):
+class QuantConv2D(SwitchableKernelLayer, lq.layers.QuantConv2D):
     """larq's `QuantConv2D` with one kernel shared by every bit-width.
 
     `kernel_quantizer` defaults to `"dorefa"` and `input_quantizer` to
@@ -200,7 +217,7 @@ class QuantConv2D(_SwitchableKernelLayer, lq.layers.QuantConv2D):
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class QuantConv1D(_SwitchableKernelLayer, lq.layers.QuantConv1D):
+class QuantConv1D(SwitchableKernelLayer, lq.layers.QuantConv1D):
     """larq's `QuantConv1D` with one kernel shared by every bit-width (sequences, sensors).
 
     ```python
@@ -221,7 +238,7 @@ class QuantConv1D(_SwitchableKernelLayer, lq.layers.QuantConv1D):
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class QuantDense(_SwitchableKernelLayer, lq.layers.QuantDense):
+class QuantDense(SwitchableKernelLayer, lq.layers.QuantDense):
     """larq's `QuantDense` with one kernel shared by every bit-width.
 
     ```python
@@ -238,7 +255,7 @@ class QuantDense(_SwitchableKernelLayer, lq.layers.QuantDense):
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class QuantDepthwiseConv2D(_SwitchableKernelLayer, lq.layers.QuantDepthwiseConv2D):
+class QuantDepthwiseConv2D(SwitchableKernelLayer, lq.layers.QuantDepthwiseConv2D):
     """larq's `QuantDepthwiseConv2D` with one depthwise kernel shared by every bit-width.
 
     `depthwise_quantizer` defaults to `"dorefa"` and `input_quantizer` to
@@ -267,7 +284,7 @@ class QuantDepthwiseConv2D(_SwitchableKernelLayer, lq.layers.QuantDepthwiseConv2
 
 
 @tf.keras.utils.register_keras_serializable(package="quantens")
-class QuantSeparableConv2D(_SwitchableKernelLayer, lq.layers.QuantSeparableConv2D):
+class QuantSeparableConv2D(SwitchableKernelLayer, lq.layers.QuantSeparableConv2D):
     """larq's `QuantSeparableConv2D`: one depthwise and one pointwise kernel for every bit-width.
 
     `depthwise_quantizer` and `pointwise_quantizer` default to `"dorefa"`,
@@ -454,3 +471,11 @@ class SwitchableBatchNormalization(tf.keras.layers.Layer):
             "shared": self.shared,
             **self.bn_config,
         }
+
+
+__all__ = [*_NOT_KINDS, *sorted(
+    name for name, value in dict(globals()).items()
+    if isinstance(value, type) and issubclass(value, SwitchableKernelLayer)
+    and value is not SwitchableKernelLayer and value.__module__ == __name__
+)]
+"""The public names, the layer kinds (every `SwitchableKernelLayer` defined here) included."""

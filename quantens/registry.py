@@ -14,8 +14,14 @@ BatchNormalization (switchable BN), ReLU-like activations (`QuantActivation`)
 and layers without weights are handled by the converter and the exporter
 themselves: they have no kernel to quantize.
 
-Adding a layer kind is one call, as this module does for `Conv1D` (a 2-D
-convolution on the (N, 1, W, C) view of its input, in its export hook):
+A layer kind is its switchable class (a `quantens.layers.SwitchableKernelLayer`)
+and one `register_layer` call, nothing else: the kernel quantizer arguments come
+from the class, and `quantens.layers.__all__` (so `quantens.<Name>`) lists every
+switchable class `quantens.layers` defines; this module registers them as
+`layers.<Name>`, as it does for `Conv1D` (a 2-D convolution on the
+(N, 1, W, C) view of its input, in its export hook). `unregister_layer` takes a
+kind out again (`tests/test_layer_kind.py` plants one, converts, trains and
+exports it).
 
 ```python
 import quantens  # before TensorFlow: selects tf-keras
@@ -40,15 +46,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import tensorflow as tf
 
+from quantens import layers
 from quantens.errors import ExportError, UsageError
-from quantens.layers import (
-    QuantConv1D,
-    QuantConv2D,
-    QuantDense,
-    QuantDepthwiseConv2D,
-    QuantSeparableConv2D,
-    SwitchableLayer,
-)
 
 if TYPE_CHECKING:
     from quantens.export.steps import Kernel, LinearStep, Step
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONV", "DENSE", "ExportHook", "LayerBuild", "LayerEntry", "kernel_layer_names",
     "layer_entry_for", "member_layer_entry", "register_layer", "registered_layers",
+    "unregister_layer",
 ]
 
 CONV = "conv"
@@ -161,7 +161,7 @@ def register_layer(float_class: type, switchable_class: type, *, export: ExportH
     if not (isinstance(float_class, type) and issubclass(float_class, tf.keras.layers.Layer)):
         raise UsageError(f"register_layer: {float_class!r} is not a Keras layer class")
     if not (isinstance(switchable_class, type) and issubclass(switchable_class, float_class)
-            and issubclass(switchable_class, SwitchableLayer)
+            and issubclass(switchable_class, layers.SwitchableLayer)
             and hasattr(switchable_class, "fixed_class")):
         raise UsageError(
             f"register_layer: {getattr(switchable_class, '__name__', switchable_class)} must "
@@ -195,6 +195,42 @@ def register_layer(float_class: type, switchable_class: type, *, export: ExportH
     entry = LayerEntry(float_class, switchable_class, kernels, export, role, exact)
     _ENTRIES[float_class] = entry
     return entry
+
+
+def unregister_layer(float_class: type) -> LayerEntry:
+    """Takes the kind of `float_class` out of the table; returns its entry.
+
+    For a kind registered for a while (a test's, a plug-in's): afterwards
+    `quantize_model` refuses `float_class` again and the exporter no longer
+    knows its member class. Raises `UsageError` when it is not registered.
+
+    ```python
+    import quantens  # before TensorFlow: selects tf-keras
+    import larq as lq
+    import tensorflow as tf
+    from quantens import registry
+    from quantens.errors import ExportError
+    from quantens.layers import SwitchableKernelLayer
+
+    class QuantConv3D(SwitchableKernelLayer, lq.layers.QuantConv3D):
+        fixed_class = lq.layers.QuantConv3D
+
+    def no_export(layer, build):
+        raise ExportError(f"{layer.name}: no 3-D convolution in the exporter")
+
+    registry.register_layer(tf.keras.layers.Conv3D, QuantConv3D, export=no_export)
+    assert registry.kernel_layer_names().endswith("Conv3D")
+    entry = registry.unregister_layer(tf.keras.layers.Conv3D)
+    assert entry.switchable_class is QuantConv3D
+    assert registry.layer_entry_for(tf.keras.layers.Conv3D(2, 1)) is None
+    ```
+    """
+    if float_class not in _ENTRIES:
+        raise UsageError(
+            f"unregister_layer: {getattr(float_class, '__name__', float_class)!r} is not a "
+            f"registered layer kind; registered: {kernel_layer_names()}"
+        )
+    return _ENTRIES.pop(float_class)
 
 
 def registered_layers() -> tuple[LayerEntry, ...]:
@@ -262,10 +298,12 @@ def _dense(layer, build: LayerBuild) -> list:
     return [build.linear(DenseStep, build.kernel())]
 
 
-register_layer(tf.keras.layers.Conv2D, QuantConv2D, export=_conv2d)
-register_layer(tf.keras.layers.DepthwiseConv2D, QuantDepthwiseConv2D, export=_depthwise_conv2d)
-register_layer(tf.keras.layers.SeparableConv2D, QuantSeparableConv2D, export=_separable_conv2d)
-register_layer(tf.keras.layers.Dense, QuantDense, export=_dense, role=DENSE, exact=False)
+register_layer(tf.keras.layers.Conv2D, layers.QuantConv2D, export=_conv2d)
+register_layer(tf.keras.layers.DepthwiseConv2D, layers.QuantDepthwiseConv2D,
+               export=_depthwise_conv2d)
+register_layer(tf.keras.layers.SeparableConv2D, layers.QuantSeparableConv2D,
+               export=_separable_conv2d)
+register_layer(tf.keras.layers.Dense, layers.QuantDense, export=_dense, role=DENSE, exact=False)
 
 
 def _conv1d(layer, build: LayerBuild) -> list:
@@ -294,4 +332,4 @@ def _conv1d(layer, build: LayerBuild) -> list:
     return [view, conv, back]
 
 
-register_layer(tf.keras.layers.Conv1D, QuantConv1D, export=_conv1d)
+register_layer(tf.keras.layers.Conv1D, layers.QuantConv1D, export=_conv1d)

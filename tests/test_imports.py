@@ -1,10 +1,16 @@
-"""Imports of `quantens` and `zoo`: no cycle, module-level and function-level imports alike.
+"""Imports of `quantens` and `zoo`: no cycle, module-level and function-level imports alike;
+larq's private internals only through `quantens.larq_hooks`.
 
 The export package is built in one direction: shared helpers, the steps, the
 graph and its builder, then one emitter per format, then the file writers.
 A function-level import back up that chain (graph -> int8, graph -> lce) is a
 cycle that Python only tolerates because it is deferred; this test finds them
 by parsing the sources with `ast`, so nothing is imported to check it.
+
+larq's private names (its internal modules `larq.layers_base` and
+`larq.quantized_variable`, the `_get_quantizer` and
+`_add_variable_with_custom_getter` hooks) appear in `quantens/larq_hooks.py`
+only, which says for each why no public path serves; found with `ast` too.
 """
 
 from __future__ import annotations
@@ -134,3 +140,89 @@ def test_the_project_cycle_finder_sees_a_planted_circle_between_packages(tmp_pat
     assert find_cycle(graph) is not None
     (tmp_path / "zoo" / "b.py").write_text("X = 1\n")
     assert find_cycle(project_graph(tmp_path)) is None
+
+
+# ------------------------------------------------------- larq's private names
+
+LARQ_HOOKS = "quantens/larq_hooks.py"
+LARQ_PRIVATE_MODULES = ("larq.layers_base", "larq.quantized_variable")
+LARQ_PRIVATE_ATTRIBUTES = ("_get_quantizer", "_add_variable_with_custom_getter")
+
+NOT_YET_MOVED = {
+    ("quantens/ensemble.py", "larq.quantized_variable"),  # -> larq_hooks.QuantizedVariable
+    ("quantens/ensemble.py", "larq.layers_base"),  # a logger name -> LARQ_LAYER_LOGGER
+    ("quantens/convert/_builder.py", "larq.layers_base"),  # -> LARQ_LAYER_LOGGER
+    ("quantens/convert/kinds.py", "larq.layers_base"),  # -> larq_hooks.is_larq_layer
+    ("quantens/export/builder.py", "larq.layers_base"),  # -> larq_hooks.is_larq_layer
+}
+"""(file, private name) still used outside `quantens/larq_hooks.py`: modules other work
+owns, each a one-line change to the public name noted. The test fails on any other use,
+and on an entry here that is gone (then delete the entry)."""
+
+
+def larq_private_uses(root: pathlib.Path = ROOT) -> list[tuple[str, int, str]]:
+    """(file, line, private name) of each use of larq's private names under quantens/,
+    `quantens/larq_hooks.py` left out: imports, attributes (`lq.layers_base.X`,
+    `self._get_quantizer`), method definitions that override a private hook, and
+    the internal modules' names as strings (a logger's name)."""
+    modules = {name.rpartition(".")[2] for name in LARQ_PRIVATE_MODULES}
+    found = []
+    for path in sorted((root / "quantens").rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if relative == LARQ_HOOKS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Attribute):
+                if node.attr in LARQ_PRIVATE_ATTRIBUTES:
+                    found.append((relative, node.lineno, node.attr))
+                elif node.attr in modules:
+                    found.append((relative, node.lineno, f"larq.{node.attr}"))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and node.name in LARQ_PRIVATE_ATTRIBUTES:
+                found.append((relative, node.lineno, node.name))
+            elif isinstance(node, ast.Constant) and node.value in LARQ_PRIVATE_MODULES:
+                found.append((relative, node.lineno, node.value))
+            found += [(relative, node.lineno, module) for module in LARQ_PRIVATE_MODULES
+                      if any(name == module or name.startswith(module + ".")
+                             for name in names)]
+    return found
+
+
+def test_larqs_private_names_are_used_in_larq_hooks_only():
+    found = larq_private_uses()
+    new = sorted({f"{file}:{line} uses {name}" for file, line, name in found
+                  if (file, name) not in NOT_YET_MOVED})
+    assert not new, ("larq's private names outside quantens/larq_hooks.py (give them a "
+                     "public name there, with why):\n" + "\n".join(new))
+    stale = NOT_YET_MOVED - {(file, name) for file, _, name in found}
+    assert not stale, f"moved to larq_hooks: delete from NOT_YET_MOVED: {sorted(stale)}"
+    hooks = (ROOT / LARQ_HOOKS).read_text()
+    assert all(name in hooks for name in (*LARQ_PRIVATE_MODULES, *LARQ_PRIVATE_ATTRIBUTES))
+
+
+def test_the_larq_check_catches_each_form(tmp_path):
+    sources = {
+        "a.py": "from larq.layers_base import BaseLayer\n",
+        "b.py": "import larq.quantized_variable\n",
+        "c.py": "import larq as lq\nX = lq.layers_base.BaseLayer\n",
+        "d.py": "def f(layer):\n    return layer._get_quantizer('kernel')\n",
+        "e.py": "class L:\n    def _add_variable_with_custom_getter(self, name):\n"
+                "        pass\n",
+        "f.py": "import logging\nlogging.getLogger('larq.layers_base')\n",
+    }
+    (tmp_path / "quantens").mkdir()
+    for name, source in sources.items():
+        (tmp_path / "quantens" / name).write_text(source)
+    (tmp_path / "quantens" / "larq_hooks.py").write_text(sources["a.py"] + sources["d.py"])
+    (tmp_path / "quantens" / "fine.py").write_text(
+        "import larq as lq\nfrom quantens import larq_hooks\n"
+        "x = lq.layers.QuantDense(2)\nlarq_hooks.is_larq_layer(x)\n"
+        "NOTE = 'larq.layers_base, in prose'\n")
+    found = larq_private_uses(tmp_path)
+    assert sorted({file for file, _, _ in found}) == [f"quantens/{n}" for n in sorted(sources)]
+    assert ("quantens/d.py", 2, "_get_quantizer") in found

@@ -7,7 +7,11 @@
   train.py; a package's own private submodules (`pkg/_helpers.py`) are open
   to the modules of that package;
 - every public class of the library is reachable as `quantens.X` (the
-  exceptions are named below, each with its reason).
+  exceptions are named below, each with its reason);
+- the layer kinds' public names derive from their classes: every switchable
+  kernel class `quantens.layers` defines is in its `__all__`, is
+  `quantens.<Name>` and has a registry row, and the registry holds no other of
+  quantens' classes; `import quantens` still loads no TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import importlib
 import inspect
 import pathlib
 import pkgutil
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +39,10 @@ CLASS_EXCEPTIONS = {
                         "through the `quantens.export` package and its modules "
                         "(`quantens.export.export_ensemble`, `quantens.export.steps.ConvStep`): "
                         "the top level stays the API of building and training ensembles"),
+    "quantens.larq_hooks": (None, "larq's private layer internals behind public names (the "
+                            "`KernelWrapping` mixin of `quantens.layers`): plumbing, not the "
+                            "library's API; a new layer kind reaches it through "
+                            "`quantens.SwitchableKernelLayer`"),
 }
 """Module prefix -> (the namespace its public classes must be reachable from instead of
 `quantens`, None: no check; why)."""
@@ -290,3 +300,51 @@ def test_the_top_level_all_is_what_quantens_offers():
     assert set(quantens.__all__) <= set(dir(quantens))
     for name in quantens.__all__:
         assert getattr(quantens, name) is not None
+
+
+# ------------------------------------------------------------ the layer kinds
+
+EXISTING_KINDS = ("QuantConv1D", "QuantConv2D", "QuantDense", "QuantDepthwiseConv2D",
+                  "QuantSeparableConv2D")
+"""Layer kinds users already import by name: they keep `quantens.<Name>`."""
+
+
+def test_layer_kinds_are_public_where_their_names_derive_from():
+    import quantens
+    from quantens import layers, registry
+
+    kinds = {name for name in layers.__all__
+             if issubclass(getattr(layers, name), layers.SwitchableKernelLayer)
+             and getattr(layers, name) is not layers.SwitchableKernelLayer}
+    defined = {name for name, value in vars(layers).items()
+               if inspect.isclass(value) and value.__module__ == layers.__name__
+               and issubclass(value, layers.SwitchableKernelLayer)
+               and value is not layers.SwitchableKernelLayer}
+    assert kinds == defined, "quantens.layers.__all__ is not its switchable kernel classes"
+    assert set(EXISTING_KINDS) <= kinds
+    registered = {entry.switchable_class for entry in registry.registered_layers()
+                  if entry.switchable_class.__module__.startswith("quantens.")}
+    assert registered == {getattr(layers, name) for name in kinds}, \
+        "a switchable class of quantens.layers without a registry row, or the reverse"
+    for name in kinds:
+        assert getattr(quantens, name) is getattr(layers, name), name
+        assert name in quantens.__all__ and name in dir(quantens), name
+    star: dict = {}
+    exec("from quantens import *", star)
+    assert star["QuantConv1D"] is layers.QuantConv1D and "SwitchableKernelLayer" in star
+
+
+def test_import_quantens_loads_tensorflow_only_when_a_lazy_name_is_asked():
+    code = (
+        "import sys, quantens\n"
+        "from quantens import defaults, errors, bits  # submodules: no TensorFlow\n"
+        "assert not hasattr(quantens, '_private') and not hasattr(quantens, '__wrapped__')\n"
+        "print('tensorflow' in sys.modules)\n"
+        "from quantens import QuantConv2D\n"
+        "print('tensorflow' in sys.modules, QuantConv2D.__module__)\n"
+        "print(hasattr(quantens, 'NoSuchLayer'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["False", "True quantens.layers", "False"]
