@@ -151,8 +151,6 @@ LARQ_PRIVATE_ATTRIBUTES = ("_get_quantizer", "_add_variable_with_custom_getter")
 NOT_YET_MOVED = {
     ("quantens/ensemble.py", "larq.quantized_variable"),  # -> larq_hooks.QuantizedVariable
     ("quantens/ensemble.py", "larq.layers_base"),  # a logger name -> LARQ_LAYER_LOGGER
-    ("quantens/convert/_builder.py", "larq.layers_base"),  # -> LARQ_LAYER_LOGGER
-    ("quantens/convert/kinds.py", "larq.layers_base"),  # -> larq_hooks.is_larq_layer
     ("quantens/export/builder.py", "larq.layers_base"),  # -> larq_hooks.is_larq_layer
 }
 """(file, private name) still used outside `quantens/larq_hooks.py`: modules other work

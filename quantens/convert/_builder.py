@@ -17,6 +17,7 @@ from quantens import keras_graph, registry
 from quantens.convert._plan import Plan
 from quantens.convert.kinds import ACT, BN, KERNEL, NESTED, describe, layer_kind, relu_layer_cap
 from quantens.errors import ConfigError
+from quantens.larq_hooks import LARQ_LAYER_LOGGER
 from quantens.layers import (
     QuantActivation,
     SwitchableBatchNormalization,
@@ -124,7 +125,7 @@ def build_model(model, plan: Plan, shape, bit_widths, fixed_bits: dict,
     builder = _Builder(plan, bit_widths, fixed_bits, options)
     from quantens.ensemble import quiet_logger
 
-    with quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
+    with quiet_logger(LARQ_LAYER_LOGGER):  # "binary kernel without constraint"
         inputs = [_new_input(x, shape) for x in model.inputs]
         outputs = builder.run(model, inputs)
     nested_inputs = keras_graph.nested_inputs(model)

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import math
 
-import larq as lq
 import tensorflow as tf
 
 from quantens import keras_graph, registry
 from quantens.errors import ConfigError, UsageError
+from quantens.larq_hooks import is_larq_layer
 from quantens.layers import (
     QuantActivation,
     SwitchableBatchNormalization,
@@ -67,8 +67,8 @@ def describe(layer) -> str:
 def layer_kind(layer) -> str:
     """What `quantize_model` does with `layer`; ConfigError for what it cannot convert."""
     layers = tf.keras.layers
-    if isinstance(layer, (lq.layers_base.BaseLayer, SwitchableBatchNormalization,
-                          QuantActivation)):
+    if is_larq_layer(layer) or isinstance(layer, (SwitchableBatchNormalization,
+                                                  QuantActivation)):
         raise ConfigError(
             f"layer {describe(layer)} is already quantized: {supported_layers()} of a float "
             "model"
