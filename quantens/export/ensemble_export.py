@@ -60,9 +60,10 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
             does not binarize: `"exact"` (float32 ops, their filters stored
             as int8 wherever int8 holds them exactly: the file computes what
             the member computes), `"full"` (int8 ops on ranges calibrated
-            on `calibration_data`, as the int8 files: smaller and faster,
-            and as far from the member as an int8 file is) or `"none"`
-            (float32). See `quantens.export.lce`.
+            on `calibration_data`, as the int8 files: faster, smaller than
+            `"none"` but no smaller than `"exact"` where that stores the
+            filters as int8 already, and as far from the member as an int8
+            file is) or `"none"` (float32). See `quantens.export.lce`.
 
     Returns the content of export.json.
 
