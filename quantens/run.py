@@ -308,11 +308,14 @@ def calibrate_members(ensemble, data: DataSettings, plan, *, method: str | None 
     """A converted model's members below 32 bits fitted to the training split of `plan`
     (`quantens.calibrate`: clip values and BN statistics), before the first step.
 
-    `method` defaults to `EnsembleSettings().calibration`. Returns the calibrated
-    bit-widths (none when every member is at 32 bits).
+    `method` defaults to `EnsembleSettings().calibration`; `"none"` calibrates
+    nothing. Returns the calibrated bit-widths (none when every member is at 32
+    bits or the method is `"none"`).
     """
     from quantens.calibration import calibrate
 
+    if method == "none":
+        return []
     low = [b for b in ensemble.bit_widths if b != defaults.FULL_PRECISION]
     if low:
         images = _load(data, plan.train, batch_size or data.batch_size, training=False)
