@@ -510,6 +510,53 @@ class Distillation(tf.Module):
             ))
         return terms
 
+    def mixed_target(self, member_logits, teacher_outputs=None) -> tf.Tensor | None:
+        """The logits a mixed student learns from (`QuantEnsemble(mixed_students=N)`), under
+        stop_gradient; None when the plan has no pairs (nothing distils).
+
+        The teacher's where there is one (an ensemble teacher: its highest member's,
+        as a mix has no member of its own to learn from), else the ensemble's
+        highest member's: Bit-Mixer distils its mixes from the full-precision
+        network. `member_logits` holds the highest member's logits of the batch.
+
+        ```python
+        import tensorflow as tf
+        from quantens.distillation import Distillation
+
+        d = Distillation((32, 4, 1), mode="progressive")
+        z = {32: tf.constant([[2.0, 0.0]]), 4: tf.constant([[0.0, 1.0]])}
+        assert d.mixed_target(z).numpy().tolist() == [[2.0, 0.0]]  # no teacher: the highest
+        assert Distillation((32, 1), mode="none").mixed_target(z) is None
+        ```
+        """
+        if not self.pairs:
+            return None
+        if teacher_outputs is not None:
+            logits = teacher_outputs[0]
+            if self.teacher_mode == "ensemble":
+                logits = logits[self.bit_widths[0]]
+        else:
+            logits = member_logits[self.bit_widths[0]]
+        return tf.stop_gradient(tf.cast(logits, tf.float32))
+
+    def mixed_loss(self, logits, target, sample_weight=None) -> tf.Tensor:
+        """α·T²·KL of a mixed student against `mixed_target`, averaged per global batch.
+
+        α and T are `weight` and `temperature` (the per-student values belong to
+        members); ungated: the caller multiplies by `active(step)`.
+
+        ```python
+        import tensorflow as tf
+        from quantens.distillation import Distillation
+
+        d = Distillation((8, 1), mode="progressive", weight=0.5)
+        z = tf.constant([[1.0, 0.0]])
+        assert float(d.mixed_loss(z, z)) == 0.0  # the target's own logits: nothing to learn
+        ```
+        """
+        return self.weight * tf.nn.compute_average_loss(
+            kd_loss(logits, target, self.temperature), sample_weight=sample_weight)
+
     def update_metrics(self, y, terms, teacher_outputs=None, sample_weight=None) -> None:
         """Updates kd_loss / attention_loss (per replica batch) and the teacher's loss and accuracy."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
 import zipfile
 from collections.abc import Mapping
@@ -36,17 +37,81 @@ from quantens.checks import (
     member_key,
     missing_members,
 )
-from quantens.defaults import BIT_WIDTHS, MEMBER_BACKWARD, MEMBER_BACKWARDS
+from quantens.defaults import (
+    BIT_WIDTHS,
+    FULL_PRECISION,
+    MEMBER_BACKWARD,
+    MEMBER_BACKWARDS,
+    SEED,
+)
 from quantens.errors import ConfigError, UsageError, WeightsError, one_line
 
 __all__ = [
     "KERAS_FILE_ENTRIES",
+    "MIXED_POOL",
     "QuantEnsemble",
     "held_precision",
     "load_ensemble",
     "member_table",
     "quiet_logger",
 ]
+
+MIXED_POOL = 8
+"""How many per-layer mixes `QuantEnsemble(mixed_students=N)` draws by default (at least N)."""
+
+
+def _whole_number(value, argument: str, minimum: int, hint: str) -> int:
+    """`value` as an int >= `minimum` (an integral number, not a bool), else UsageError."""
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not integral or value < minimum:
+        raise UsageError(
+            f"QuantEnsemble: {argument} must be a whole number >= {minimum} ({hint}), "
+            f"got {value!r}"
+        )
+    return int(value)
+
+
+def _mixed_pool(model, bit_widths: tuple[int, ...], size: int, seed: int
+                ) -> tuple[dict[str, int], ...]:
+    """Up to `size` distinct per-layer mixes of `model`, drawn with numpy's seeded generator.
+
+    The bits are the ensemble's quantized bit-widths (below 32; all of them when
+    fewer than two are); each switchable conv or dense layer whose bits a mix can
+    change draws one uniformly; a draw with one bit-width only (a uniform member)
+    or a repeat is drawn again. Layers held at a fixed precision get the lowest.
+    """
+    import numpy as np
+
+    from quantens.bits import _NAMED, _role, mix_bits
+
+    quantized = tuple(b for b in bit_widths if b != FULL_PRECISION)
+    choices = quantized if len(quantized) >= 2 else bit_widths
+    lowest = min(choices)
+    held = held_precision(model, lowest)
+    named = [layer.name for layer in model.layers if _role(layer) == _NAMED]
+    free = [name for name in named if name not in held]
+    if len(free) < 2:
+        raise ConfigError(
+            f"QuantEnsemble: mixed_students needs at least 2 switchable conv or dense layers "
+            f"whose bits a mix can change; model {model.name!r} has {len(free)}"
+            f"{' (' + ', '.join(free) + ')' if free else ''}: use mixed_students=0"
+        )
+    rng = np.random.default_rng(seed)
+    pool: list[dict[str, int]] = []
+    seen: set[tuple] = set()
+    for _ in range(64 * size):
+        if len(pool) == size:
+            break
+        drawn = tuple(int(b) for b in rng.choice(choices, size=len(free)))
+        if len(set(drawn)) < 2 or drawn in seen:
+            continue
+        seen.add(drawn)
+        policy = dict(zip(free, drawn, strict=True))
+        policy.update({name: lowest for name in named if name not in policy})
+        mix_bits(model, policy, bit_widths)  # a mix the ensemble runs, checked
+        pool.append({name: policy[name] for name in named})
+    return tuple(pool)
+
 
 def _checked_arguments(model, bit_widths, target_bits, member_loss_weights, weight_decay):
     """`QuantEnsemble`'s arguments checked: (bit_widths, target_bits, loss weights, decay)."""
@@ -133,12 +198,36 @@ class QuantEnsemble(tf.keras.Model):
             `"sequential"` (each member's forward, loss and backward in turn,
             the gradients added and applied once: the activation memory of one
             member, the same update up to float rounding).
+        mixed_students: N extra students per training step, each a per-layer
+            mix of the members' bit-widths (Bit-Mixer's last stage, Bulat &
+            Tzimiropoulos 2021), for mixed members (`member(policy)`) that
+            work without re-estimating their BN statistics; 0 (the default)
+            trains the uniform members only, as before (docs/distillation.md,
+            "Mixed students", has the design and a measurement). Each is drawn from
+            a pool of `mixed_pool` mixes fixed at construction (numpy's seeded
+            generator: each switchable conv or dense layer draws one of the
+            bit-widths below 32, uniform draws redrawn; `mixed_policies`), N
+            distinct ones per step by a stateless random draw from
+            (`mixed_seed`, the optimizer's step) (`drawn_mixes(step)`), so a
+            resumed run draws what an uninterrupted one would. A mix adds its
+            cross-entropy (weight 1) and, with distillation, α·T²·KL to the
+            teacher (an ensemble teacher: its highest member; without a
+            teacher: the highest member): `Distillation.mixed_target`. Its
+            forward pass uses batch statistics and leaves the moving BN
+            statistics as the uniform members left them. Logs: `loss_mixed`
+            (its mean cross-entropy), `accuracy_mixed`; its KD joins `kd_loss`.
+        mixed_pool: the pool's size (default `MIXED_POOL`, at least N); each
+            step traces every mix of the pool once per student (`tf.switch_case`).
+        mixed_seed: the seed of the pool and of the draws.
 
     Raises:
         UsageError: an argument that cannot work (not a Keras model, bit-widths
             that are not a list of 1..32, a target or loss weight of a
-            non-member, a negative or non-finite loss weight or weight decay).
-        ConfigError: a model whose switchable layers lack one of the members.
+            non-member, a negative or non-finite loss weight or weight decay,
+            mixed students that are not a whole number >= 0, with one member
+            or a model without inputs, more of them than the pool holds).
+        ConfigError: a model whose switchable layers lack one of the members,
+            or, with mixed students, has fewer than 2 layers a mix can change.
 
     ```python
     import quantens
@@ -159,6 +248,9 @@ class QuantEnsemble(tf.keras.Model):
         member_loss_weights: Mapping[int, float] | None = None,
         weight_decay: float = 0.0,
         member_backward: str = MEMBER_BACKWARD,
+        mixed_students: int = 0,
+        mixed_pool: int | None = None,
+        mixed_seed: int = SEED,
         **kwargs,
     ):
         bit_widths, target_bits, weights, weight_decay = _checked_arguments(
@@ -168,6 +260,8 @@ class QuantEnsemble(tf.keras.Model):
                 f"QuantEnsemble: member_backward must be one of {', '.join(MEMBER_BACKWARDS)}, "
                 f"got {member_backward!r}"
             )
+        mixed_students, mixed_pool, mixed_seed = self._checked_mixed(
+            model, bit_widths, mixed_students, mixed_pool, mixed_seed)
         super().__init__(**kwargs)
         self.model = model
         self.bit_widths = bit_widths
@@ -175,6 +269,9 @@ class QuantEnsemble(tf.keras.Model):
         self.member_loss_weights = weights
         self.weight_decay = weight_decay
         self.member_backward = member_backward
+        self.mixed_students = mixed_students
+        self.mixed_pool = mixed_pool
+        self.mixed_seed = mixed_seed
         self.distillation = None
         object.__setattr__(self, "_stages_model", None)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
@@ -189,9 +286,48 @@ class QuantEnsemble(tf.keras.Model):
         self.member_loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction=tf.keras.losses.Reduction.NONE
         )
+        # not tracked: plain dicts, drawn again from the seed when the ensemble is rebuilt
+        object.__setattr__(self, "_mixed_policies", ())
+        if mixed_students:
+            pool = _mixed_pool(model, bit_widths, mixed_pool, mixed_seed)
+            if len(pool) < mixed_students:
+                raise UsageError(
+                    f"QuantEnsemble: mixed_students={mixed_students} but model {model.name!r} "
+                    f"has only {len(pool)} distinct mixes of {len(bit_widths)} bit-widths: "
+                    f"use mixed_students <= {len(pool)}"
+                )
+            object.__setattr__(self, "_mixed_policies", pool)
+            self.mixed_loss_tracker = tf.keras.metrics.Mean(name="loss_mixed")
+            self.mixed_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(
+                name="accuracy_mixed")
         if getattr(model, "inputs", None):
             # built like its model, so fit's callbacks (BackupAndRestore) accept it
             self.build(model.input_shape)
+
+    @staticmethod
+    def _checked_mixed(model, bit_widths, students, pool, seed) -> tuple[int, int, int]:
+        """(mixed_students, mixed_pool, mixed_seed) checked; the pool's default resolved."""
+        students = _whole_number(students, "mixed_students", 0,
+                                 "extra per-layer mixes per step; 0: none")
+        pool = max(MIXED_POOL, students) if pool is None else _whole_number(
+            pool, "mixed_pool", 1, "how many mixes to draw the students from")
+        seed = _whole_number(seed, "mixed_seed", 0, "the seed of the mixes")
+        if students and len(bit_widths) < 2:
+            raise UsageError(
+                f"QuantEnsemble: mixed_students={students} needs at least 2 bit-widths to mix, "
+                f"the ensemble has {' '.join(map(str, bit_widths))}: add a member or use 0"
+            )
+        if students > pool:
+            raise UsageError(
+                f"QuantEnsemble: mixed_students={students} exceeds mixed_pool={pool}: each step "
+                "draws distinct mixes of the pool; use a larger pool"
+            )
+        if students and not getattr(model, "inputs", None):
+            raise UsageError(
+                "QuantEnsemble: mixed_students needs a functional or Sequential model (a mix "
+                "follows the layer graph); this model has no inputs yet"
+            )
+        return students, pool, seed
 
     # ----------------------------------------------------------------- running
 
@@ -218,6 +354,171 @@ class QuantEnsemble(tf.keras.Model):
             logits[b] = tf.cast(outputs[0], tf.float32)
             features[b] = list(outputs[1:])
         return logits, features
+
+    # ---------------------------------------------------------- mixed students
+
+    @property
+    def mixed_policies(self) -> tuple[dict[str, int], ...]:
+        """The pool of per-layer mixes the mixed students are drawn from (empty without them).
+
+        Each is a policy `{layer name: bits}` of the switchable conv and dense
+        layers, for `quantens.bits(policy)` or `member(policy)`.
+
+        ```python
+        import quantens
+        from zoo import create_model
+
+        bits = (32, 4, 1)
+        ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=4, bit_widths=bits),
+                                          bits, mixed_students=1, mixed_pool=4)
+        assert len(ensemble.mixed_policies) == 4
+        # the bit-widths below 32, at least two in each mix
+        assert all(set(p.values()) == {4, 1} for p in ensemble.mixed_policies)
+        ```
+        """
+        return tuple(dict(policy) for policy in self._mixed_policies)
+
+    def drawn_mixes(self, step: int) -> list[dict[str, int]]:
+        """The mixes that train at optimizer step `step` (0 for the first): N of the pool.
+
+        A stateless draw from (`mixed_seed`, `step`): the same in every run
+        and replica, whatever happened before.
+
+        ```python
+        import quantens
+        from zoo import create_model
+
+        bits = (32, 2, 1)
+        ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=4, bit_widths=bits),
+                                          bits, mixed_students=1)
+        [policy] = ensemble.drawn_mixes(0)  # what the first training step runs
+        assert policy in ensemble.mixed_policies and set(policy.values()) == {2, 1}
+        ```
+
+        Raises:
+            UsageError: the ensemble has no mixed students.
+        """
+        if not self.mixed_students:
+            raise UsageError("drawn_mixes: this ensemble has no mixed students "
+                             "(QuantEnsemble(..., mixed_students=N))")
+        indices = self._drawn_indices(tf.constant(step, tf.int64))
+        return [dict(self._mixed_policies[int(i)]) for i in indices.numpy()]
+
+    def _drawn_indices(self, step) -> tf.Tensor:
+        """The pool indices of the mixes of optimizer step `step`: N distinct ones."""
+        seed = tf.stack([tf.constant(self.mixed_seed, tf.int64), tf.cast(step, tf.int64)])
+        scores = tf.random.stateless_uniform([len(self._mixed_policies)], seed=seed)
+        return tf.argsort(scores)[: self.mixed_students]
+
+    def _statistics(self) -> tuple[list, list]:
+        """(the model's non-trainable variables, their values now): BN statistics to restore."""
+        variables = self.model.non_trainable_variables
+        return variables, [tf.identity(v) for v in variables]
+
+    @staticmethod
+    def _restore(saved: tuple[list, list], after: list) -> None:
+        """Assigns the saved values back once the tensors `after` are computed."""
+        variables, values = saved
+        with tf.control_dependencies(after):
+            for variable, value in zip(variables, values, strict=True):
+                variable.assign(value)
+
+    def _mixed_student(self, x, y, index, target, gate, sample_weight, scaled: bool):
+        """One mixed student: pool mix `index` (a tensor), its forward pass, loss and
+        gradients inside one `tf.switch_case` branch per mix of the pool (each traced once,
+        one runs). Returns (logits, CE, gated KD or None, gradients: None for a variable
+        no mix of the pool reaches)."""
+        optimizer = self.optimizer
+        variables = self.model.trainable_variables
+        reached: list[list[bool]] = []
+
+        def branch(policy):
+            def run():
+                with tf.GradientTape() as tape:
+                    with bits_scope(policy):
+                        logits = tf.cast(self.model(x, training=True), tf.float32)
+                    ce = tf.nn.compute_average_loss(self.member_loss_fn(y, logits),
+                                                    sample_weight=sample_weight)
+                    kd = None if target is None else gate * self.distillation.mixed_loss(
+                        logits, target, sample_weight)
+                    loss = ce if kd is None else ce + kd
+                    scaled_loss = optimizer.get_scaled_loss(loss) if scaled else loss
+                grads = tape.gradient(scaled_loss, variables)
+                reached.append([g is not None for g in grads])
+                grads = [tf.zeros(v.shape, v.dtype) if g is None else tf.convert_to_tensor(g)
+                         for g, v in zip(grads, variables, strict=True)]
+                return logits, ce, tf.constant(0.0) if kd is None else kd, grads
+            return run
+
+        branches = [branch(policy) for policy in self._mixed_policies]
+        if len(branches) == 1:
+            logits, ce, kd, grads = branches[0]()
+        else:
+            logits, ce, kd, grads = tf.switch_case(tf.cast(index, tf.int32), branches)
+        grads = [g if any(column) else None
+                 for g, column in zip(grads, zip(*reached, strict=True), strict=True)]
+        return logits, ce, None if target is None else kd, grads
+
+    def _mixed_students(self, x, y, member_logits, teacher_outputs, sample_weight, grads,
+                        done: list, scaled: bool):
+        """The mixed students of this step, each after `done` and the one before (one
+        student's activations alive at a time), their gradients added to `grads`.
+
+        Returns (logits, CEs, KDs or None, grads). The moving BN statistics are
+        restored afterwards to what the uniform members left.
+        """
+        d = self.distillation
+        target = d.mixed_target(member_logits, teacher_outputs) if d is not None else None
+        gate = d.active(self.optimizer.iterations) if target is not None else None
+        indices = self._drawn_indices(self.optimizer.iterations)
+        saved = self._statistics()
+        logits, ces, kds = [], [], []
+        for k in range(self.mixed_students):
+            with tf.control_dependencies(done):
+                z, ce, kd, student_grads = self._mixed_student(
+                    x, y, indices[k], target, gate, sample_weight, scaled)
+            grads = [g if a is None else a if g is None else a + g
+                     for a, g in zip(grads, student_grads, strict=True)]
+            done = [g for g in grads if g is not None]
+            logits.append(z)
+            ces.append(ce)
+            kds.append(kd)
+        self._restore(saved, logits + done)
+        return logits, ces, None if target is None else kds, grads
+
+    def _joint_step_with_mixes(self, x, y, sample_weight, teacher_outputs):
+        """`train_step` (joint) with mixed students: the members' backward pass as without
+        them, then the students', the gradients added and applied once."""
+        optimizer = self.optimizer
+        variables = self.model.trainable_variables
+        scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        with tf.GradientTape() as tape:
+            member_logits, features = self.member_outputs(x, training=True)
+            total, losses, terms, teacher_outputs = self._loss_terms(
+                x, y, member_logits, sample_weight, True, features, teacher_outputs
+            )
+            scaled_total = optimizer.get_scaled_loss(total) if scaled else total
+        grads = tape.gradient(scaled_total, variables)
+        logits, ces, kds, grads = self._mixed_students(
+            x, y, member_logits, teacher_outputs, sample_weight, grads, [], scaled)
+        total += tf.add_n(ces)
+        if kds is not None:
+            total += tf.add_n(kds)
+            terms = {**terms, "kd_loss": terms["kd_loss"] + tf.add_n(kds)}
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None])
+        self._update_mixed_metrics(y, logits, ces, sample_weight)
+        return self._update_metrics(
+            y, member_logits, total, losses, sample_weight, terms, teacher_outputs
+        )
+
+    def _update_mixed_metrics(self, y, logits, ces, sample_weight) -> None:
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.mixed_loss_tracker.update_state(tf.add_n(ces) / len(ces) * replicas)
+        for z in logits:
+            self.mixed_accuracy.update_state(y, z, sample_weight=sample_weight)
 
     # -------------------------------------------------------------------- loss
 
@@ -356,6 +657,8 @@ class QuantEnsemble(tf.keras.Model):
             teacher_outputs = self.distillation.train_teacher(x, y, sample_weight)
         if self.member_backward == "sequential":
             return self._sequential_step(x, y, sample_weight, teacher_outputs)
+        if self.mixed_students:
+            return self._joint_step_with_mixes(x, y, sample_weight, teacher_outputs)
         with tf.GradientTape() as tape:
             member_logits, features = self.member_outputs(x, training=True)
             total, losses, terms, teacher_outputs = self._loss_terms(
@@ -442,6 +745,14 @@ class QuantEnsemble(tf.keras.Model):
             if features is not None:
                 target_features[b] = [tf.stop_gradient(f) for f in features]
             total += loss
+        mixed = None
+        if self.mixed_students:  # each mixed student in turn, after the members
+            *mixed, grads = self._mixed_students(
+                x, y, member_logits, teacher_outputs, sample_weight, grads, done, scaled)
+            total += tf.add_n(mixed[1])
+            if mixed[2] is not None:
+                total += tf.add_n(mixed[2])
+                collected.setdefault("kd_loss", []).extend(mixed[2])
         if scaled:
             grads = optimizer.get_unscaled_gradients(grads)
         optimizer.apply_gradients(
@@ -450,6 +761,8 @@ class QuantEnsemble(tf.keras.Model):
         if d is not None:
             terms = {"kd_loss": tf.constant(0.0)}
             terms.update({name: tf.add_n(values) for name, values in collected.items()})
+        if mixed is not None:
+            self._update_mixed_metrics(y, mixed[0], mixed[1], sample_weight)
         return self._update_metrics(
             y, member_logits, total, losses, sample_weight, terms, teacher_outputs
         )
@@ -462,9 +775,12 @@ class QuantEnsemble(tf.keras.Model):
         )
         # `loss` in evaluation: the members' cross-entropy only, as before
         total = tf.add_n([self.member_loss_weights[b] * losses[b] for b in losses])
-        return self._update_metrics(
+        logs = self._update_metrics(
             y, member_logits, total, losses, sample_weight, terms, teacher_outputs
         )
+        if self.mixed_students:  # evaluation runs the uniform members only
+            logs = {k: v for k, v in logs.items() if k not in ("loss_mixed", "accuracy_mixed")}
+        return logs
 
     # ------------------------------------------------------------ serialization
 
@@ -493,6 +809,9 @@ class QuantEnsemble(tf.keras.Model):
             "member_loss_weights": {str(b): w for b, w in self.member_loss_weights.items()},
             "weight_decay": self.weight_decay,
             "member_backward": self.member_backward,
+            "mixed_students": self.mixed_students,
+            "mixed_pool": self.mixed_pool,
+            "mixed_seed": self.mixed_seed,
         }
 
     @classmethod
@@ -565,6 +884,7 @@ class QuantEnsemble(tf.keras.Model):
             self.loss_tracker,
             *self.member_loss_trackers.values(),
             *self.member_accuracies.values(),
+            *([self.mixed_loss_tracker, self.mixed_accuracy] if self.mixed_students else []),
             *(self.distillation.metrics if self.distillation is not None else []),
         ]
 

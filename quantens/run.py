@@ -92,7 +92,9 @@ class EnsembleSettings:
     """The members and how their losses add up (`--bit-widths`, `--target-bits` ...).
 
     `calibration` is `quantens.calibrate`'s method for a converted model's
-    members before the first step, or `"none"`.
+    members before the first step, or `"none"`. `mixed_students` and
+    `mixed_seed` are `QuantEnsemble`'s (`--mixed-students`, `--seed`): per-layer
+    mixes trained as extra students each step.
 
     ```python
     from quantens.run import EnsembleSettings
@@ -107,6 +109,8 @@ class EnsembleSettings:
     member_loss_weights: Mapping[int, float] = dataclasses.field(default_factory=dict)
     member_backward: str = defaults.MEMBER_BACKWARD
     calibration: str = defaults.CALIBRATION
+    mixed_students: int = 0
+    mixed_seed: int = defaults.SEED
 
 
 @_SETTINGS
@@ -294,7 +298,8 @@ def build_ensemble(model, ensemble: EnsembleSettings, schedule: ScheduleSettings
     result = QuantEnsemble(
         model, ensemble.bit_widths, ensemble.target_bits, weight_decay=ensemble.weight_decay,
         member_loss_weights=dict(ensemble.member_loss_weights),
-        member_backward=ensemble.member_backward,
+        member_backward=ensemble.member_backward, mixed_students=ensemble.mixed_students,
+        mixed_seed=ensemble.mixed_seed,
     )
     if distillation is not None:
         result.set_distillation(distillation)

@@ -147,6 +147,9 @@ def describe(args: argparse.Namespace, explicit_preprocessing: bool | None = Non
             bit_widths=tuple(args.bit_widths), target_bits=args.target_bits,
             weight_decay=args.wd, member_loss_weights=_pairs(args.member_loss_weights),
             member_backward=args.member_backward, calibration=args.calibration,
+            mixed_students=args.mixed_students,
+            # the seed of the mixes; without mixed students nothing is drawn: the default
+            mixed_seed=args.seed if args.mixed_students else defaults.SEED,
         ),
         schedule=schedule,
         distillation=DistillationSettings(

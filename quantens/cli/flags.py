@@ -174,6 +174,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-bits", type=int, default=None,
                    help="member used for predict and the best checkpoint (default: the "
                    "lowest of --bit-widths)")
+    g.add_argument("--mixed-students", type=int, default=0, metavar="N",
+                   help="each training step adds N per-layer mixes of the bit-widths below "
+                   "32 as extra students (cross-entropy, and distillation from the teacher or "
+                   "else the highest member), drawn from a pool of max(8, N) mixes seeded by "
+                   "--seed (Bit-Mixer's last stage), for mixed members "
+                   "(QuantEnsemble.member(policy)); 0: the uniform members only")
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:

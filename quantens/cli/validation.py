@@ -61,7 +61,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _validate_members(args: argparse.Namespace) -> None:
-    """--bit-widths checked and sorted high to low; --target-bits one of them (default: the lowest)."""
+    """--bit-widths checked and sorted high to low; --target-bits one of them (default: the
+    lowest); --mixed-students >= 0, with 2 bit-widths or more to mix."""
     try:
         args.bit_widths = validate_bit_widths(args.bit_widths)
     except ValueError as error:
@@ -72,6 +73,17 @@ def _validate_members(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--target-bits {args.target_bits} must be one of --bit-widths "
             f"{' '.join(map(str, args.bit_widths))}"
+        )
+    if args.mixed_students < 0:
+        raise UsageError(
+            f"--mixed-students must be a whole number >= 0 (mixes per step; 0: none), got "
+            f"{args.mixed_students}"
+        )
+    if args.mixed_students and len(args.bit_widths) < 2:
+        raise UsageError(
+            f"--mixed-students {args.mixed_students} mixes the members' bit-widths per layer: "
+            f"--bit-widths {' '.join(map(str, args.bit_widths))} has one; add a member or "
+            "leave --mixed-students out"
         )
 
 
