@@ -471,7 +471,7 @@ def frontier_points(export: Mapping | None) -> list[dict]:
     export = {"members": {
         "4": {"bytes": 900, "format": "int8", "fidelity": {"tflite_accuracy": 0.98}},
         "2": {"bytes": 900, "format": "int8", "fidelity": {"tflite_accuracy": 0.92}}}}
-    two, four = frontier_points(export)  # the same bytes: the more accurate first
+    four, two = frontier_points(export)  # the same bytes: the more accurate first
     assert four["on_frontier"] and two["dominated_by"] == "4"
     ```
     """
@@ -514,9 +514,12 @@ def plot_frontier(points: Sequence[Mapping[str, Any]], path: str) -> None:
     if off:
         ax.plot([p["bytes"] / 1024 for p in off], [p["accuracy"] for p in off], "o",
                 markerfacecolor="none", color="tab:red", label="dominated")
+    labels: dict[tuple, list[str]] = {}  # one label per point, however many files share it
     for p in judged:
-        ax.annotate(str(p["name"]) + (" bit" if str(p["name"]).isdigit() else ""),
-                    (p["bytes"] / 1024, p["accuracy"]), xytext=(4, 4),
+        labels.setdefault((p["bytes"], p["accuracy"]), []).append(
+            str(p["name"]) + (" bit" if str(p["name"]).isdigit() else ""))
+    for (size, accuracy), names in labels.items():
+        ax.annotate(", ".join(names), (size / 1024, accuracy), xytext=(4, 4),
                     textcoords="offset points", fontsize=8)
     if judged and min(p["bytes"] for p in judged) > 0:
         from matplotlib.ticker import FuncFormatter
