@@ -33,6 +33,14 @@ export.json          per member: file, bytes, op histogram, and on the test spli
 The directory is written under a temporary name beside `export/` and renamed
 into place at the end, so a failed export leaves nothing half-written.
 
+A mix of per-layer bits (`QuantEnsemble.member(policy)`) is one file,
+`export_member(ensemble, policy, path, ...)`: int8 when every layer is at
+2..8 bits (each filter on its own layer's grid, INT4 where that fits), LCE
+when a layer is at 1 bit, float32 when one is above 8 bits (`member_format`);
+its record is an export.json member entry with the policy. `member_bytes(
+ensemble, policy)` counts a member's or a mix's file without exporting it:
+int8 files to the byte, LCE and float32 mixes as estimates (`quantens.export.size`).
+
 The modules, one idea each, each importing only those above it:
 
 ```
@@ -50,10 +58,11 @@ int8_filters  float filters stored as int8 where that is exact (LCE files)
 lce           the LCE emitter: the 1-bit member's binary convolutions
 int4          packed 4-bit filters (rewrites an int8 file)
 member        MemberGraph: a member's steps with `forward` in any mode
-tflite        which format a member gets, and its file
+tflite        which format a member (or a mix) gets, and its file
 saved_model   ONE SavedModel of every member, a signature per member
 fidelity      how a member file agrees with its Keras member
-ensemble_export  `export_ensemble`: the export directory
+size          a file's bytes counted without exporting it (`member_bytes`)
+ensemble_export  `export_ensemble`: the export directory; `export_member`: one file
 result_dir    a finished run's directory
 ```
 
@@ -136,6 +145,7 @@ from quantens.export.ensemble_export import (
     EXPORT_REPORT_FILE,
     SAVED_MODEL_DIR,
     export_ensemble,
+    export_member,
     remove_stale_exports,
     summary_table,
 )
@@ -159,6 +169,7 @@ from quantens.export.result_dir import (
 )
 from quantens.export.runtime import TFLiteRunner
 from quantens.export.saved_model import save_serving_model, serving_functions
+from quantens.export.size import MemberSizes, member_bytes, member_sizes, weight_bytes
 from quantens.export.tflite import (
     FLOAT32,
     INT8,
@@ -182,9 +193,10 @@ __all__ = [
     "DIFFERING_LOGIT_DIFF", "EXPORT_REPORT_FILE", "ExportError", "FLOAT32", "FloatEmitter",
     "GraphBuilder", "INT8", "INT8_BITS", "Int8Emitter", "LCE", "LceEmitter",
     "MAX_CALIBRATION_EXAMPLES", "SAVED_MODEL_DIR", "SUPPORTED_LAYERS", "MemberGraph",
-    "StepGraph", "TFLiteRunner", "build_graph", "calibrate", "convert", "convert_member",
-    "export_datasets", "export_ensemble", "export_result_dir", "fidelity",
-    "input_preprocessing_field", "int8_conv_weights", "load_result_ensemble", "member_file",
-    "member_format", "op_counts", "read_result_config", "remove_stale_exports",
-    "save_serving_model", "serving_functions", "summary_table", "supported_layers", "weight_ops",
+    "MemberSizes", "StepGraph", "TFLiteRunner", "build_graph", "calibrate", "convert",
+    "convert_member", "export_datasets", "export_ensemble", "export_member", "export_result_dir",
+    "fidelity", "input_preprocessing_field", "int8_conv_weights", "load_result_ensemble",
+    "member_bytes", "member_file", "member_format", "member_sizes", "op_counts",
+    "read_result_config", "remove_stale_exports", "save_serving_model", "serving_functions",
+    "summary_table", "supported_layers", "weight_bytes", "weight_ops",
 ]

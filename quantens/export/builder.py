@@ -24,6 +24,7 @@ assert any(isinstance(s, ConvStep) and s.grid == 15 for s in graph.steps)
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -79,8 +80,16 @@ def _unsupported(name: str, layer) -> ExportError:
     )
 
 
-def build_graph(member, bits: int) -> StepGraph:
-    """The steps of a standalone member (`QuantEnsemble.member(bits)`)."""
+def build_graph(member, bits) -> StepGraph:
+    """The steps of a standalone member (`QuantEnsemble.member(bits)`).
+
+    A mixed member (`QuantEnsemble.member(policy)`) is walked the same way:
+    each fixed layer's steps come from its own quantizers, at its own bits.
+    `bits` may then be its bits per layer (a mapping); the graph's `bits` is
+    the highest of them.
+    """
+    if isinstance(bits, Mapping):
+        bits = max(bits.values())
     return GraphBuilder(member, bits).build()
 
 
@@ -205,6 +214,8 @@ class GraphBuilder:
         mult, add = step.mult, step.add
         if post is None:
             mult, add, out_name = self._fold_bn(layer.name, mult, add)
+            if out_name != layer.name:
+                step.bn = out_name
             relu = self._fuse_relu(out_name)
         elif post == Act("relu"):
             relu, post = True, None

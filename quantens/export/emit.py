@@ -110,6 +110,11 @@ class FloatEmitter:
         """A k-bit activation (`round`, `symmetric`)."""
         tf = tensorflow()
         if act.quantizer is not None:  # the member's own arithmetic
+            if isinstance(act.quantizer, tf.keras.layers.Layer) and act.quantizer.built:
+                # its `call`, outside the Keras layer's name scope: the quantizer's name
+                # carries a process-wide counter, which would make the file's tensor
+                # names, and so its size, differ from one export to the next
+                return act.quantizer.call(x)
             return act.quantizer(x)
         n = float(act.levels)
         low = 0.0 if act.kind == "round" else -1.0

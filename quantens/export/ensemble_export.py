@@ -1,8 +1,9 @@
-"""`export_ensemble`: every member of an ensemble written to one export directory.
+"""`export_ensemble`: every member of an ensemble written to one export directory;
+`export_member`: one member, or a mix of per-layer bits, written to one file.
 
-See `quantens.export` for what the directory holds. The directory is written
-under a temporary name beside it and renamed into place at the end, so a
-failed export leaves nothing half-written.
+See `quantens.export` for what the directory holds. The directory (or the
+file) is written under a temporary name beside it and renamed into place at
+the end, so a failed export leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from quantens.export.flatbuffer import input_quantization, op_counts
 from quantens.export.int8 import weights_report
 from quantens.export.lce import LCE_INT8_CHOICES
 from quantens.export.saved_model import save_serving_model, serving_functions
+from quantens.export.size import weight_bytes
 from quantens.export.tflite import INT8, convert, member_file
 from quantens.layout import ResultDir
 
-__all__ = ["EXPORT_REPORT_FILE", "SAVED_MODEL_DIR", "export_ensemble", "remove_stale_exports",
-           "summary_table"]
+__all__ = ["EXPORT_REPORT_FILE", "SAVED_MODEL_DIR", "export_ensemble", "export_member",
+           "remove_stale_exports", "summary_table"]
 
 EXPORT_REPORT_FILE = os.path.basename(ResultDir.EXPORT_REPORT)  # export.json
 SAVED_MODEL_DIR = "saved_model"
@@ -153,12 +155,195 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
     return report
 
 
-def _whole_number(value, name: str, allow_none: bool = False) -> None:
+def export_member(ensemble, policy, path: str, calibration_data=None, val_data=None, *,
+                  data=None, batch_size: int = 256, max_val_examples: int | None = None,
+                  max_bn_examples: int | None = None, pack_int4: bool = True,
+                  lce_int8: str = "exact") -> dict:
+    """Writes one member of `ensemble`, or a mix of per-layer bits, to the TFLite file `path`.
+
+    A mix is exported like a uniform member (`quantens.export.member_format`):
+    every layer at 2..8 bits makes a full-integer int8 file, each layer's
+    filter on its own grid (packed INT4 where that grid fits -8 ... 7); a
+    layer at 1 bit makes a Larq Compute Engine file, binary convolutions where
+    a 1-bit layer reads a 1-bit activation and the other layers as in the
+    1-bit member's file (`lce_int8`); a layer above 8 bits, none at 1, a
+    float32 file. Its fidelity to its Keras model is measured as
+    `export_ensemble` measures a member's. `quantens.export.member_bytes`
+    counts the file's bytes without writing it.
+
+    Arguments:
+        ensemble: a `QuantEnsemble`.
+        policy: a member's bit-width, or a policy (`QuantEnsemble.member`:
+            layer names or fnmatch patterns to bits of the ensemble, or a
+            callable `layer -> bits`).
+        path: the file to write (replaced if it exists; its directory is made).
+        calibration_data: training inputs for the int8 file's ranges (needed
+            when it has int8 ops).
+        val_data: validation inputs (or `(x, y)`) on which to measure agreement.
+        data: training inputs from which a mix's BN statistics are
+            re-estimated (`QuantEnsemble.member(policy, data=...)`); default
+            `calibration_data`. Not taken with a bit-width (a uniform
+            member has the ensemble's statistics).
+        batch_size: batch size of the Keras predictions (>= 1).
+        max_val_examples: check agreement on the first examples only.
+        max_bn_examples: re-estimate BN statistics from at most this many
+            examples of `data` (None: all).
+        pack_int4, lce_int8: as in `export_ensemble`.
+
+    Returns the file's record, as an entry of export.json's `members`:
+    `file`, `policy` (the bit-width, or each policy layer's bits), `bits`
+    (the bit-widths it uses), `format` (and `format_reason`, `lce`,
+    `weights_storage`, `int8_weights`, `input_quantization` as they apply),
+    `bytes`, `weight_bytes` and `non_weight_bytes` (`quantens.export.size.weight_bytes`:
+    filters as stored, and the rest: scales, zero points, biases, graph),
+    `ops`, `bn_statistics` (`"re-estimated"`, or where they come from),
+    `convert_seconds`, and with `val_data` `fidelity` (top-1 agreement, logit
+    differences, accuracies: `quantens.export.fidelity`) and `fidelity_seconds`.
+
+    Raises:
+        UsageError: (one line, before anything is written) not a
+            QuantEnsemble; `path` empty, a directory or below a file;
+            `batch_size`, `max_val_examples` or `max_bn_examples` below 1;
+            an unknown `lce_int8`; a policy that does not fit the model;
+            `data` with a bit-width.
+        ExportError: a layer the export cannot take (one line naming it).
+
+    ```python
+    import os, tempfile
+    import numpy as np
+    import quantens
+    from quantens.export import export_member, member_bytes
+    from zoo import create_model
+
+    model = create_model("digits_resnet_e", weights="digits_w8")  # 32 8 4 2 1 bits
+    ensemble = quantens.QuantEnsemble(model, (32, 8, 4, 2, 1))
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
+    path = os.path.join(tempfile.mkdtemp(), "mixed.tflite")
+    policy = {"block1_conv": 8, "block2_conv": 4, "*": 2}
+    record = export_member(ensemble, policy, path, calibration_data=x, val_data=x)
+    assert record["format"] == "int8" and record["bytes"] == os.path.getsize(path)
+    assert record["bytes"] == member_bytes(ensemble, policy)
+    assert record["weight_bytes"] + record["non_weight_bytes"] == record["bytes"]
+    ```
+    """
+    from quantens.bits import is_policy, mix_bits
+    from quantens.ensemble import QuantEnsemble, held_precision
+
+    what = "export_member"
+    if not isinstance(ensemble, QuantEnsemble):
+        raise UsageError(
+            f"{what}: ensemble must be a QuantEnsemble, got {type(ensemble).__name__}: "
+            "wrap the model as quantens.QuantEnsemble(model, bit_widths)")
+    path = _checked_file(path, what)
+    _whole_number(batch_size, "batch_size", what=what)
+    _whole_number(max_val_examples, "max_val_examples", allow_none=True, what=what)
+    _whole_number(max_bn_examples, "max_bn_examples", allow_none=True, what=what)
+    if lce_int8 not in LCE_INT8_CHOICES:
+        raise UsageError(f"{what}: lce_int8 must be one of {', '.join(LCE_INT8_CHOICES)}, "
+                         f"got {lce_int8!r}")
+    mixed = is_policy(policy)
+    if mixed:
+        layer_bits = mix_bits(ensemble.model, policy, ensemble.bit_widths)
+        named = {layer.name: layer_bits[layer.name] for layer in ensemble.model.layers
+                 if layer.name in layer_bits and getattr(layer, "bits_follow", None) is None}
+        data = calibration_data if data is None else data
+    else:
+        if data is not None:
+            raise UsageError(
+                f"{what}: data re-estimates the BN statistics of a mix (a policy); member "
+                f"{policy!r} is uniform and keeps the ensemble's statistics: leave data out")
+        if policy not in ensemble.bit_widths:
+            raise UsageError(f"{what}: no member with {policy!r} bits; the members are "
+                             f"{' '.join(map(str, ensemble.bit_widths))}")
+        layer_bits = int(policy)
+    started = time.time()
+    if mixed:
+        import warnings
+
+        with warnings.catch_warnings():
+            # without data: the uniform members' statistics, recorded in bn_statistics
+            warnings.simplefilter("ignore", UserWarning)
+            member = ensemble.member(policy, data=data, max_examples=max_bn_examples,
+                                     verbose=0)
+    else:
+        member = ensemble.member(layer_bits)
+    flatbuffer, fmt, details = convert(member, layer_bits, calibration_data, pack_int4,
+                                       lce_int8)
+    grid_scales = details.pop("grid_scales", None)
+    split = weight_bytes(flatbuffer)
+    used = sorted(set(named.values()) if mixed else {layer_bits}, reverse=True)
+    record: dict[str, Any] = {
+        "file": os.path.basename(path),
+        "policy": named if mixed else layer_bits,
+        "bits": used,
+        "format": fmt,
+        **details,
+        "bytes": len(flatbuffer),
+        "weight_bytes": split["weights"],
+        "non_weight_bytes": split["non_weights"],
+        "ops": op_counts(flatbuffer),
+        # a mix's BNs: re-estimated from data, or each the uniform member's of its bits
+        "bn_statistics": ("re-estimated" if mixed and data is not None
+                          else "the uniform members'" if mixed else "the ensemble's"),
+    }
+    if not mixed:
+        record["held_precision"] = held_precision(ensemble.model, layer_bits)
+    record["convert_seconds"] = round(time.time() - started, 2)
+    if fmt == INT8:
+        record["int8_weights"] = weights_report(flatbuffer, max(used), grid_scales)
+        record["input_quantization"] = dict(zip(
+            ("scale", "zero_point"), input_quantization(flatbuffer), strict=True))
+    if val_data is not None:
+        t0 = time.time()
+        record["fidelity"] = fidelity(member, flatbuffer, val_data, batch_size,
+                                      max_val_examples)
+        record["fidelity_seconds"] = round(time.time() - t0, 2)
+    _write_file(path, flatbuffer)
+    return record
+
+
+def _checked_file(path, what: str) -> str:
+    """`path` as an absolute file path that may be written (its directory made)."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise UsageError(f"{what}: path must be the path of the .tflite file, got {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{what}: path {path} is a directory: give the file's path, "
+                         "e.g. member.tflite inside it")
+    above = os.path.dirname(path)
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise UsageError(f"{what}: path {path} lies below {above}, a file: choose a path in "
+                         "a directory")
+    return path
+
+
+def _write_file(path: str, content: bytes) -> None:
+    """Writes `content` to `path` under a temporary name beside it, then renames it."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(content)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would outlive the rename
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _whole_number(value, name: str, allow_none: bool = False,
+                  what: str = "export_ensemble") -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         more = " or None" if allow_none else ""
-        raise UsageError(f"export_ensemble: {name} must be a whole number >= 1{more}, "
+        raise UsageError(f"{what}: {name} must be a whole number >= 1{more}, "
                          f"got {value!r}")
 
 

@@ -252,7 +252,8 @@ class LinearStep(Step):
 
     `act`: the activation its input goes through first (the layer's input
     quantizer); `relu`: a ReLU after it; `post`: any other activation after
-    it (the layer's own `activation`).
+    it (the layer's own `activation`); `bn`: the name of the
+    BatchNormalization folded into it, if any.
     """
 
     kernel: np.ndarray
@@ -263,6 +264,7 @@ class LinearStep(Step):
     add: np.ndarray
     relu: bool = False
     post: Act | None = None
+    bn: str | None = None
     depthwise: ClassVar[bool] = False
     kind: ClassVar[str] = "linear"  # how `lce_plan` and reports name it
 

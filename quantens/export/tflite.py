@@ -3,9 +3,21 @@
 `member_format(bits)` is the form a member is meant to have; `convert`
 returns the form it got, and why when that differs (a 1-bit member that LCE
 cannot binarize, `det_sign` members without an int8 form).
+
+A mixed member (`QuantEnsemble.member(policy)`) is converted like a uniform
+one: its fixed layers carry their own quantizers, which the builder reads
+layer by layer, so the file holds each layer at its own bits. `bits` is then
+the mix's bits per layer (`quantens.bits.mix_bits`), and the format follows
+from all of them (`member_format`): every layer at 2..8 bits is an int8 file
+(each filter on its layer's grid, INT4 where that grid fits -8 ... 7), a
+layer at 1 bit makes an LCE file, and a layer above 8 bits (none at 1) a
+float32 file.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
 
 from quantens.errors import ExportError, one_line
 from quantens.export.builder import build_graph
@@ -19,7 +31,7 @@ from quantens.export.lce import LCE_INT8_CHOICES, lce_flatbuffer, remainder_plan
 
 __all__ = [
     "FLOAT32", "INT8", "INT8_BITS", "LCE", "PACK_CHECK_EXAMPLES", "convert", "convert_member",
-    "float_flatbuffer", "member_file", "member_format",
+    "float_flatbuffer", "member_file", "member_format", "stable_names",
 ]
 
 INT8_BITS = range(2, 9)
@@ -40,8 +52,18 @@ def member_file(bits: int) -> str:
     return f"member_{int(bits)}.tflite"
 
 
-def member_format(bits: int) -> str:
+def member_format(bits) -> str:
     """The TFLite form a member is meant to have: `"float32"`, `"int8"` or `"lce"`.
+
+    `bits` is a member's bit-width, or a mixed member's bits per layer (a
+    mapping of layer names to bits, as `quantens.bits.mix_bits` returns). A
+    mix is one file: `"lce"` when a layer is at 1 bit (binary convolutions
+    where a 1-bit layer reads a 1-bit activation, the rest as in the 1-bit
+    member's file: `quantens.export.lce`), else `"int8"` when every layer is
+    at 2..8 bits, else `"float32"`: a layer above 8 bits has no int8 form, and
+    TFLite's int8 conversion makes every op between int8 tensors an int8 op
+    (a float32 convolution between two fake-quantized tensors comes out as
+    an int8 op with 8-bit weights), so such a mix is float32 throughout.
 
     (With `det_sign` activations, whose grid (2i - n)/n has no int8 form with
     zero point, 2..8-bit members are float32 files; a 1-bit member with no
@@ -53,13 +75,34 @@ def member_format(bits: int) -> str:
 
     assert [member_format(b) for b in (32, 16, 8, 2, 1)] == [
         "float32", "float32", "int8", "int8", "lce"]
+    assert member_format({"conv1": 8, "conv2": 2}) == "int8"
+    assert member_format({"conv1": 32, "conv2": 2}) == "float32"
+    assert member_format({"conv1": 32, "conv2": 1}) == "lce"
     ```
     """
+    if isinstance(bits, Mapping):
+        values = set(bits.values())
+        if not values:
+            raise ExportError("a mixed member's bits per layer is empty")
+        if 1 in values:
+            return LCE
+        return INT8 if values <= set(INT8_BITS) else FLOAT32
     if bits == 1:
         return LCE
     if bits in INT8_BITS:
         return INT8
     return FLOAT32
+
+
+def _top_bits(bits) -> int:
+    """The widest layer's bits (a member's bits, or a mix's highest)."""
+    return max(bits.values()) if isinstance(bits, Mapping) else int(bits)
+
+
+def _describe(bits) -> str:
+    if isinstance(bits, Mapping):
+        return f"mixed member ({'/'.join(map(str, sorted(set(bits.values()), reverse=True)))} bits)"
+    return f"{bits}-bit member"
 
 
 def float_flatbuffer(member) -> bytes:
@@ -74,7 +117,58 @@ def float_flatbuffer(member) -> bytes:
     holder.weights = [getattr(v, "latent_variable", v) for v in member.weights]
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [fn.get_concrete_function()], holder)
-    return converter.convert()
+    return stable_names(converter.convert(), {layer.name for layer in member.layers},
+                        drop=member.name)
+
+
+_COUNTER = re.compile(r"_\d+$")
+
+
+def stable_names(flatbuffer: bytes, keep=(), drop: str | None = None) -> bytes:
+    """The file with the process-wide counters dropped from its tensor names.
+
+    Keras names each quantizer object with a counter (`round_activation_18`)
+    that grows with every member built in the process, and the converter puts
+    those names in the file: without this, the same member's file differs by
+    a few bytes from one export to the next. Every path component of a tensor
+    name that ends in `_<digits>` loses that ending, except the names in
+    `keep` (the member's own layers); a leading component `drop` (the member
+    model's name, which for a mix lists its bits) is left out. The file is
+    otherwise unchanged.
+
+    ```python
+    import quantens
+    from quantens.export.tflite import float_flatbuffer
+    from zoo import create_model
+
+    ensemble = quantens.QuantEnsemble(create_model("digits_resnet_e", width=4), (32, 2))
+    assert len(float_flatbuffer(ensemble.member(2))) == len(float_flatbuffer(ensemble.member(2)))
+    ```
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    keep = set(keep)
+
+    def stable(name: str) -> str:
+        parts = []
+        for part in name.split(";"):
+            components = part.split("/")
+            if drop is not None and len(components) > 1 and components[0] == drop:
+                components = components[1:]
+            parts.append("/".join(c if c in keep else _COUNTER.sub("", c) for c in components))
+        return ";".join(parts)
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    changed = False
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            new = stable(name)
+            if new != name:
+                tensor.name, changed = new, True
+    if not changed:
+        return flatbuffer
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 PACK_CHECK_EXAMPLES = 4  # inputs on which packed and int8 files must give identical outputs
@@ -102,7 +196,11 @@ def _no_int8_reason(graph: StepGraph, calibration_data) -> str | None:
 
 def _int8_or_float(graph: StepGraph, member, calibration_data,
                    pack_int4: bool) -> tuple[bytes, str, dict]:
-    if _no_int8_reason(graph, calibration_data) is None:
+    if graph.bits in INT8_BITS or graph.bits == 1:
+        why = _no_int8_reason(graph, calibration_data)
+    else:  # a layer above 8 bits
+        why = f"a layer at {graph.bits} bits"
+    if why is None:
         return _as_int8(_int8(graph, calibration_data, pack_int4))
     return float_flatbuffer(member), FLOAT32, {}
 
@@ -111,9 +209,13 @@ def _as_int8(result: tuple[bytes, dict]) -> tuple[bytes, str, dict]:
     return result[0], INT8, result[1]
 
 
-def convert(member, bits: int, calibration_data=None, pack_int4: bool = True,
+def convert(member, bits, calibration_data=None, pack_int4: bool = True,
             lce_int8: str = "exact") -> tuple[bytes, str, dict]:
     """(flatbuffer, format, details) of a Keras member (`QuantEnsemble.member(bits)`).
+
+    For a mixed member (`QuantEnsemble.member(policy)`), `bits` is its bits
+    per layer (`quantens.bits.mix_bits(ensemble.model, policy)`): the format
+    is `member_format(bits)`, and each layer keeps its own grid in it.
 
     `details` holds, for the 1-bit member, `lce` (`MemberGraph.lce_plan`: the
     binary convolutions and why the other +-1 layers are not; with an LCE
@@ -127,7 +229,7 @@ def convert(member, bits: int, calibration_data=None, pack_int4: bool = True,
     fmt = member_format(bits)
     if fmt == FLOAT32:
         return float_flatbuffer(member), FLOAT32, {}
-    graph = build_graph(member, bits)
+    graph = build_graph(member, _top_bits(bits))
     if fmt == LCE:
         if lce_int8 not in LCE_INT8_CHOICES:
             raise ExportError(f"lce_int8 must be one of {', '.join(LCE_INT8_CHOICES)}, "
@@ -164,7 +266,7 @@ def convert(member, bits: int, calibration_data=None, pack_int4: bool = True,
             "format_reason": "det_sign's grid (2i - n)/n has no int8 form with one rounding"}
     if calibration_data is None:
         raise ExportError(
-            f"the {bits}-bit member is exported as int8 and needs calibration_data "
+            f"the {_describe(bits)} is exported as int8 and needs calibration_data "
             "(inputs from the training split)"
         )
     return _as_int8(_int8(graph, calibration_data, pack_int4))
