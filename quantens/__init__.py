@@ -105,6 +105,14 @@ _LAZY = {
     "ResultDirLock": "quantens.locking",
     "ResultData": "quantens.report",
     "ClusterConfig": "quantens.cluster",
+    # a run as typed settings, what it builds (quantens.run), members chosen by budget
+    "DataSettings": "quantens.run",
+    "Datasets": "quantens.run",
+    "DistillationSettings": "quantens.run",
+    "EnsembleSettings": "quantens.run",
+    "ScheduleSettings": "quantens.run",
+    "PolicySearchResult": "quantens.budget",
+    "search_policy": "quantens.budget",
     # typed errors
     **{name: "quantens.errors" for name in (
         "QuantensError", "UsageError", "ConfigError", "DataError", "DeviceError",

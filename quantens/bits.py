@@ -35,7 +35,7 @@ from quantens.errors import UsageError
 
 __all__ = [
     "MIN_BITS", "active_bits", "bits", "check_bit_width", "is_policy", "layer_bits",
-    "layer_scope", "mix_bits", "validate_bit_widths",
+    "layer_scope", "mix_bits", "policy_layers", "validate_bit_widths",
 ]
 
 MIN_BITS = 1
@@ -262,6 +262,25 @@ def _named_neighbours(layer, upstream: bool) -> list:
         elif _passes(current, role, upstream, walker):
             todo.extend(step(current))
     return found
+
+
+def policy_layers(model) -> list[str]:
+    """The names of the layers of `model` a policy gives bits to (the switchable conv and
+    dense layers; BNs and activation quantizers follow them: `mix_bits`), in order.
+
+    ```python
+    import quantens
+    import tensorflow as tf
+    from quantens.bits import policy_layers
+
+    inputs = tf.keras.Input((4,))
+    x = quantens.QuantDense(8, input_quantizer=None, name="fc1")(inputs)
+    x = quantens.SwitchableBatchNormalization((8, 2), name="bn1")(x)
+    model = tf.keras.Model(inputs, quantens.QuantDense(2, name="fc2")(x))
+    assert policy_layers(model) == ["fc1", "fc2"]
+    ```
+    """
+    return [layer.name for layer in model.layers if _role(layer) == _NAMED]
 
 
 class _Mix:

@@ -82,13 +82,13 @@ def _mixed_pool(model, bit_widths: tuple[int, ...], size: int, seed: int
     """
     import numpy as np
 
-    from quantens.bits import _NAMED, _role, mix_bits
+    from quantens.bits import mix_bits, policy_layers
 
     quantized = tuple(b for b in bit_widths if b != FULL_PRECISION)
     choices = quantized if len(quantized) >= 2 else bit_widths
     lowest = min(choices)
     held = held_precision(model, lowest)
-    named = [layer.name for layer in model.layers if _role(layer) == _NAMED]
+    named = policy_layers(model)
     free = [name for name in named if name not in held]
     if len(free) < 2:
         raise ConfigError(

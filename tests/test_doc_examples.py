@@ -192,7 +192,8 @@ def _start(sources: list[str]) -> tuple[int, dict]:
 
 
 # pages whose blocks train or export: the full suite runs them, `make test-fast` not
-SLOW_PAGES = ("README.md", "docs/getting-started.md", "docs/converting.md")
+SLOW_PAGES = ("README.md", "docs/getting-started.md", "docs/converting.md",
+              "docs/choosing-a-member.md")
 
 
 @pytest.mark.parametrize("page", [

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 
 from quantens import defaults
+from quantens.budget import KB
 from quantens.run import DataSettings, DistillationSettings, EnsembleSettings, ScheduleSettings
 
 __all__ = [
@@ -67,6 +68,7 @@ class ExportSettings:
     export: bool
     batch_size: int
     max_val_examples: int | None  # --test-run: one batch
+    budgets: tuple[int, ...] = ()  # --budget-kb, in bytes
 
 
 @_SETTINGS
@@ -166,7 +168,8 @@ def describe(args: argparse.Namespace, explicit_preprocessing: bool | None = Non
             weight_decay=args.teacher_wd if args.teacher_wd is not None else args.wd,
         ),
         export=ExportSettings(export=bool(args.export), batch_size=args.batch_size,
-                              max_val_examples=args.batch_size if args.test_run else None),
+                              max_val_examples=args.batch_size if args.test_run else None,
+                              budgets=tuple(round(kb * KB) for kb in args.budget_kb or ())),
         runtime=RuntimeSettings(
             gpus=args.gpus, cpu_replicas=args.cpu_replicas, deterministic=args.deterministic,
             seed=args.seed, dtype=args.dtype, dry_run=bool(args.dry_run),

@@ -9,6 +9,7 @@ flags through the zoo.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -47,6 +48,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="keep every int8 filter int8: no packed INT4 (XNNPACK, TFLite's "
                         "default CPU delegate, runs int8 filters only; INT4 ones run on the "
                         "slower builtin kernels)")
+    parser.add_argument("--budget-kb", type=float, action="append", default=None,
+                        metavar="KB",
+                        help="also export the most accurate member whose file fits KB kilobytes "
+                        "(1 kB = 1000 bytes), searched per layer on the run's validation split "
+                        "(quantens.budget.search_policy): member_budget_<KB>kb.tflite; repeat "
+                        "for more budgets (default: none)")
     return parser
 
 
@@ -58,6 +65,9 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.no_eval and args.eval_examples is not None:
         raise UsageError("--eval-examples has no effect with --no-eval: leave one of them out")
+    for kb in args.budget_kb or ():
+        if not math.isfinite(kb) or kb <= 0:
+            raise UsageError(f"--budget-kb must be a positive number of kilobytes, got {kb:g}")
     if args.out is not None:
         check_writable(args.out, "--out")
     return args
@@ -79,7 +89,23 @@ def _export(args: argparse.Namespace, prog: str = PROG) -> int:
             evaluate=not args.no_eval, max_val_examples=args.eval_examples, model=model,
             remove_stale=True, pack_int4=not args.no_int4,
         )
+        budgets = {}
+        if args.budget_kb:
+            from quantens.budget import KB, export_result_budgets
+
+            budgets = export_result_budgets(
+                args.result_dir, [round(kb * KB) for kb in args.budget_kb], args.out,
+                weights=args.weights, batch_size=args.batch_size, evaluate=not args.no_eval,
+                max_test_examples=args.eval_examples, model=model,
+            )
     print(summary_table(report))
+    for name, record in budgets.items():
+        accuracy = (record.get("fidelity") or {}).get("tflite_accuracy")
+        print(f"{name}: {record['file']} {record['format']} {record['bytes']} bytes, "
+              f"validation accuracy {record['search']['validation_accuracy']:.4f}"
+              + (f", TFLite test accuracy {accuracy:.4f}" if accuracy is not None else "")
+              + f", {record['latency_ms']:.3f} ms; bits per layer: "
+              + " ".join(f"{layer}={b}" for layer, b in record["policy"].items()))
     print(f"export in {args.out or run.export} ({report['export_seconds']:.0f} s)")
     return 0
 

@@ -336,6 +336,11 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
                    help="write no TensorBoard logs")
     g.add_argument("--export", action="store_true",
                    help="export every member (SavedModel, TFLite) to <result-path>/export")
+    g.add_argument("--budget-kb", type=float, action="append", default=None, metavar="KB",
+                   help="with --export: also export the most accurate member whose file fits "
+                   "KB kilobytes (1 kB = 1000 bytes), searched per layer on the validation "
+                   "split: export/member_budget_<KB>kb.tflite; repeat for more budgets (default: "
+                   "none)")
 
 
 def _add_search_flags(p: argparse.ArgumentParser) -> None:

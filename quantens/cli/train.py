@@ -339,6 +339,11 @@ def run(args: argparse.Namespace) -> dict:
         message = str(error).removeprefix(f"{args.model} ")
         raise ConfigError(f"--model {args.model} {message}") from error
     d = describe(args, explicit_preprocessing=explicit)
+    if d.export.budgets and plan.validation_is_test:
+        raise UsageError(
+            f"--budget-kb searches members on the validation split, and --dataset "
+            f"{args.dataset} validates on its test split ({plan.test}) here: add --val-split 0.1"
+        )
     if d.runtime.dry_run:
         return _run(d, None, spec, plan)
     cluster = read_tf_config()
@@ -586,7 +591,31 @@ def _export(d: RunDescription, ensemble, plan, test_ds, run_dir: ResultDir):
                    d.data.input_preprocessing, spec)},
     )
     print(export.summary_table(exported))
+    if d.export.budgets:
+        _export_budgets(d, ensemble, plan, test_ds, run_dir)
     return exported
+
+
+def _export_budgets(d: RunDescription, ensemble, plan, test_ds, run_dir: ResultDir) -> None:
+    """--budget-kb: per budget the most accurate member that fits, searched on the
+    validation split (`quantens.budget.export_budget_members`), written beside the
+    uniform members and added to export.json with the frontier."""
+    from quantens import data
+    from quantens.budget import export_budget_members
+
+    def split(which):
+        return data.load(d.data.dataset, which, d.export.batch_size, data_dir=d.data.data_dir,
+                         take_batches=d.data.take_batches,
+                         preprocessing=d.data.input_preprocessing)
+
+    records = export_budget_members(
+        ensemble, d.export.budgets, run_dir.export, train_data=split(plan.train),
+        val_data=split(plan.validation), test_data=test_ds,
+        batch_size=d.export.batch_size, max_test_examples=d.export.max_val_examples,
+    )
+    for name, record in records.items():
+        print(f"{name}: {record['file']} {record['format']} {record['bytes']} bytes, "
+              f"validation accuracy {record['search']['validation_accuracy']:.4f}")
 
 
 def _report(d: RunDescription, metrics: dict, config: dict, history, exported, model,

@@ -78,6 +78,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from quantens.bits import policy_layers
 from quantens.errors import ExportError, UsageError
 from quantens.export.builder import build_graph
 from quantens.export.steps import ActStep, AffineStep, ConvStep, DenseStep, LinearStep
@@ -354,12 +355,6 @@ class _Int8Table:
 # ---------------------------------------------------------------- the table
 
 
-def _named_layers(model) -> list[str]:
-    """The layers a policy gives bits to (switchable, not following the graph)."""
-    return [layer.name for layer in model.layers
-            if hasattr(layer, "fixed_layer") and getattr(layer, "bits_follow", None) is None]
-
-
 def _switchable(model) -> list[str]:
     return [layer.name for layer in model.layers if hasattr(layer, "fixed_layer")]
 
@@ -398,7 +393,7 @@ class MemberSizes:
         self.pack_int4 = bool(pack_int4)
         self.lce_int8 = lce_int8
         self.input_shape = tuple(ensemble.model.input_shape[1:])
-        self.named_layers = _named_layers(ensemble.model)
+        self.named_layers = policy_layers(ensemble.model)
         # what carries a share of an LCE or float32 file's graph: the named layers and the
         # activation quantizers that follow the layers they feed (their own ops)
         self._units = self.named_layers + [
