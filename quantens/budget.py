@@ -60,7 +60,7 @@ from quantens.errors import UsageError
 
 __all__ = [
     "KB", "PolicySearchResult", "budget_name", "export_budget_members", "export_result_budgets",
-    "frontier_field", "search_policy",
+    "search_policy",
 ]
 
 
@@ -358,24 +358,6 @@ def budget_name(max_bytes: int) -> str:
     return f"budget_{max_bytes / KB:g}kb"
 
 
-def frontier_field(members) -> list[dict]:
-    """export.json's `frontier`: each exported file (uniform and budget members) on the
-    accuracy-vs-bytes frontier or dominated, with the reason (`quantens.frontier`); the
-    accuracy is the TFLite file's on export.json's split."""
-    from quantens.frontier import frontier
-
-    points = []
-    for name, entry in members.items():
-        accuracy = (entry.get("fidelity") or {}).get("tflite_accuracy")
-        points.append({"name": str(name), "bits": entry.get("bits") if not str(name).isdigit()
-                       else int(name), "bytes": entry.get("bytes"), "accuracy": accuracy,
-                       "format": entry.get("format"),
-                       "weights_storage": entry.get("weights_storage")})
-    return [{key: point[key] for key in ("name", "bytes", "accuracy", "on_frontier",
-                                         "dominated_by", "reason")}
-            for point in frontier(points)]
-
-
 def export_budget_members(ensemble, budgets, out_dir: str, *, train_data, val_data,
                           test_data=None, calibration_data=None, batch_size: int = 256,
                           max_test_examples: int | None = None, verbose="auto") -> dict:
@@ -393,7 +375,7 @@ def export_budget_members(ensemble, budgets, out_dir: str, *, train_data, val_da
     `{name: record}`.
     """
     from quantens.export import export_member
-    from quantens.export.runtime import measure_latency
+    from quantens.frontier import export_frontier
     from quantens.layout import ResultDir
     from quantens.results import read_json, write_json
 
@@ -417,10 +399,6 @@ def export_budget_members(ensemble, budgets, out_dir: str, *, train_data, val_da
                 val_data=test_data, data=train_data, batch_size=batch_size,
                 max_val_examples=max_test_examples,
             )
-        with open(path, "rb") as f:
-            latency = measure_latency(f.read())
-        record["latency_ms"] = latency["ms"]
-        record["latency"] = latency
         record["search"] = {
             "max_bytes": budget, "validation_accuracy": result.accuracy,
             "seconds": result.seconds,
@@ -429,7 +407,7 @@ def export_budget_members(ensemble, budgets, out_dir: str, *, train_data, val_da
         }
         records[name] = record
         report.setdefault("members", {})[name] = record
-    report["frontier"] = frontier_field(report["members"])
+    report["frontier"] = export_frontier(report["members"])
     write_json(report_path, report)
     return records
 

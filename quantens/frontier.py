@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["frontier", "member_label", "storage_reason"]
+__all__ = ["export_frontier", "frontier", "member_label", "storage_reason"]
 
 
 def member_label(point: Mapping) -> str:
@@ -91,3 +91,30 @@ def frontier(points: Sequence[Mapping]) -> list[dict]:
         point["dominated_by"] = by["name"]
         point["reason"] = _reason(point, by)
     return marked
+
+
+def export_frontier(members: Mapping) -> list[dict]:
+    """export.json's `frontier`: each exported file of `members` (export.json's entries,
+    uniform and budget members) on the frontier or dominated, with the reason. The
+    accuracy is the TFLite file's on export.json's split (`fidelity.tflite_accuracy`).
+
+    ```python
+    from quantens.frontier import export_frontier
+
+    members = {"8": {"bytes": 900, "fidelity": {"tflite_accuracy": 0.98}},
+               "4": {"bytes": 900, "fidelity": {"tflite_accuracy": 0.97}}}
+    eight, four = export_frontier(members)
+    assert eight["on_frontier"] and four["dominated_by"] == "8"
+    ```
+    """
+    points = []
+    for name, entry in members.items():
+        accuracy = (entry.get("fidelity") or {}).get("tflite_accuracy")
+        points.append({"name": str(name),
+                       "bits": int(name) if str(name).isdigit() else entry.get("bits"),
+                       "bytes": entry.get("bytes"), "accuracy": accuracy,
+                       "format": entry.get("format"),
+                       "weights_storage": entry.get("weights_storage")})
+    return [{key: point[key] for key in ("name", "bytes", "accuracy", "on_frontier",
+                                         "dominated_by", "reason")}
+            for point in frontier(points)]

@@ -21,9 +21,11 @@ from quantens.export.fidelity import fidelity
 from quantens.export.flatbuffer import input_quantization, op_counts
 from quantens.export.int8 import weights_report
 from quantens.export.lce import LCE_INT8_CHOICES
+from quantens.export.runtime import measure_latency
 from quantens.export.saved_model import save_serving_model, serving_functions
 from quantens.export.size import weight_bytes
 from quantens.export.tflite import INT8, convert, member_file
+from quantens.frontier import export_frontier
 from quantens.layout import ResultDir
 
 __all__ = ["EXPORT_REPORT_FILE", "SAVED_MODEL_DIR", "export_ensemble", "export_member",
@@ -67,7 +69,12 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
             filters as int8 already, and as far from the member as an int8
             file is) or `"none"` (float32). See `quantens.export.lce`.
 
-    Returns the content of export.json.
+    Returns the content of export.json: per member its file, format, `bytes`
+    (`weight_bytes`: filters as stored, `non_weight_bytes`: the rest),
+    `latency_ms` (batch 1, 1 thread, XNNPACK on; `latency` says on which
+    runtime), ops and, with `val_data`, `fidelity`; and `frontier`: each
+    member on the accuracy-vs-bytes frontier or dominated, with the reason
+    (`quantens.frontier.export_frontier`).
 
     Raises:
         UsageError: (one line naming the argument, before anything is
@@ -131,6 +138,7 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
                 "held_precision": held_precision(ensemble.model, b),
                 **details,
                 "bytes": len(flatbuffer),
+                **_weight_split(flatbuffer),
                 "ops": op_counts(flatbuffer),
                 "convert_seconds": round(time.time() - t0, 2),
             }
@@ -145,7 +153,9 @@ def export_ensemble(ensemble, out_dir: str, val_data=None, calibration_data=None
                 entry["fidelity"] = fidelity(member, flatbuffer, val_data, batch_size,
                                              max_val_examples, predict=_logits(serving[b]))
                 entry["fidelity_seconds"] = round(time.time() - t0, 2)
+            entry.update(_latency(flatbuffer))
             report["members"][str(b)] = entry
+        report["frontier"] = export_frontier(report["members"])
         report["export_seconds"] = round(time.time() - started, 1)
         write_json(os.path.join(tmp, EXPORT_REPORT_FILE), report)
         _replace_dir(tmp, out_dir)
@@ -270,7 +280,6 @@ def export_member(ensemble, policy, path: str, calibration_data=None, val_data=N
     flatbuffer, fmt, details = convert(member, layer_bits, calibration_data, pack_int4,
                                        lce_int8)
     grid_scales = details.pop("grid_scales", None)
-    split = weight_bytes(flatbuffer)
     used = sorted(set(named.values()) if mixed else {layer_bits}, reverse=True)
     record: dict[str, Any] = {
         "file": os.path.basename(path),
@@ -279,8 +288,7 @@ def export_member(ensemble, policy, path: str, calibration_data=None, val_data=N
         "format": fmt,
         **details,
         "bytes": len(flatbuffer),
-        "weight_bytes": split["weights"],
-        "non_weight_bytes": split["non_weights"],
+        **_weight_split(flatbuffer),
         "ops": op_counts(flatbuffer),
         # a mix's BNs: re-estimated from data, or each the uniform member's of its bits
         "bn_statistics": ("re-estimated" if mixed and data is not None
@@ -298,8 +306,24 @@ def export_member(ensemble, policy, path: str, calibration_data=None, val_data=N
         record["fidelity"] = fidelity(member, flatbuffer, val_data, batch_size,
                                       max_val_examples)
         record["fidelity_seconds"] = round(time.time() - t0, 2)
+    record.update(_latency(flatbuffer))
     _write_file(path, flatbuffer)
     return record
+
+
+def _weight_split(flatbuffer: bytes) -> dict:
+    """export.json's `weight_bytes` (filters as stored) and `non_weight_bytes` (scales,
+    zero points, biases, the graph: what no smaller grid can buy)."""
+    split = weight_bytes(flatbuffer)
+    return {"weight_bytes": split["weights"], "non_weight_bytes": split["non_weights"]}
+
+
+def _latency(flatbuffer: bytes) -> dict:
+    """export.json's `latency_ms` of a file and how it was measured (`latency`: batch 1, 1
+    thread, XNNPACK on, the runtime; `quantens.export.runtime.measure_latency`, at most
+    about a second)."""
+    latency = measure_latency(flatbuffer, runs=200, max_seconds=1.0)
+    return {"latency_ms": latency["ms"], "latency": latency}
 
 
 def _checked_file(path, what: str) -> str:

@@ -228,10 +228,11 @@ class TFLiteRunner:
 
 def measure_latency(flatbuffer: bytes, example: np.ndarray | None = None, *, runs: int = 200,
                     warmup: int = 10, num_threads: int = 1, use_xnnpack: bool = True,
-                    runtime: str | None = None) -> dict:
+                    runtime: str | None = None, max_seconds: float | None = None) -> dict:
     """The median time of one batch-1 inference of a member file, in milliseconds.
 
-    Runs `warmup` calls, then `runs` timed calls of `TFLiteRunner.run_one` on
+    Runs `warmup` calls, then `runs` timed calls (fewer when `max_seconds` of
+    timed calls have passed, at least 10) of `TFLiteRunner.run_one` on
     `example` (shape (1, H, W, C); zeros of the file's input shape by
     default), `num_threads` threads, XNNPACK on by default: what export.json
     records as `latency_ms`. Returns `{"ms", "runs", "threads", "xnnpack",
@@ -265,5 +266,7 @@ def measure_latency(flatbuffer: bytes, example: np.ndarray | None = None, *, run
         start = time.perf_counter()
         runner.run_one(example)
         times.append(time.perf_counter() - start)
+        if max_seconds is not None and len(times) >= 10 and sum(times) > max_seconds:
+            break
     return {"ms": round(1e3 * statistics.median(times), 4), "runs": len(times),
             "threads": num_threads, "xnnpack": use_xnnpack, "runtime": runner.runtime_info}
