@@ -225,8 +225,11 @@ def search_policy(
             members' (and costs accuracy: see `QuantEnsemble.member`).
         bit_widths: the bit-widths a layer may take (default: the ensemble's
             members of at most 8 bits; 32-bit layers make a float file).
-        size: `policy -> bytes` (default `quantens.export.member_bytes` of the
-            ensemble).
+        size: `policy -> bytes` (default: `quantens.export.member_bytes`'s
+            count, exact for int8 files and uniform members; a mix that makes
+            an LCE or float32 file is counted within
+            `quantens.export.size.ESTIMATE_TOLERANCE` and taken at the upper
+            end of that bound, so that its file fits).
         sensitivity: a previous result's `sensitivity` (the same ensemble,
             weights and validation data) to search another budget without
             measuring it again.
@@ -257,10 +260,17 @@ def search_policy(
                          f"({' '.join(map(str, members))})")
     max_bytes = int(max_bytes)
     if size is None:
-        from quantens.export import member_bytes
+        from quantens.export.size import ESTIMATE_TOLERANCE, member_sizes
 
-        def size(policy):
-            return member_bytes(ensemble, policy)
+        sizes = member_sizes(ensemble)
+
+        def size(policy):  # an estimate (an LCE or float32 mix) at its upper bound
+            if len(set(policy.values())) == 1:  # a uniform member's file: exact
+                return sizes.bytes(next(iter(policy.values())))
+            counted = sizes.breakdown(policy)
+            if counted["exact"]:
+                return counted["bytes"]
+            return math.ceil(counted["bytes"] * (1 + ESTIMATE_TOLERANCE))
 
     from quantens.bits import policy_layers
 
@@ -392,15 +402,26 @@ def export_budget_members(ensemble, budgets, out_dir: str, *, train_data, val_da
     for budget, result in searches.items():
         name = budget_name(budget)
         path = os.path.join(out_dir, f"member_{name}.tflite")
-        with quiet_logger("tensorflow"):  # each new member's predict traces once
-            record = export_member(
-                ensemble, result.policy, path,
-                calibration_data=train_data if calibration_data is None else calibration_data,
-                val_data=test_data, data=train_data, batch_size=batch_size,
-                max_val_examples=max_test_examples,
-            )
+        # the best candidate whose written file fits (a counted estimate could miss)
+        ranked = sorted(result.candidates, key=lambda c: (-c["accuracy"], c["loss"]))
+        for candidate in ranked:
+            with quiet_logger("tensorflow"):  # each new member's predict traces once
+                record = export_member(
+                    ensemble, candidate["policy"], path,
+                    calibration_data=(train_data if calibration_data is None
+                                      else calibration_data),
+                    val_data=test_data, data=train_data, batch_size=batch_size,
+                    max_val_examples=max_test_examples,
+                )
+            if record["bytes"] <= budget:
+                break
+        else:
+            os.remove(path)
+            raise UsageError(f"no searched member's file fits {budget:,} bytes; raise the "
+                             "budget")
         record["search"] = {
-            "max_bytes": budget, "validation_accuracy": result.accuracy,
+            "max_bytes": budget, "validation_accuracy": candidate["accuracy"],
+            "chosen": candidate["name"],
             "seconds": result.seconds,
             "candidates": [{k: c[k] for k in ("name", "bytes", "accuracy", "loss")}
                            for c in result.candidates],

@@ -592,16 +592,18 @@ def _export(d: RunDescription, ensemble, plan, test_ds, run_dir: ResultDir):
     )
     print(export.summary_table(exported))
     if d.export.budgets:
-        _export_budgets(d, ensemble, plan, test_ds, run_dir)
+        _export_budgets(d, ensemble, plan, test_ds, run_dir, exported)
     return exported
 
 
-def _export_budgets(d: RunDescription, ensemble, plan, test_ds, run_dir: ResultDir) -> None:
+def _export_budgets(d: RunDescription, ensemble, plan, test_ds, run_dir: ResultDir,
+                    exported: dict) -> None:
     """--budget-kb: per budget the most accurate member that fits, searched on the
     validation split (`quantens.budget.export_budget_members`), written beside the
-    uniform members and added to export.json with the frontier."""
+    uniform members and added to export.json (and to `exported`) with the frontier."""
     from quantens import data
     from quantens.budget import export_budget_members
+    from quantens.frontier import export_frontier
 
     def split(which):
         return data.load(d.data.dataset, which, d.export.batch_size, data_dir=d.data.data_dir,
@@ -613,6 +615,8 @@ def _export_budgets(d: RunDescription, ensemble, plan, test_ds, run_dir: ResultD
         val_data=split(plan.validation), test_data=test_ds,
         batch_size=d.export.batch_size, max_test_examples=d.export.max_val_examples,
     )
+    exported["members"].update(records)
+    exported["frontier"] = export_frontier(exported["members"])
     for name, record in records.items():
         print(f"{name}: {record['file']} {record['format']} {record['bytes']} bytes, "
               f"validation accuracy {record['search']['validation_accuracy']:.4f}")
