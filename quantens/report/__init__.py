@@ -424,6 +424,19 @@ def plot_accuracy(metrics: Mapping[str, Any], path: str) -> None:
     _save(figure, path)
 
 
+def _log_size_axis(ax, sizes) -> None:
+    """A log x axis of sizes with plain tick labels (when every size is positive)."""
+    if not sizes or min(sizes) <= 0:
+        return
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="both", labelsize=8)
+
+
 def plot_accuracy_vs_size(
     metrics: Mapping[str, Any], sizes: Mapping[int, int], source: str, path: str
 ) -> None:
@@ -441,14 +454,7 @@ def plot_accuracy_vs_size(
         ax.axhline(float(teacher), color="tab:red", linestyle="--",
                    label=f"teacher {float(teacher):.4f}")
         ax.legend(loc="lower right")
-    if min(kib) > 0:
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_xscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="both", labelsize=8)
+    _log_size_axis(ax, kib)
     ax.set_xlabel("member size (KiB)")
     ax.set_ylabel("validation accuracy")
     how = ("sizes of the exported files" if source == SIZE_FROM_EXPORT
@@ -521,14 +527,7 @@ def plot_frontier(points: Sequence[Mapping[str, Any]], path: str) -> None:
     for (size, accuracy), names in labels.items():
         ax.annotate(", ".join(names), (size / 1024, accuracy), xytext=(4, 4),
                     textcoords="offset points", fontsize=8)
-    if judged and min(p["bytes"] for p in judged) > 0:
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_xscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="both", labelsize=8)
+    _log_size_axis(ax, [p["bytes"] for p in judged])
     ax.set_xlabel("exported file (KiB)")
     ax.set_ylabel("accuracy of the TFLite file")
     ax.legend(loc="lower right")
