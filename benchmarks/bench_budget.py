@@ -16,6 +16,8 @@ Models:
 - `digits_w8`: the zoo's pretrained `digits_resnet_e` tag `digits_w8`
   (`train.py --width 8`, 30 epochs, 32 8 4 2 1 bits, DoReFa weights); its
   validation split is digits' own (144 images), test 359.
+- `result`: the ensemble of a digits run's `--result-dir` (e.g. the
+  `digits_w8` recipe trained with `--mixed-students 1`).
 - `mobilenet_v2`: `bench_quantize_model.py`'s Keras MobileNetV2 (alpha 0.35,
   digits at 32x32) trained alone `--epochs`, converted, calibrated and
   fine-tuned `--finetune-epochs` with the float model as teacher (seed
@@ -25,6 +27,8 @@ Models:
 ```
 python benchmarks/bench_budget.py --model digits_w8 --no-bn --out /tmp/bench_budget_digits
 python benchmarks/bench_budget.py --model mobilenet_v2 --seeds 0 --out /tmp/bench_budget_mnv2
+python train.py --epochs 30 --width 8 --deterministic --mixed-students 1 --result-path /tmp/w8_ms
+python benchmarks/bench_budget.py --model result --result-dir /tmp/w8_ms --out /tmp/bench_budget_ms
 ```
 """
 
@@ -67,6 +71,16 @@ def _digits_w8(args):
 
     model = zoo.create_model("digits_resnet_e", weights="digits_w8", bit_widths=BITS)
     return quantens.QuantEnsemble(model, BITS), _digits(None, args.data_dir), {}
+
+
+def _result_dir(args):
+    """The trained ensemble of a digits result directory (`train.py --result-path DIR`)."""
+    from quantens.export import load_result_ensemble
+
+    ensemble, config = load_result_ensemble(args.result_dir)
+    return ensemble, _digits(None, args.data_dir), {"result_dir": args.result_dir,
+                                                    "mixed_students": config.get(
+                                                        "mixed_students", 0)}
 
 
 def _mobilenet_v2(args, seed: int):
@@ -202,7 +216,10 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("digits_w8", "mobilenet_v2"), default="digits_w8")
+    parser.add_argument("--model", choices=("digits_w8", "mobilenet_v2", "result"),
+                        default="digits_w8",
+                        help="result: the ensemble of --result-dir (a digits run of train.py)")
+    parser.add_argument("--result-dir", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--no-bn", action="store_true",
                         help="also search with the mixes' BN statistics as trained")
@@ -224,6 +241,11 @@ def main(argv=None) -> int:
     results = []
     if args.model == "digits_w8":
         results.append(run(args, "digits_w8", *_digits_w8(args)))
+    elif args.model == "result":
+        if not args.result_dir:
+            parser.error("--model result needs --result-dir")
+        name = os.path.basename(os.path.normpath(args.result_dir))
+        results.append(run(args, name, *_result_dir(args)))
     else:
         for seed in args.seeds:
             results.append(run(args, f"mobilenet_v2_seed{seed}", *_mobilenet_v2(args, seed)))
