@@ -26,7 +26,6 @@ import zipfile
 from collections.abc import Mapping
 
 import tensorflow as tf
-from larq.quantized_variable import QuantizedVariable
 
 from quantens.bits import bits as bits_scope
 from quantens.checks import (
@@ -45,6 +44,7 @@ from quantens.defaults import (
     SEED,
 )
 from quantens.errors import ConfigError, UsageError, WeightsError, one_line
+from quantens.larq_hooks import LARQ_LAYER_LOGGER, QuantizedVariable
 
 __all__ = [
     "KERAS_FILE_ENTRIES",
@@ -153,9 +153,10 @@ def quiet_logger(name: str, level: int = logging.ERROR):
     ```python
     import logging
     from quantens.ensemble import quiet_logger
+    from quantens.larq_hooks import LARQ_LAYER_LOGGER
 
-    with quiet_logger("larq.layers_base"):  # larq's "binary kernel without constraint"
-        assert logging.getLogger("larq.layers_base").level == logging.ERROR
+    with quiet_logger(LARQ_LAYER_LOGGER):  # larq's "binary kernel without constraint"
+        assert logging.getLogger(LARQ_LAYER_LOGGER).level == logging.ERROR
     ```
     """
     logger = logging.getLogger(name)
@@ -980,7 +981,7 @@ class QuantEnsemble(tf.keras.Model):
             return layer.__class__.from_config(layer.get_config())
 
         try:
-            with quiet_logger("larq.layers_base"):  # "binary kernel without constraint"
+            with quiet_logger(LARQ_LAYER_LOGGER):  # "binary kernel without constraint"
                 member = tf.keras.models.clone_model(self.model, clone_function=clone)
         except ValueError as error:
             raise ValueError(
@@ -1120,7 +1121,7 @@ def load_ensemble(path, custom_objects=None, compile: bool = True) -> QuantEnsem
     if problem:
         raise WeightsError(f"{path} is {problem[1]}")
     try:
-        with quiet_logger("larq.layers_base"):
+        with quiet_logger(LARQ_LAYER_LOGGER):
             ensemble = tf.keras.models.load_model(path, custom_objects=custom_objects,
                                                   compile=compile)
     except Exception as error:  # Keras, h5py and larq raise many kinds

@@ -148,14 +148,6 @@ LARQ_HOOKS = "quantens/larq_hooks.py"
 LARQ_PRIVATE_MODULES = ("larq.layers_base", "larq.quantized_variable")
 LARQ_PRIVATE_ATTRIBUTES = ("_get_quantizer", "_add_variable_with_custom_getter")
 
-NOT_YET_MOVED = {
-    ("quantens/ensemble.py", "larq.quantized_variable"),  # -> larq_hooks.QuantizedVariable
-    ("quantens/ensemble.py", "larq.layers_base"),  # a logger name -> LARQ_LAYER_LOGGER
-    ("quantens/export/builder.py", "larq.layers_base"),  # -> larq_hooks.is_larq_layer
-}
-"""(file, private name) still used outside `quantens/larq_hooks.py`: modules other work
-owns, each a one-line change to the public name noted. The test fails on any other use,
-and on an entry here that is gone (then delete the entry)."""
 
 
 def larq_private_uses(root: pathlib.Path = ROOT) -> list[tuple[str, int, str]]:
@@ -192,13 +184,9 @@ def larq_private_uses(root: pathlib.Path = ROOT) -> list[tuple[str, int, str]]:
 
 
 def test_larqs_private_names_are_used_in_larq_hooks_only():
-    found = larq_private_uses()
-    new = sorted({f"{file}:{line} uses {name}" for file, line, name in found
-                  if (file, name) not in NOT_YET_MOVED})
-    assert not new, ("larq's private names outside quantens/larq_hooks.py (give them a "
-                     "public name there, with why):\n" + "\n".join(new))
-    stale = NOT_YET_MOVED - {(file, name) for file, _, name in found}
-    assert not stale, f"moved to larq_hooks: delete from NOT_YET_MOVED: {sorted(stale)}"
+    found = sorted({f"{file}:{line} uses {name}" for file, line, name in larq_private_uses()})
+    assert not found, ("larq's private names outside quantens/larq_hooks.py (give them a "
+                       "public name there, with why):\n" + "\n".join(found))
     hooks = (ROOT / LARQ_HOOKS).read_text()
     assert all(name in hooks for name in (*LARQ_PRIVATE_MODULES, *LARQ_PRIVATE_ATTRIBUTES))
 

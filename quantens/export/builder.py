@@ -52,6 +52,7 @@ from quantens.export.steps import (
     bn_affine,
     read_kernel,
 )
+from quantens.larq_hooks import is_larq_layer
 
 __all__ = ["GraphBuilder", "build_graph", "supported_layers"]
 
@@ -236,8 +237,6 @@ class GraphBuilder:
 
     def _plain_step(self, layer, node, ins: list[str]) -> Step:
         """The step of a layer without a quantized kernel."""
-        import larq as lq
-
         layers = tensorflow().keras.layers
         name = layer.name
         cls = type(layer).__name__
@@ -263,7 +262,7 @@ class GraphBuilder:
             return IdentityStep(name=name, inputs=ins)
         if layer.weights and not isinstance(layer, layers.Normalization):
             raise _unsupported(name, layer)
-        if isinstance(layer, lq.layers_base.BaseLayer):
+        if is_larq_layer(layer):
             raise _unsupported(name, layer)
         arguments = {kid: self._source(self._producer[kid])
                      for kid in keras_graph.node_input_ids(node)}
