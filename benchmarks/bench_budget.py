@@ -163,7 +163,7 @@ def run(args, name: str, ensemble, data, info: dict) -> dict:
                                 else f"member_budget_{budget}_no_bn.tflite")
             record = export.export_member(
                 ensemble, found.policy, path, calibration_data=x_train,
-                val_data=(x_test, y_test), data=x_train if with_bn else None)
+                val_data=(x_test, y_test), data=x_train if with_bn else False)
             with open(path, "rb") as f:
                 latency = measure_latency(f.read(), x_test[:1], runs=args.repeats)
             row[key] = {

@@ -284,6 +284,18 @@ def test_mixes_with_a_1_bit_or_a_32_bit_layer_are_lce_and_float32_files(tmp_path
     for record in (lce, fp):
         assert record["fidelity"]["agreement"] == 1.0, record["fidelity"]
         assert record["fidelity"]["max_abs_logit_diff"] < 1e-4, record["fidelity"]
+    assert fp["bn_statistics"] == "re-estimated"  # from calibration_data, by default
+    # data=False: the BNs keep the uniform members' statistics (what re-estimation buys)
+    kept = export_member(ensemble, {"block1_conv": 32, "*": 2}, str(tmp_path / "kept.tflite"),
+                         calibration_data=x, val_data=x, data=False)
+    assert kept["bn_statistics"] == "the uniform members'"
+    assert kept["fidelity"]["agreement"] == 1.0
+    with quantens.bits({"block1_conv": 32, "*": 2}):  # the ensemble's own statistics
+        expected = ensemble.model(x, training=False).numpy()
+    from quantens.export import TFLiteRunner
+
+    np.testing.assert_allclose(TFLiteRunner(open(tmp_path / "kept.tflite", "rb").read())(x),
+                               expected, atol=1e-4)
 
 
 @pytest.mark.trains

@@ -192,8 +192,9 @@ def export_member(ensemble, policy, path: str, calibration_data=None, val_data=N
         val_data: validation inputs (or `(x, y)`) on which to measure agreement.
         data: training inputs from which a mix's BN statistics are
             re-estimated (`QuantEnsemble.member(policy, data=...)`); default
-            `calibration_data`. Not taken with a bit-width (a uniform
-            member has the ensemble's statistics).
+            `calibration_data`; `False` keeps each BN's uniform member's
+            statistics. Not taken with a bit-width (a uniform member has the
+            ensemble's statistics).
         batch_size: batch size of the Keras predictions (>= 1).
         max_val_examples: check agreement on the first examples only.
         max_bn_examples: re-estimate BN statistics from at most this many
@@ -256,9 +257,9 @@ def export_member(ensemble, policy, path: str, calibration_data=None, val_data=N
         layer_bits = mix_bits(ensemble.model, policy, ensemble.bit_widths)
         named = {layer.name: layer_bits[layer.name] for layer in ensemble.model.layers
                  if layer.name in layer_bits and getattr(layer, "bits_follow", None) is None}
-        data = calibration_data if data is None else data
+        data = calibration_data if data is None else None if data is False else data
     else:
-        if data is not None:
+        if data is not None and data is not False:
             raise UsageError(
                 f"{what}: data re-estimates the BN statistics of a mix (a policy); member "
                 f"{policy!r} is uniform and keeps the ensemble's statistics: leave data out")
