@@ -161,9 +161,11 @@ def run(args, name: str, ensemble, data, info: dict) -> dict:
             key = "searched" if with_bn else "searched_without_bn"
             path = os.path.join(out, f"member_budget_{budget}.tflite" if with_bn
                                 else f"member_budget_{budget}_no_bn.tflite")
+            uniform = found.uniform_bits  # exported as scored: the ensemble's BN statistics
             record = export.export_member(
-                ensemble, found.policy, path, calibration_data=x_train,
-                val_data=(x_test, y_test), data=x_train if with_bn else False)
+                ensemble, found.policy if uniform is None else uniform, path,
+                calibration_data=x_train, val_data=(x_test, y_test),
+                data=None if uniform is not None else x_train if with_bn else False)
             with open(path, "rb") as f:
                 latency = measure_latency(f.read(), x_test[:1], runs=args.repeats)
             row[key] = {

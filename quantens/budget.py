@@ -405,12 +405,17 @@ def export_budget_members(ensemble, budgets, out_dir: str, *, train_data, val_da
         # the best candidate whose written file fits (a counted estimate could miss)
         ranked = sorted(result.candidates, key=lambda c: (-c["accuracy"], c["loss"]))
         for candidate in ranked:
+            # what was scored: a uniform member with the ensemble's BN statistics, a mix
+            # with its own
+            uniform = set(candidate["policy"].values())
+            member, data = ((uniform.pop(), None) if len(uniform) == 1
+                            else (candidate["policy"], train_data))
             with quiet_logger("tensorflow"):  # each new member's predict traces once
                 record = export_member(
-                    ensemble, candidate["policy"], path,
+                    ensemble, member, path,
                     calibration_data=(train_data if calibration_data is None
                                       else calibration_data),
-                    val_data=test_data, data=train_data, batch_size=batch_size,
+                    val_data=test_data, data=data, batch_size=batch_size,
                     max_val_examples=max_test_examples,
                 )
             if record["bytes"] <= budget:

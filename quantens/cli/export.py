@@ -104,8 +104,10 @@ def _export(args: argparse.Namespace, prog: str = PROG) -> int:
         print(f"{name}: {record['file']} {record['format']} {record['bytes']} bytes, "
               f"validation accuracy {record['search']['validation_accuracy']:.4f}"
               + (f", TFLite test accuracy {accuracy:.4f}" if accuracy is not None else "")
-              + f", {record['latency_ms']:.3f} ms; bits per layer: "
-              + " ".join(f"{layer}={b}" for layer, b in record["policy"].items()))
+              + f", {record['latency_ms']:.3f} ms; "
+              + (f"member {record['policy']}" if isinstance(record["policy"], int) else
+                 "bits per layer: " + " ".join(f"{layer}={b}"
+                                               for layer, b in record["policy"].items())))
     print(f"export in {args.out or run.export} ({report['export_seconds']:.0f} s)")
     return 0
 
