@@ -56,6 +56,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from quantens.defaults import KB
 from quantens.errors import UsageError
 
 __all__ = [
@@ -351,8 +352,6 @@ def search_policy(
     )
 
 
-KB = 1000
-"""Bytes in a kB of `--budget-kb` and of the budget members' names (`member_budget_300kb`)."""
 
 
 def budget_name(max_bytes: int) -> str:

@@ -256,3 +256,7 @@ KD_WEIGHT = 1.0
 
 # ------------------------------------------------------------------ tuning
 TUNERS = ("random", "hyperband", "bayesian")
+
+# ------------------------------------------------------------ budget members
+KB = 1000
+"""Bytes in a kB of `--budget-kb` and of the budget members' names (`member_budget_300kb`)."""

@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 
 from quantens import defaults
-from quantens.budget import KB
+from quantens.defaults import KB
 from quantens.run import DataSettings, DistillationSettings, EnsembleSettings, ScheduleSettings
 
 __all__ = [

@@ -52,7 +52,6 @@ from quantens.export.steps import (
     bn_affine,
     read_kernel,
 )
-from quantens.larq_hooks import is_larq_layer
 
 __all__ = ["GraphBuilder", "build_graph", "supported_layers"]
 
@@ -262,6 +261,8 @@ class GraphBuilder:
             return IdentityStep(name=name, inputs=ins)
         if layer.weights and not isinstance(layer, layers.Normalization):
             raise _unsupported(name, layer)
+        from quantens.larq_hooks import is_larq_layer  # larq loads TensorFlow
+
         if is_larq_layer(layer):
             raise _unsupported(name, layer)
         arguments = {kid: self._source(self._producer[kid])
