@@ -60,7 +60,7 @@ from quantens.defaults import KB
 from quantens.errors import UsageError
 
 __all__ = [
-    "KB", "PolicySearchResult", "budget_name", "export_budget_members", "export_result_budgets",
+    "PolicySearchResult", "budget_name", "export_budget_members", "export_result_budgets",
     "search_policy",
 ]
 

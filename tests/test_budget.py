@@ -93,8 +93,8 @@ def test_a_budget_below_the_smallest_file_is_one_error_naming_it(trained):
 
 @pytest.mark.parametrize("argv, message", [
     (["--budget-kb", "10"], "--budget-kb exports a member beside the uniform ones: add --export"),
-    (["--export", "--budget-kb", "0"], "--budget-kb must be a positive number of kilobytes"),
-    (["--export", "--budget-kb", "nan"], "--budget-kb must be a positive number of kilobytes"),
+    (["--export", "--budget-kb", "0"], "'0' is not a positive number of kilobytes"),
+    (["--export", "--budget-kb", "nan"], "'nan' is not a positive number of kilobytes"),
 ])
 def test_train_py_checks_budget_flags_before_anything(argv, message, tmp_path, capsys):
     from quantens import cli

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 
 from quantens import defaults
-from quantens.defaults import KB
 from quantens.run import DataSettings, DistillationSettings, EnsembleSettings, ScheduleSettings
 
 __all__ = [
@@ -169,7 +168,7 @@ def describe(args: argparse.Namespace, explicit_preprocessing: bool | None = Non
         ),
         export=ExportSettings(export=bool(args.export), batch_size=args.batch_size,
                               max_val_examples=args.batch_size if args.test_run else None,
-                              budgets=tuple(round(kb * KB) for kb in args.budget_kb or ())),
+                              budgets=tuple(args.budgets or ())),
         runtime=RuntimeSettings(
             gpus=args.gpus, cpu_replicas=args.cpu_replicas, deterministic=args.deterministic,
             seed=args.seed, dtype=args.dtype, dry_run=bool(args.dry_run),

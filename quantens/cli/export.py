@@ -9,12 +9,12 @@ flags through the zoo.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Iterable
 
 from quantens.cli import Parser, check_writable, legacy_model, program_name, run_main
+from quantens.cli.flags import budget_bytes
 from quantens.errors import UsageError
 from quantens.layout import ResultDir
 from quantens.locking import ResultDirLock, check_unlocked
@@ -48,8 +48,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="keep every int8 filter int8: no packed INT4 (XNNPACK, TFLite's "
                         "default CPU delegate, runs int8 filters only; INT4 ones run on the "
                         "slower builtin kernels)")
-    parser.add_argument("--budget-kb", type=float, action="append", default=None,
-                        metavar="KB",
+    parser.add_argument("--budget-kb", type=budget_bytes, action="append", default=None,
+                        metavar="KB", dest="budgets",
                         help="also export the most accurate member whose file fits KB kilobytes "
                         "(1 kB = 1000 bytes), searched per layer on the run's validation split "
                         "(quantens.budget.search_policy): member_budget_<KB>kb.tflite; repeat "
@@ -65,9 +65,6 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.no_eval and args.eval_examples is not None:
         raise UsageError("--eval-examples has no effect with --no-eval: leave one of them out")
-    for kb in args.budget_kb or ():
-        if not math.isfinite(kb) or kb <= 0:
-            raise UsageError(f"--budget-kb must be a positive number of kilobytes, got {kb:g}")
     if args.out is not None:
         check_writable(args.out, "--out")
     return args
@@ -90,11 +87,11 @@ def _export(args: argparse.Namespace, prog: str = PROG) -> int:
             remove_stale=True, pack_int4=not args.no_int4,
         )
         budgets = {}
-        if args.budget_kb:
-            from quantens.budget import KB, export_result_budgets
+        if args.budgets:
+            from quantens.budget import export_result_budgets
 
             budgets = export_result_budgets(
-                args.result_dir, [round(kb * KB) for kb in args.budget_kb], args.out,
+                args.result_dir, args.budgets, args.out,
                 weights=args.weights, batch_size=args.batch_size, evaluate=not args.no_eval,
                 max_test_examples=args.eval_examples, model=model,
             )

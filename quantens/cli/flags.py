@@ -8,6 +8,7 @@ hyperparameter search, each default once.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from quantens import defaults
@@ -46,6 +47,19 @@ def bits_list(value: str) -> int:
         return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+
+
+def budget_bytes(value: str) -> int:
+    """A --budget-kb value (kilobytes of 1000 bytes, a finite number > 0) as bytes
+    (argparse's type for it, in train.py and quantens-export)."""
+    try:
+        kb = float(value)
+    except ValueError:
+        kb = math.nan
+    if not math.isfinite(kb) or kb <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a positive number of kilobytes (1 kB = 1000 bytes)")
+    return round(kb * defaults.KB)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -336,7 +350,8 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
                    help="write no TensorBoard logs")
     g.add_argument("--export", action="store_true",
                    help="export every member (SavedModel, TFLite) to <result-path>/export")
-    g.add_argument("--budget-kb", type=float, action="append", default=None, metavar="KB",
+    g.add_argument("--budget-kb", type=budget_bytes, action="append", default=None,
+                   metavar="KB", dest="budgets",
                    help="with --export: also export the most accurate member whose file fits "
                    "KB kilobytes (1 kB = 1000 bytes), searched per layer on the validation "
                    "split: export/member_budget_<KB>kb.tflite; repeat for more budgets (default: "

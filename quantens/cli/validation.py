@@ -171,7 +171,7 @@ def _validate_inputs(args: argparse.Namespace) -> None:
 
 def _validate_outputs(args: argparse.Namespace) -> None:
     """--result-path (default: results/<model>_<dataset>), --log and --tensorboard-dir
-    writable; --budget-kb positive, with --export."""
+    writable; --budget-kb with --export."""
     if args.result_path is None:
         args.result_path = default_result_path(args.model, args.dataset)
     check_writable(args.result_path, "--result-path")
@@ -181,10 +181,7 @@ def _validate_outputs(args: argparse.Namespace) -> None:
         if os.path.exists(args.log) and not os.access(args.log, os.W_OK):
             raise UsageError(f"--log {args.log} is not writable by this user")
         check_writable(os.path.dirname(os.path.abspath(args.log)), "--log")
-    for kb in args.budget_kb or ():
-        if not math.isfinite(kb) or kb <= 0:
-            raise UsageError(f"--budget-kb must be a positive number of kilobytes, got {kb:g}")
-    if args.budget_kb and not args.export:
+    if args.budgets and not args.export:
         raise UsageError("--budget-kb exports a member beside the uniform ones: add --export")
     if args.tensorboard_dir is not None:
         if args.no_tensorboard:
