@@ -37,6 +37,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from quantens.checks import check_finite_inputs, check_input_shape
 from quantens.errors import DataError, QuantensError, UsageError, one_line
 
 __all__ = ["PROGRESS_AFTER_S", "reestimate_batch_norm"]
@@ -121,20 +122,10 @@ def _batch_count(data, batch_size: int, max_examples: int | None) -> int | None:
 def _checked_batch(x, wanted: tuple, index: int) -> np.ndarray:
     x = np.asarray(x, np.float32)
     got = tuple(x.shape[1:])
-    if len(got) != len(wanted) or any(w is not None and w != g
-                                      for w, g in zip(wanted, got, strict=True)):
-        single = len(got) == len(wanted) - 1 and tuple(wanted[1:]) == got
-        raise DataError(
-            f"BN re-estimation data has inputs of shape {got}, the model takes {wanted}: "
-            + ("one input, not a batch: add a batch axis (x[None])" if single else
-               "pass inputs of the training split as the model reads them"))
-    bad = ~np.isfinite(x)
-    if bad.any():
-        inputs = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
-        raise DataError(
-            f"BN re-estimation data holds {int(bad.sum())} non-finite values (NaN or inf) in "
-            f"{len(inputs)} inputs of batch {index} (input {int(inputs[0])} first): clean or "
-            "drop them; nothing was changed")
+    check_input_shape(got, wanted, "BN re-estimation data",
+                      "pass inputs of the training split as the model reads them")
+    check_finite_inputs(x, "BN re-estimation data", f"inputs of batch {index}",
+                        "nothing was changed")
     return x
 
 

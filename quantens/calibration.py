@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from quantens.bits import bits as bits_scope
+from quantens.checks import check_finite_inputs, check_input_shape
 from quantens.defaults import CALIBRATION_METHODS, FULL_PRECISION
 from quantens.errors import ConfigError, DataError, QuantensError, UsageError, one_line
 from quantens.quantizers import PACT_MIN_ALPHA, ClipActivation
@@ -344,25 +345,14 @@ def _batches(data, max_examples: int, batch_size: int, wanted: tuple) -> list[np
             "calibration data must be an array or tensor of inputs, an (x, y) tuple or a "
             f"batched tf.data.Dataset, got {type(data).__name__}: {one_line(error)}"
         ) from error
-    if got is not None and (len(wanted) != len(got) or any(
-            w is not None and w != g for w, g in zip(wanted, got, strict=True))):
-        single = len(got) == len(wanted) - 1 and tuple(wanted[1:]) == got
-        raise DataError(
-            f"calibration data has inputs of shape {got}, the model takes {wanted}: "
-            + ("one input, not a batch: add a batch axis (x[None])" if single else
-               "pass images of the training split as the model reads them")
-        )
+    if got is not None:
+        check_input_shape(got, wanted, "calibration data",
+                          "pass images of the training split as the model reads them")
     if total == 0:
         raise DataError("calibration data is empty: pass a few hundred inputs of the training split")
     x = np.concatenate(chunks)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        images = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
-        raise DataError(
-            f"calibration data holds {int(bad.sum())} non-finite values (NaN or inf) in "
-            f"{len(images)} of its first {len(x)} inputs (input {int(images[0])} first): "
-            "clean or drop them; nothing was calibrated"
-        )
+    check_finite_inputs(x, "calibration data", f"of its first {len(x)} inputs",
+                        "nothing was calibrated")
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 
 

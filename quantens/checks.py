@@ -44,10 +44,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from quantens.bits import validate_bit_widths
 from quantens.defaults import FULL_PRECISION
-from quantens.errors import ConfigError, UsageError, one_line
+from quantens.errors import ConfigError, DataError, UsageError, one_line
 
 __all__ = [
     "check_bit_widths",
+    "check_finite_inputs",
+    "check_input_shape",
     "check_model_io",
     "check_number",
     "check_per_member",
@@ -281,3 +283,53 @@ def check_per_member(values, bit_widths, where: str, argument: str | None,
         checked[key] = check_number(v, where, f"{argument}[{key}]" if argument else
                                     f"the value for {key} bits", positive)
     return checked
+
+
+def check_input_shape(got: tuple, wanted: tuple, what: str, fix: str) -> None:
+    """Raises DataError when inputs of shape `got` (no batch axis) do not fit a model
+    taking `wanted` (None: any size); a single input without its batch axis is named.
+
+    ```python
+    from quantens.checks import check_input_shape
+    from quantens.errors import DataError
+
+    check_input_shape((8, 8, 1), (None, 8, 1), "data", "pass images")
+    try:
+        check_input_shape((8, 1), (8, 8, 1), "data", "pass images")
+    except DataError as error:
+        assert "add a batch axis (x[None])" in str(error)
+    ```
+    """
+    if len(got) == len(wanted) and all(w is None or w == g
+                                       for w, g in zip(wanted, got, strict=True)):
+        return
+    single = len(got) == len(wanted) - 1 and tuple(wanted[1:]) == got
+    raise DataError(f"{what} has inputs of shape {got}, the model takes {wanted}: "
+                    + ("one input, not a batch: add a batch axis (x[None])" if single else fix))
+
+
+def check_finite_inputs(x, what: str, where: str, outcome: str) -> None:
+    """Raises DataError naming how many values of the batch `x` are NaN or inf, in how
+    many inputs (`where` follows that count), and which comes first.
+
+    ```python
+    import numpy as np
+    from quantens.checks import check_finite_inputs
+    from quantens.errors import DataError
+
+    x = np.zeros((4, 2), "float32")
+    x[2, 1] = np.nan
+    try:
+        check_finite_inputs(x, "data", "inputs", "nothing was changed")
+    except DataError as error:
+        assert "1 non-finite values (NaN or inf) in 1 inputs (input 2 first)" in str(error)
+    ```
+    """
+    import numpy as np
+
+    bad = ~np.isfinite(x)
+    if bad.any():
+        inputs = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+        raise DataError(
+            f"{what} holds {int(bad.sum())} non-finite values (NaN or inf) in {len(inputs)} "
+            f"{where} (input {int(inputs[0])} first): clean or drop them; {outcome}")
