@@ -43,6 +43,25 @@ def tiny_model(bit_widths=(32, 8, 4, 2, 1), width=8, **kwargs):
     return zoo.create_model("digits_resnet_e", bit_widths=bit_widths, width=width, **kwargs)
 
 
+def teacher_model():
+    """A tiny float teacher of 8x8x1 inputs and 10 logits (distillation tests)."""
+    import tensorflow as tf
+
+    return tf.keras.Sequential([
+        tf.keras.layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
+        tf.keras.layers.GlobalAveragePooling2D(),
+        tf.keras.layers.Dense(10),
+    ], name="teacher")
+
+
+def batch(seed=0, n=16):
+    """(x, y): n seeded normal 8x8x1 inputs and labels 0..9 in turn."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 8, 8, 1)).astype("float32"), (np.arange(n) % 10).astype("int32")
+
+
 def run_script(args, cwd=ROOT, env=None, timeout=600):
     """Runs a script of the project as a user would; returns the CompletedProcess."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}

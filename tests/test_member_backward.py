@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, tiny_model
+from conftest import ROOT, batch, teacher_model, tiny_model
 
 import quantens
 from quantens.distillation import Distillation
@@ -22,19 +22,6 @@ from quantens.distillation import Distillation
 pytestmark = pytest.mark.trains  # trains or traces whole models: not in `make test-fast`
 
 BITS = (32, 4, 1)
-
-
-def teacher_model():
-    return tf.keras.Sequential([
-        tf.keras.layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(10),
-    ], name="teacher")
-
-
-def batch(seed=0, n=16):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 8, 8, 1)).astype("float32"), (np.arange(n) % 10).astype("int32")
 
 
 def ensemble_pair(kd=None, optimizer=lambda: tf.keras.optimizers.SGD(1.0), model_kwargs=None,

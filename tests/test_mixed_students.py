@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_script, tiny_model
+from conftest import batch, run_script, teacher_model, tiny_model
 
 import quantens
 from quantens.distillation import Distillation
@@ -26,19 +26,6 @@ BITS = (8, 2, 1)
 LR = 0.1
 WEIGHTS = {8: 0.5, 2: 1.0, 1: 2.0}
 ALPHA, T = 0.5, 2.0
-
-
-def teacher_model():
-    return tf.keras.Sequential([
-        tf.keras.layers.Conv2D(4, 3, activation="relu", input_shape=(8, 8, 1)),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(10),
-    ], name="teacher")
-
-
-def batch(seed=0, n=16):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 8, 8, 1)).astype("float32"), (np.arange(n) % 10).astype("int32")
 
 
 def ensemble_with_teacher(member_backward="joint", run_eagerly=False, **mixed):
