@@ -759,8 +759,8 @@ def float_teacher(path: str, input_shape=None, num_classes: int | None = None) -
     assert not teacher.trainable and teacher.layers[-1].get_config()["activation"] == "linear"
     ```
     """
+    from quantens.run import float_teacher as frozen_logits
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SoftmaxRemovedWarning)
-        teacher = load_float_model(path, input_shape, num_classes)
-    teacher.trainable = False
-    return teacher
+        return frozen_logits(load_float_model(path, input_shape, num_classes))
