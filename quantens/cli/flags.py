@@ -22,6 +22,7 @@ __all__ = [
     "HelpFormatter",
     "bits_list",
     "bits_value",
+    "budget_bytes",
     "build_parser",
 ]
 
